@@ -1,0 +1,132 @@
+"""Image data: the embedded default (real Fashion-MNIST at 32 px, three channels) and ImageFolder.
+
+Every dataset here yields float images in [0, 1] of shape (3, H, W); labels where they exist.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from .errors import AssetError, ConfigError
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("fashion-mnist", "imagefolder")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images, at which resolution, how many for training and for validation."""
+
+    name: str = "fashion-mnist"
+    resolution: int = 32  # Fashion-MNIST 28 px padded by 2 on each side: a patch-4 ViT sees 8x8 tokens
+    root: str | None = None  # ImageFolder root (with train/ and val/), or a Fashion-MNIST dir override
+    num_train: int | None = None  # None: all
+    num_val: int = 1000  # also the rFID evaluation set: fixed for every trial of a sweep
+
+    def __post_init__(self):
+        if self.name not in DATASETS:
+            raise ConfigError(f"data.name: expected one of {', '.join(DATASETS)}, got {self.name!r}")
+        if not isinstance(self.resolution, int) or self.resolution < 8:
+            raise ConfigError(f"data.resolution: expected an integer >= 8, got {self.resolution!r}")
+        if self.name == "fashion-mnist" and self.resolution < 28:
+            raise ConfigError(f"data.resolution: Fashion-MNIST is 28 px; expected >= 28, got {self.resolution}")
+        if self.name == "imagefolder" and not self.root:
+            raise ConfigError("data.root: the imagefolder dataset needs a root directory with train/ and val/")
+        if self.num_train is not None and self.num_train < 1:
+            raise ConfigError(f"data.num_train: expected a positive integer or null, got {self.num_train!r}")
+        if self.num_val < 1:
+            raise ConfigError(f"data.num_val: expected a positive integer, got {self.num_val!r}")
+
+    @property
+    def key(self) -> str:
+        """Identifies the images (not their count): for caches of features and FID statistics."""
+        root = "" if self.root is None else str(Path(self.root).resolve())
+        digest = hashlib.sha1(f"{self.name}|{root}".encode()).hexdigest()[:8]
+        return f"{self.name}-{self.resolution}px-{digest}"
+
+
+# --- Fashion-MNIST ---------------------------------------------------------------------------
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzipped) as a numpy array."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _fashion_mnist_dir(root: str | None) -> Path:
+    if root is not None:
+        path = Path(root)
+        if not (path / "train-images-idx3-ubyte.gz").exists():
+            raise AssetError(f"data.root: {path} has no train-images-idx3-ubyte.gz (Fashion-MNIST IDX files)")
+        return path
+    from .assets import fashion_mnist_dir
+
+    return fashion_mnist_dir()
+
+
+def fashion_mnist(split: str, resolution: int = 32, root: str | None = None, limit: int | None = None):
+    """Real Fashion-MNIST as (images (N, 3, R, R) float in [0, 1], labels (N,) int64)."""
+    prefix = {"train": "train", "val": "t10k", "test": "t10k"}[split]
+    folder = _fashion_mnist_dir(root)
+    images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
+    labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    x = torch.from_numpy(images.copy()).float().div_(255.0)  # (N, 28, 28)
+    pad = resolution - 28
+    x = torch.nn.functional.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))  # (N, R, R)
+    x = x[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, R, R)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+# --- ImageFolder (ImageNet-style) ------------------------------------------------------------
+
+
+def image_folder(split: str, resolution: int, root: str, limit: int | None = None) -> Dataset:
+    """``root/<split>/<class>/*.jpg`` resized (shorter side) and center-cropped to ``resolution``."""
+    from torchvision import datasets, transforms
+
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise AssetError(f"data.root: expected a directory {folder} with one sub-directory per class")
+    tf = transforms.Compose([
+        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(resolution),
+        transforms.ToTensor(),
+    ])
+    ds = datasets.ImageFolder(str(folder), transform=tf)
+    if limit is not None and limit < len(ds):
+        ds = torch.utils.data.Subset(ds, range(limit))
+    return ds
+
+
+def load_split(cfg: DataConfig, split: str) -> Dataset:
+    """The train or val split of ``cfg`` as a Dataset of (image, label)."""
+    limit = cfg.num_train if split == "train" else cfg.num_val
+    if cfg.name == "fashion-mnist":
+        x, y = fashion_mnist(split, cfg.resolution, cfg.root, limit)
+        if limit is not None and len(x) < limit:
+            raise ConfigError(f"data.num_{split}: Fashion-MNIST {split} has only {len(x)} images, asked {limit}")
+        return TensorDataset(x, y)
+    return image_folder(split, cfg.resolution, cfg.root, limit)
+
+
+def stack_images(ds: Dataset, batch_size: int = 256) -> torch.Tensor:
+    """All images of ``ds`` as one tensor (N, 3, H, W); for small evaluation sets."""
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[0]
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
+    return torch.cat([batch[0] for batch in loader])

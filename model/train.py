@@ -1,0 +1,311 @@
+"""The three decoupled training phases of DRoRAE (Zhu et al. 2026, section 3.3).
+
+1. ``train_decoder``   trains the decoder on z_base: a plain RAE. Shared by every trial of a sweep.
+2. ``train_fusion``    freezes encoder and decoder and trains only the fusion module: the frozen
+                       decoder is an implicit constraint on the fused latent's distribution.
+3. ``finetune_decoder`` freezes the fusion module and fine-tunes the decoder on z_final.
+
+Each is a plain function ``(model, PhaseConfig, train, val, report) -> metrics`` that knows
+nothing of Ray, Optuna or MLflow. ``report(dict)`` receives the training curve. Training data is
+a tensor of images (B, 3, H, W) in [0, 1], or a ``FeatureSet`` of cached encoder features.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .drorae import DRoRAE
+from .errors import ConfigError
+from .losses import LossConfig, ReconstructionLoss
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict], None]
+PHASES = {1: "decoder", 2: "fusion", 3: "finetune"}
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """Budget and optimizer of one training phase."""
+
+    steps: int
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # the fusion gate and experts start at a chosen point; no pull to zero
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    grad_clip: float = 1.0  # 0 disables
+    loss: LossConfig = field(default_factory=LossConfig)
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    checkpoint_every: int = 0  # 0: no periodic checkpoint
+    val_batch_size: int = 256
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the trainable module (CUDA)
+
+    def __post_init__(self):
+        if isinstance(self.loss, dict):
+            object.__setattr__(self, "loss", LossConfig(**self.loss))
+        for key in ("steps", "batch_size", "val_batch_size", "log_every"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"phase.{key}: expected a positive integer, got {value!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"phase.lr: expected a positive number, got {self.lr!r}")
+        for key in ("warmup_steps", "eval_every", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"phase.{key}: expected >= 0, got {getattr(self, key)!r}")
+
+
+@dataclass
+class FeatureSet:
+    """Images with their frozen-encoder features, computed once (a feature cache).
+
+    images (N, 3, H, W); layers (N, L, T, D); base (N, T, D). Features may be fp16 on disk; they
+    are cast to float on use.
+    """
+
+    images: torch.Tensor
+    layers: torch.Tensor
+    base: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @classmethod
+    @torch.no_grad()
+    def encode(cls, model: DRoRAE, images: torch.Tensor, batch_size: int = 256,
+               dtype: torch.dtype = torch.float16) -> "FeatureSet":
+        device = _device_of(model)
+        layers, bases = [], []
+        for i in range(0, len(images), batch_size):
+            ly, b = model.encoder(images[i:i + batch_size].to(device))
+            layers.append(ly.transpose(0, 1).to("cpu", dtype))  # (B, L, T, D)
+            bases.append(b.to("cpu", dtype))
+        return cls(images, torch.cat(layers), torch.cat(bases))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.decoder.parameters()).device
+
+
+class _Batches:
+    """Random batches (with replacement across epochs) from images or a FeatureSet."""
+
+    def __init__(self, data, batch_size: int, seed: int):
+        self.data, self.batch_size = data, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+
+    def next_indices(self) -> torch.Tensor:
+        if self.pos + self.batch_size > len(self.order):
+            self.order, self.pos = torch.randperm(len(self.data), generator=self.gen), 0
+        idx = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "order": self.order, "pos": torch.tensor(self.pos)}
+
+    def load_state_dict(self, state: dict):
+        self.gen.set_state(state["gen"])
+        self.order, self.pos = state["order"], int(state["pos"])
+
+
+def _features(model: DRoRAE, data, idx: torch.Tensor, device: torch.device):
+    """(images, layers (L, B, T, D) or None, base (B, T, D)) for the batch ``idx``."""
+    if isinstance(data, FeatureSet):
+        images = data.images[idx].to(device, non_blocking=True)
+        layers = data.layers[idx].to(device, non_blocking=True).float().transpose(0, 1)
+        return images, layers, data.base[idx].to(device, non_blocking=True).float()
+    images = data[idx].to(device, non_blocking=True)
+    layers, base = model.encoder(images)
+    return images, layers, base
+
+
+def _latent(model: DRoRAE, phase: int, layers, base):
+    return base if phase == 1 else model.latent(layers, base)
+
+
+@torch.no_grad()
+def validation_l1(model: DRoRAE, val, batch_size: int = 256, phase: int | None = None) -> float:
+    """Mean absolute error of clamped reconstructions over the validation set."""
+    device = _device_of(model)
+    use_fusion = model.fusion is not None and phase != 1
+    total, count = 0.0, 0
+    for start in range(0, len(val), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(val)))
+        images, layers, base = _features(model, val, idx, device)
+        z = model.latent(layers, base) if use_fusion else base
+        recon = model.decode(z).float().clamp(0, 1)
+        total += (recon - images).abs().sum().item()
+        count += images.numel()
+    return total / count
+
+
+def _trainable(model: DRoRAE, phase: int) -> nn.Module:
+    if phase == 2:
+        if model.fusion is None:
+            raise ConfigError("phase 2: the model has no fusion module (expert_hidden is null)")
+        return model.fusion
+    return model.decoder
+
+
+def _set_trainable(model: DRoRAE, phase: int) -> nn.Module:
+    module = _trainable(model, phase)
+    model.requires_grad_(False)
+    module.requires_grad_(True)
+    model.train()
+    return module
+
+
+def _save_atomic(obj, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: Report | None = None,
+              checkpoint: str | Path | None = None) -> dict:
+    """Train the module of ``phase`` (1, 2 or 3) for ``cfg.steps``; returns final metrics.
+
+    With ``checkpoint`` the phase saves its state every ``cfg.checkpoint_every`` steps and at the
+    end, and resumes from that file when it exists (finished phases return at once).
+    """
+    report = report or (lambda metrics: None)
+    device = _device_of(model)
+    module = _set_trainable(model, phase)
+    params = [p for p in module.parameters() if p.requires_grad]
+    fused_ok = device.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+                            fused=fused_ok or None)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    loss_fn = ReconstructionLoss(cfg.loss).to(device)
+    disc_opt = None
+    if loss_fn.discriminator is not None:
+        disc_opt = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    batches = _Batches(train, cfg.batch_size, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    start_step, elapsed = 0, 0.0
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if state["phase"] != phase:
+            raise ConfigError(f"checkpoint: {ckpt_path} is from phase {state['phase']}, not phase {phase}")
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        batches.load_state_dict(state["batches"])
+        torch.set_rng_state(state["rng"].cpu())
+        if disc_opt is not None:
+            loss_fn.discriminator.load_state_dict(state["discriminator"])
+            disc_opt.load_state_dict(state["disc_optimizer"])
+        start_step, elapsed = int(state["step"]), float(state["seconds"])
+        log.info("phase %d: resumed from %s at step %d", phase, ckpt_path, start_step)
+
+    def save(step: int):
+        if ckpt_path is None:
+            return
+        state = {"phase": phase, "step": step, "seconds": elapsed, "module": module.state_dict(),
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "batches": batches.state_dict(), "rng": torch.get_rng_state(), "config": repr(cfg)}
+        if disc_opt is not None:
+            state["discriminator"] = loss_fn.discriminator.state_dict()
+            state["disc_optimizer"] = disc_opt.state_dict()
+        _save_atomic(state, ckpt_path)
+
+    step_fn = module
+    if cfg.compile and device.type == "cuda":
+        step_fn = torch.compile(module)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    name = PHASES[phase]
+    t0 = time.perf_counter() - elapsed
+    terms: dict = {}
+    for step in range(start_step, cfg.steps):
+        idx = batches.next_indices()
+        images, layers, base = _features(model, train, idx, device)
+        with autocast:
+            if phase == 2:
+                z = step_fn(layers, base)
+            else:
+                z = _latent(model, phase, layers, base)
+                if phase == 1 and model.decoder.config.noise_tau > 0:
+                    z = z + model.decoder.config.noise_tau * torch.rand(()) * torch.randn_like(z)
+            recon = model.decoder(z) if phase == 2 else step_fn(z)
+            loss, terms = loss_fn(recon.float(), images, step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"phase {phase} ({name}): loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if loss_fn.adversarial_on(step):
+            d_loss = loss_fn.discriminator_loss(recon.float(), images)
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+            terms["adv_d"] = float(d_loss.detach())
+        done = step + 1
+        elapsed = time.perf_counter() - t0
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            report({"phase": phase, "step": done, "loss": float(loss.detach()), **terms,
+                    "lr": sched.get_last_lr()[0], "seconds": elapsed})
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            report({"phase": phase, "step": done, "val_l1": validation_l1(model, val, cfg.val_batch_size, phase)})
+            model.train()
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+            save(done)
+    model.eval()
+    steps_run = cfg.steps - start_step
+    metrics = {"phase": phase, "steps": cfg.steps, "train_seconds": elapsed,
+               "seconds_per_step": (elapsed / cfg.steps) if cfg.steps else 0.0,
+               "val_l1": validation_l1(model, val, cfg.val_batch_size, phase)}
+    if steps_run > 0:
+        save(cfg.steps)
+    report({"phase": phase, "step": cfg.steps, "val_l1": metrics["val_l1"], "final": True})
+    return metrics
+
+
+def train_decoder(model: DRoRAE, cfg: PhaseConfig, train, val, report: Report | None = None, checkpoint=None):
+    """Phase 1: the decoder on z_base (a plain RAE)."""
+    return run_phase(model, 1, cfg, train, val, report, checkpoint)
+
+
+def train_fusion(model: DRoRAE, cfg: PhaseConfig, train, val, report: Report | None = None, checkpoint=None):
+    """Phase 2: only the fusion module; encoder and decoder frozen."""
+    return run_phase(model, 2, cfg, train, val, report, checkpoint)
+
+
+def finetune_decoder(model: DRoRAE, cfg: PhaseConfig, train, val, report: Report | None = None, checkpoint=None):
+    """Phase 3: the decoder on z_final; encoder and fusion frozen."""
+    return run_phase(model, 3, cfg, train, val, report, checkpoint)
+
+
+def phase_config_dict(cfg: PhaseConfig) -> dict:
+    """Flat dict of a phase config, for logging as params."""
+    out = asdict(cfg)
+    loss = out.pop("loss")
+    out.update({f"loss.{k}": v for k, v in loss.items()})
+    return out
