@@ -130,7 +130,7 @@ def _create_timm(cfg: EncoderConfig) -> nn.Module:
         try:
             return timm.create_model(cfg.name, pretrained=True, **kwargs)
         except Exception as exc:
-            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            first = str(exc).split(". ")[0].splitlines()[0][:120] if str(exc) else type(exc).__name__
             raise AssetError(
                 f"encoder.name: could not load pretrained weights for {cfg.name} from the model hub ({first}); "
                 "download them where the internet is reachable and set encoder.checkpoint to the file"

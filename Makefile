@@ -1,0 +1,40 @@
+# drorae-scaling: every target that needs the virtual environment builds it first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch build to install first (this machine serves 2.14.1 + 0.29.1 from local disk; see README).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
+DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
+PYTEST_ARGS ?=
+
+.PHONY: install venv assets test sweep clean help
+
+help:
+	@echo "make install   virtual environment ($(VENV)) + offline assets (FID Inception, LPIPS, Fashion-MNIST)"
+	@echo "make test      the test suite"
+	@echo "make sweep     the embedded default sweep (issue 3)"
+
+$(DEPS_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.deps-* && touch $@
+
+# The project itself is installed editable on every run: cheap, and a cached venv shared by
+# several clones (CI) then always points at the clone that runs.
+venv: $(DEPS_STAMP)
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+
+assets: venv
+	$(PY) -m model.assets fetch
+
+install: venv assets
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf .pytest_cache build *.egg-info

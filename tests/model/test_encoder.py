@@ -1,0 +1,107 @@
+"""FrozenEncoder: every preset's shapes, layer selection, frozen weights, one-line errors."""
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from model import ENCODER_PRESETS, EncoderConfig, FrozenEncoder
+from model.errors import AssetError, ConfigError, UserError
+
+
+def _random(preset: str, **kw) -> EncoderConfig:
+    return replace(ENCODER_PRESETS[preset], weights="none", **kw)
+
+
+@pytest.mark.parametrize("preset", sorted(ENCODER_PRESETS))
+def test_every_preset_yields_L_tensors_of_shape_B_N_D_without_nans(preset):
+    enc = FrozenEncoder(_random(preset))
+    size = enc.config.input_size
+    layers, base = enc(torch.rand(2, 3, size, size))
+    L, N, D = enc.depth, enc.num_tokens, enc.dim
+    assert layers.shape == (L, 2, N, D)
+    assert base.shape == (2, N, D)
+    assert torch.isfinite(layers).all() and torch.isfinite(base).all()
+
+
+def test_z_base_is_the_last_block_after_the_final_norm():
+    enc = FrozenEncoder(_random("tiny"))
+    x = torch.rand(2, 3, 32, 32)
+    layers, base = enc(x)
+    full = enc.vit.forward_features((x - enc.mean) / enc.std)  # timm's plain path, prefix included
+    assert torch.allclose(base, full[:, enc.vit.num_prefix_tokens:], atol=1e-5)
+    assert torch.allclose(enc.vit.norm(layers[-1]), base, atol=1e-5)
+
+
+def test_layers_option_selects_blocks_and_accepts_negative_indices():
+    enc = FrozenEncoder(_random("tiny", layers=(-1, 2)))
+    assert enc.layers == (2, 5)
+    layers, _ = enc(torch.rand(1, 3, 32, 32))
+    full, _ = FrozenEncoder(_random("tiny"))(torch.rand(1, 3, 32, 32))
+    assert layers.shape[0] == 2 and full.shape[0] == 6
+
+
+def test_encoder_is_frozen_and_stays_in_eval_mode():
+    enc = FrozenEncoder(_random("tiny"))
+    enc.train()
+    assert not enc.vit.training
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_images_of_another_size_are_resized_to_the_encoders_input():
+    enc = FrozenEncoder(_random("tiny"))
+    layers, base = enc(torch.rand(1, 3, 48, 48))
+    assert base.shape == (1, 64, 96)
+
+
+def test_unknown_encoder_name_suggests_close_matches():
+    with pytest.raises(ConfigError, match=r"encoder.name: .*did you mean .*vit_base_patch14_reg4_dinov2"):
+        FrozenEncoder(EncoderConfig(name="vit_base_patch14_reg4_dinov", weights="none"))
+
+
+def test_missing_checkpoint_path_is_named():
+    with pytest.raises(AssetError, match=r"encoder.checkpoint: no such file /nonexistent/vit.pt"):
+        EncoderConfig(name="vit_tiny_patch16_224", checkpoint="/nonexistent/vit.pt")
+
+
+def test_image_size_not_divisible_by_the_patch_size_is_rejected():
+    with pytest.raises(ConfigError, match=r"encoder.input_size: 30 px is not divisible by the patch size 4"):
+        FrozenEncoder(_random("tiny", input_size=30))
+
+
+@pytest.mark.parametrize("layers", [(6,), (-7,), (0, 0)])
+def test_layer_index_out_of_range_or_repeated_is_rejected(layers):
+    with pytest.raises(ConfigError, match=r"encoder.layers"):
+        FrozenEncoder(_random("tiny", layers=layers))
+
+
+def test_every_error_is_one_line():
+    for make in (lambda: FrozenEncoder(_random("tiny", layers=(9,))),
+                 lambda: EncoderConfig(name="x", checkpoint="/nope"),
+                 lambda: FrozenEncoder(EncoderConfig(name="vit_tiny_patch16_22", weights="none"))):
+        with pytest.raises(UserError) as err:
+            make()
+        assert "\n" not in str(err.value)
+
+
+def test_local_checkpoint_loads_through_timms_loader(tmp_path):
+    src = FrozenEncoder(_random("tiny"))
+    path = tmp_path / "vit.pt"
+    torch.save(src.vit.state_dict(), path)
+    dst = FrozenEncoder(replace(ENCODER_PRESETS["tiny"], weights="hub", checkpoint=str(path)))
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(src(x)[1], dst(x)[1])
+
+
+def test_hub_weights_unreachable_offline_give_an_asset_error():
+    # In a subprocess with the hub switched off: the same path a user without internet takes.
+    code = ("from model import FrozenEncoder, ENCODER_PRESETS\n"
+            "FrozenEncoder(ENCODER_PRESETS['dinov2-s'])")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "AssetError: encoder.name: could not load pretrained weights" in out.stderr
+    assert "set encoder.checkpoint" in out.stderr

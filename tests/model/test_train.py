@@ -1,0 +1,117 @@
+"""Training phases: what each phase trains and freezes, checkpoint/resume, NaN losses, speed."""
+
+import time
+
+import pytest
+import torch
+
+from model import FeatureSet, PhaseConfig, finetune_decoder, train_decoder, train_fusion
+from model.errors import ConfigError
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_three_phases_on_default_images_in_under_a_minute_and_fusion_beats_the_rae(default_images, tiny_model):
+    xtr, _, xva = default_images
+    model = tiny_model
+    start = time.perf_counter()
+    train, val = FeatureSet.encode(model, xtr), FeatureSet.encode(model, xva)
+    p1 = train_decoder(model, PhaseConfig(steps=100, batch_size=64, lr=2e-3), train, val)
+    enc, dec = _snapshot(model.encoder), _snapshot(model.decoder)
+    p2 = train_fusion(model, PhaseConfig(steps=60, batch_size=64, lr=3e-3), train, val)
+    assert _same(enc, _snapshot(model.encoder)), "phase 2 changed the encoder"
+    assert _same(dec, _snapshot(model.decoder)), "phase 2 changed the decoder"
+    fus = _snapshot(model.fusion)
+    p3 = finetune_decoder(model, PhaseConfig(steps=20, batch_size=64, lr=2e-4), xtr, xva)  # encodes on the fly
+    assert _same(enc, _snapshot(model.encoder)), "phase 3 changed the encoder"
+    assert _same(fus, _snapshot(model.fusion)), "phase 3 changed the fusion module"
+    assert not _same(dec, _snapshot(model.decoder)), "phase 3 did not train the decoder"
+    elapsed = time.perf_counter() - start
+    assert elapsed < 60, f"three phases took {elapsed:.1f} s"
+    assert p2["val_l1"] < p1["val_l1"], (p1, p2)
+    assert p3["val_l1"] == pytest.approx(p3["val_l1"])  # finite
+    assert p1["val_l1"] < 0.2  # the decoder learned something: a blank image has L1 ~0.29
+
+
+def test_phase_2_starts_exactly_at_the_phase_1_reconstruction(default_images, tiny_model):
+    _, _, xva = default_images
+    from model.train import validation_l1
+
+    assert validation_l1(tiny_model, xva[:32], phase=1) == validation_l1(tiny_model, xva[:32], phase=2)
+
+
+def test_report_receives_the_training_curve(default_images, tiny_model):
+    xtr, _, xva = default_images
+    seen = []
+    train_decoder(tiny_model, PhaseConfig(steps=6, batch_size=16, log_every=2, eval_every=3), xtr, xva[:32],
+                  seen.append)
+    steps = [m["step"] for m in seen if "loss" in m]
+    assert steps == [2, 4, 6]
+    assert any("val_l1" in m and m["step"] == 3 for m in seen)
+    assert seen[-1]["final"] is True
+
+
+def test_interrupted_phase_resumes_from_its_checkpoint_to_the_same_weights(default_images, tiny_model, tmp_path):
+    xtr, _, xva = default_images
+    cfg = PhaseConfig(steps=8, batch_size=16, lr=3e-3, checkpoint_every=4, log_every=1)
+    initial = _snapshot(tiny_model.fusion)
+    ckpt = tmp_path / "phase2.pt"
+
+    def stop_after_5(metrics):
+        if metrics.get("step") == 5 and "loss" in metrics:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fusion(tiny_model, cfg, xtr, xva[:16], stop_after_5, checkpoint=ckpt)
+    assert ckpt.exists()
+    assert torch.load(ckpt, weights_only=True)["step"] == 4
+    steps = []
+    train_fusion(tiny_model, cfg, xtr, xva[:16], lambda m: steps.append(m["step"]), checkpoint=ckpt)
+    assert steps[0] == 5  # resumed after the checkpoint, not from the start
+    resumed = _snapshot(tiny_model.fusion)
+
+    tiny_model.fusion.load_state_dict(initial)
+    train_fusion(tiny_model, cfg, xtr, xva[:16])
+    assert _same(resumed, _snapshot(tiny_model.fusion))
+
+
+def test_a_finished_phase_returns_at_once_from_its_checkpoint(default_images, tiny_model, tmp_path):
+    xtr, _, xva = default_images
+    cfg = PhaseConfig(steps=3, batch_size=8)
+    train_decoder(tiny_model, cfg, xtr, xva[:8], checkpoint=tmp_path / "p1.pt")
+    after = _snapshot(tiny_model.decoder)
+    train_decoder(tiny_model, cfg, xtr, xva[:8], checkpoint=tmp_path / "p1.pt")
+    assert _same(after, _snapshot(tiny_model.decoder))
+
+
+def test_nan_loss_stops_the_phase_with_a_clear_error(default_images, tiny_model):
+    xtr, _, xva = default_images
+    bad = xtr.clone()
+    bad[:] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"phase 2 \(fusion\): loss is nan at step 0"):
+        train_fusion(tiny_model, PhaseConfig(steps=2, batch_size=8), bad, xva[:8])
+
+
+def test_phase_2_without_a_fusion_module_is_a_config_error(default_images):
+    from dataclasses import replace
+
+    from model import ENCODER_PRESETS, DRoRAE, DRoRAEConfig
+
+    rae = DRoRAE.from_config(DRoRAEConfig(encoder=replace(ENCODER_PRESETS["tiny"], weights="none")))
+    xtr, _, xva = default_images
+    with pytest.raises(ConfigError, match="expert_hidden"):
+        train_fusion(rae, PhaseConfig(steps=1), xtr, xva)
+
+
+@pytest.mark.parametrize("key,value", [("steps", 0), ("lr", -1.0), ("batch_size", 0)])
+def test_bad_phase_config_names_the_key(key, value):
+    kwargs = dict(steps=1)
+    kwargs[key] = value
+    with pytest.raises(ConfigError, match=f"phase.{key}"):
+        PhaseConfig(**kwargs)
