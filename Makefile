@@ -9,12 +9,11 @@ DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: install venv assets test sweep clean help
+.PHONY: install venv assets test clean help
 
 help:
 	@echo "make install   virtual environment ($(VENV)) + offline assets (FID Inception, LPIPS, Fashion-MNIST)"
 	@echo "make test      the test suite"
-	@echo "make sweep     the embedded default sweep (issue 3)"
 
 $(DEPS_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

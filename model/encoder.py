@@ -259,3 +259,22 @@ def pretrain_tiny_encoder(cfg: EncoderConfig, images: torch.Tensor, labels: torc
     torch.save(vit.state_dict(), tmp)
     os.replace(tmp, path)
     return path
+
+
+def ensure_encoder_weights(cfg: EncoderConfig, data, seed: int = 0) -> EncoderConfig:
+    """``cfg`` with its weights resolved: a self-pretrained encoder is trained (once) on ``data``.
+
+    ``data`` is a ``model.data.DataConfig``; the result names the cached checkpoint.
+    """
+    if cfg.weights != SELF_PRETRAINED or cfg.checkpoint is not None:
+        return cfg
+    from .data import fashion_mnist, load_split
+
+    if data.name == "fashion-mnist":
+        images, labels = fashion_mnist("train", data.resolution, data.root, data.num_train)
+    else:  # an ImageFolder: its class folders are the labels
+        loader = torch.utils.data.DataLoader(load_split(data, "train"), batch_size=256)
+        batches = list(loader)
+        images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    path = pretrain_tiny_encoder(cfg, images, labels, data.key, seed=seed)
+    return replace(cfg, checkpoint=str(path))
