@@ -115,3 +115,26 @@ def test_bad_phase_config_names_the_key(key, value):
     kwargs[key] = value
     with pytest.raises(ConfigError, match=f"phase.{key}"):
         PhaseConfig(**kwargs)
+
+
+def test_lpips_and_delayed_adversarial_terms_join_the_loss_at_their_step(default_images, tiny_model):
+    from model import LossConfig
+
+    xtr, _, xva = default_images
+    seen = []
+    cfg = PhaseConfig(steps=4, batch_size=8, log_every=1,
+                      loss=LossConfig(l1=1.0, lpips=0.5, adv=0.1, adv_start_step=2))
+    train_decoder(tiny_model, cfg, xtr, xva[:8], seen.append)
+    curve = [m for m in seen if "loss" in m]
+    assert all(m["lpips"] > 0 for m in curve)
+    assert ["adv_g" in m for m in curve] == [False, False, True, True]
+    assert curve[0]["loss"] == pytest.approx(curve[0]["l1"] + 0.5 * curve[0]["lpips"], rel=1e-5)
+
+
+def test_bad_loss_weights_name_the_key():
+    from model import LossConfig
+
+    with pytest.raises(ConfigError, match="loss.lpips"):
+        LossConfig(lpips=-1)
+    with pytest.raises(ConfigError, match="every weight is 0"):
+        LossConfig(l1=0)
