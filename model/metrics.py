@@ -1,0 +1,345 @@
+"""Reconstruction metrics: rFID (and KID), PSNR, SSIM, LPIPS, with offline weights.
+
+rFID is the Frechet distance (Heusel et al., 2017) between Inception pool3 features of the
+reconstructions and of the originals of a fixed validation set,
+
+    FID = ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)),
+
+computed with the standard FID Inception (TF 2015-12-05 weights) through torchmetrics'
+``NoTrainInceptionV3`` (torch-fidelity's graph), exactly as ``FrechetInceptionDistance`` does. The
+weights come from ``model.assets`` (never downloaded here). The real-image statistics (mu_r, S_r)
+are computed once per (dataset key, resolution, n) and cached on disk.
+
+Images are float tensors in [0, 1] of shape (B, 3, H, W) everywhere (uint8 in [0, 255] is also
+accepted by the Inception extractor).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+from torchmetrics.image.kid import KernelInceptionDistance
+from tqdm.auto import tqdm
+
+from . import assets
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+FID_FEATURE_DIMS = (64, 192, 768, 2048)  # the Inception taps torchmetrics offers; 2048 = pool3, the standard
+PROGRESS_DELAY_S = 3.0  # show a progress bar only once a loop has run this long
+
+
+# --------------------------------------------------------------------------------------------
+# FID Inception
+# --------------------------------------------------------------------------------------------
+
+
+class FIDInceptionV3(NoTrainInceptionV3):
+    """torchmetrics' FID Inception with offline weights, taking [0, 1] floats or uint8 images."""
+
+    def __init__(self, feature: int = 2048, weights: Path | None = None):
+        if feature not in FID_FEATURE_DIMS:
+            raise ConfigError(f"FID feature={feature} is not an Inception tap; expected one of {FID_FEATURE_DIMS}")
+        path = Path(weights) if weights is not None else assets.fid_inception_weights()
+        if not path.is_file():
+            raise assets.AssetError(f"FID Inception weights not found: {path}; {assets.FIX_HINT}")
+        # With a weights path torch-fidelity loads (strictly) from disk instead of its URL.
+        super().__init__("inception-v3-compat", [str(feature)], feature_extractor_weights_path=str(path))
+        self.num_features = feature  # read by torchmetrics, so it does not probe with a random image
+        self.weights_path = path
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FIDInceptionV3:
+        """Stay in eval mode (torchmetrics' version lacks the default for ``mode``, so ``.train()`` failed)."""
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, 3, H, W) float in [0, 1] or uint8 in [0, 255]; resized to 299 inside. Returns (B, feature)."""
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"FID Inception expects images of shape (B, 3, H, W), got {tuple(x.shape)}")
+        if x.shape[1] == 1:  # grayscale datasets: replicate the channel, as is usual for FID
+            x = x.expand(-1, 3, -1, -1)
+        if x.dtype != torch.uint8:
+            x = (x.clamp(0, 1) * 255).byte()  # the same quantization as torchmetrics' normalize=True
+        return super().forward(x)  # (B, feature)
+
+
+def load_fid_inception(
+    weights: Path | None = None, feature: int = 2048, device: str | torch.device = "cpu"
+) -> FIDInceptionV3:
+    """FID Inception (TF 2015-12-05 weights, ``feature``-d features), eval mode, frozen, never downloads."""
+    return FIDInceptionV3(feature, weights).to(device)
+
+
+def make_fid(
+    feature: int = 2048, *, extractor: nn.Module | None = None, weights: Path | None = None, **kw
+) -> FrechetInceptionDistance:
+    """torchmetrics ``FrechetInceptionDistance`` on our offline Inception (or a shared ``extractor``)."""
+    extractor = extractor if extractor is not None else load_fid_inception(weights, feature)
+    return FrechetInceptionDistance(feature=extractor, **kw)
+
+
+def make_kid(
+    feature: int = 2048, *, extractor: nn.Module | None = None, weights: Path | None = None, **kw
+) -> KernelInceptionDistance:
+    """torchmetrics ``KernelInceptionDistance`` on our offline Inception (or a shared ``extractor``)."""
+    extractor = extractor if extractor is not None else load_fid_inception(weights, feature)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        return KernelInceptionDistance(feature=extractor, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Frechet distance and cached real statistics
+# --------------------------------------------------------------------------------------------
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) in float64: torchmetrics' value.
+
+    torchmetrics sums sqrt(eig(S1 S2)) with a general (non-symmetric) eigensolver. The eigenvalues
+    of S1 S2 are those of the symmetric PSD matrix R S2 R with R = S1^(1/2), so two symmetric
+    eigensolves give the same trace (4e-8 relative at 2048-d, about 2 s on 2 CPU cores) with real,
+    clamped eigenvalues, also when the covariances are singular (fewer images than dimensions).
+    """
+    mu1, mu2 = (torch.as_tensor(np.asarray(m), dtype=torch.float64) for m in (mu1, mu2))
+    s1, s2 = (torch.as_tensor(np.asarray(s), dtype=torch.float64) for s in (sigma1, sigma2))
+    w, v = torch.linalg.eigh(s1)
+    r = (v * w.clamp(min=0).sqrt()) @ v.T  # S1^(1/2), (D, D)
+    m = r @ s2 @ r
+    c = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    return float((mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * c)
+
+
+def frechet_distance_to_features(mu1, sigma1, feats: Tensor) -> float:
+    """The Frechet distance between N(mu1, S1) and the Gaussian fitted to ``feats`` (N, D), unbiased.
+
+    With F the centred features, S2 = F^T F / (N - 1) and the nonzero eigenvalues of S1 S2 are those of
+    the (N, N) matrix F S1 F^T / (N - 1): for N below D (a few hundred evaluation images against
+    2048-d features) this costs a fraction of a second instead of a (D, D) eigensolve.
+    """
+    f = feats.detach().double().cpu()  # (N, D)
+    n, d = f.shape
+    if n < 2:
+        raise ValueError(f"need at least 2 feature vectors, got {n}")
+    if n > d:
+        mu2 = f.mean(0)
+        return frechet_distance(mu1, sigma1, mu2, torch.cov(f.T))
+    mu1 = torch.as_tensor(np.asarray(mu1), dtype=torch.float64)
+    s1 = torch.as_tensor(np.asarray(sigma1), dtype=torch.float64)
+    mu2 = f.mean(0)
+    fc = f - mu2  # (N, D)
+    m = fc @ s1 @ fc.T / (n - 1)  # (N, N)
+    c = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    return float((mu1 - mu2).square().sum() + s1.trace() + fc.square().sum() / (n - 1) - 2 * c)
+
+
+class _FeatureMoments:
+    """Streaming sum and Gram matrix of features in float64 (torchmetrics' FID state)."""
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64)
+
+    def update(self, feats: Tensor) -> None:
+        f = feats.detach().double().cpu()  # (B, D)
+        self.n += f.shape[0]
+        self.sum += f.sum(0)
+        self.gram += f.T @ f
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        mu = self.sum / self.n  # (D,)
+        sigma = (self.gram - self.n * torch.outer(mu, mu)) / (self.n - 1)  # (D, D), unbiased
+        return mu.numpy(), sigma.numpy()
+
+
+def _batches(images: Tensor | Iterable[Tensor], batch_size: int) -> Iterable[Tensor]:
+    if isinstance(images, Tensor):
+        return images.split(batch_size)
+    return iter(images)
+
+
+def _resolution(batch: Tensor) -> str:
+    h, w = batch.shape[-2:]
+    return f"{h}" if h == w else f"{h}x{w}"
+
+
+def stats_cache_path(
+    key: str, resolution: str, n: int, weights: Path, feature: int = 2048, cache_dir: Path | None = None
+) -> Path:
+    """``<cache>/fid_stats/<key>-<res>px-n<n>-<weights fingerprint>.npz``."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", key):
+        raise ConfigError(f"reference stats key {key!r}: use only letters, digits, '.', '_' and '-'")
+    fp = assets.weights_fingerprint(weights) + ("" if feature == 2048 else f"-f{feature}")
+    root = Path(cache_dir) if cache_dir is not None else assets.cache_root() / "fid_stats"
+    return root / f"{key}-{resolution}px-n{n}-{fp}.npz"
+
+
+@torch.no_grad()
+def reference_stats(
+    images: Tensor | Iterable[Tensor],
+    key: str,
+    n: int,
+    cache_dir: Path | None = None,
+    *,
+    extractor: FIDInceptionV3 | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) float64 of the Inception features of the first ``n`` images, cached on disk.
+
+    images: a (N, 3, H, W) tensor or an iterable of (B, 3, H, W) batches in [0, 1]. On a cache hit
+    only the first batch is read (its resolution is part of the key) and no network is loaded.
+    extractor: default the 2048-d pool3 Inception with the weights from ``model.assets``.
+    """
+    if n < 2:
+        raise ConfigError(f"reference stats {key!r}: n={n}, need at least 2 images for a covariance")
+    it = iter(_batches(images, batch_size))
+    first = next(it, None)
+    if first is None:
+        raise ConfigError(f"reference stats {key!r}: no images given")
+    if extractor is not None:
+        path = stats_cache_path(key, _resolution(first), n, extractor.weights_path, extractor.num_features, cache_dir)
+    else:
+        path = stats_cache_path(key, _resolution(first), n, assets.fid_inception_weights(), 2048, cache_dir)
+    if path.is_file():
+        with np.load(path) as z:
+            log.info("FID reference stats for %s from cache: %s", key, path)
+            return z["mu"], z["sigma"]
+
+    extractor = extractor if extractor is not None else load_fid_inception(device=device)
+    moments = _FeatureMoments(extractor.num_features)
+    dev = next(extractor.parameters()).device
+    t0 = time.perf_counter()
+    with tqdm(total=n, desc=f"FID stats {key}", unit="img", delay=PROGRESS_DELAY_S, leave=False) as bar:
+        for batch in itertools.chain([first], it):
+            batch = batch[: n - moments.n]
+            moments.update(extractor(batch.to(dev)))
+            bar.update(batch.shape[0])
+            if moments.n >= n:
+                break
+    if moments.n < n:
+        raise ConfigError(f"reference stats {key!r}: n={n} requested but only {moments.n} images were given")
+    seconds = time.perf_counter() - t0
+    log.info("FID reference stats for %s: %d images in %.1fs (%.1f images/s)", key, n, seconds, n / seconds)
+    mu, sigma = moments.stats()
+    with assets.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, mu=mu, sigma=sigma)
+    return mu, sigma
+
+
+# --------------------------------------------------------------------------------------------
+# LPIPS
+# --------------------------------------------------------------------------------------------
+
+
+class LPIPS(nn.Module):
+    """LPIPS v0.1 distance between [0, 1] images; frozen, always in eval mode, differentiable wrt inputs."""
+
+    def __init__(self, net: str = "alex", weights: Path | None = None):
+        super().__init__()
+        path = Path(weights) if weights is not None else assets.lpips_weights(net)
+        self.net = assets.lpips_module(net)  # package heads + random trunk: nothing downloaded
+        self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> LPIPS:
+        """Stay in eval mode (the heads' dropout must stay off, also inside a model in training)."""
+        return super().train(False)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """x, y: (B, 3, H, W) in [0, 1]. Returns (B,) distances."""
+        return self.net(x, y, normalize=True).flatten()  # normalize: [0, 1] -> [-1, 1]
+
+
+def load_lpips(net: str = "alex", weights: Path | None = None, device: str | torch.device = "cpu") -> LPIPS:
+    """LPIPS v0.1 (``alex`` or ``vgg``) with offline weights from ``model.assets``."""
+    return LPIPS(net, weights).to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Reconstruction evaluation
+# --------------------------------------------------------------------------------------------
+
+
+class ReconstructionEvaluator:
+    """rFID, PSNR, SSIM and LPIPS of reconstructions against a fixed reference set."""
+
+    def __init__(
+        self,
+        reference: Tensor,
+        key: str,
+        *,
+        batch_size: int = 32,
+        device: str | torch.device = "cpu",
+        cache_dir: Path | None = None,
+        lpips_net: str = "alex",
+        fid_weights: Path | None = None,
+        fid_feature: int = 2048,  # pool3, the standard; the smaller taps only for quick checks
+    ):
+        if reference.dim() != 4 or reference.shape[0] < 2:
+            raise ConfigError(
+                f"evaluation reference {key!r}: expected (N>=2, 3, H, W) images, got {tuple(reference.shape)}"
+            )
+        if not reference.is_floating_point():
+            raise ConfigError(f"evaluation reference {key!r}: expected float images in [0, 1], got {reference.dtype}")
+        if batch_size < 1:
+            raise ConfigError(f"evaluation batch_size={batch_size}: expected >= 1")
+        self.reference = reference.detach().cpu()
+        self.key = key
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.inception = load_fid_inception(fid_weights, fid_feature, device=self.device)
+        self.lpips = load_lpips(lpips_net, device=self.device)
+        # Shared work: computed once per (key, resolution, n), then read from the cache.
+        self.mu_real, self.sigma_real = reference_stats(
+            self.reference, key, len(self.reference), cache_dir, extractor=self.inception, batch_size=batch_size
+        )
+
+    @property
+    def n(self) -> int:
+        return len(self.reference)
+
+    @torch.no_grad()
+    def evaluate(self, recon: Tensor) -> dict[str, float]:
+        """recon: (N, 3, H, W) in [0, 1], aligned one-to-one with the reference images."""
+        if tuple(recon.shape) != tuple(self.reference.shape):
+            raise ValueError(
+                f"reconstructions {tuple(recon.shape)} must match the reference {tuple(self.reference.shape)}"
+            )
+        t0 = time.perf_counter()
+        feats, psnr, ssim, lp = [], [], [], []
+        with tqdm(total=self.n, desc=f"eval {self.key}", unit="img", delay=PROGRESS_DELAY_S, leave=False) as bar:
+            for start in range(0, self.n, self.batch_size):
+                x = recon[start : start + self.batch_size].to(self.device).float().clamp(0, 1)  # (B, 3, H, W)
+                y = self.reference[start : start + self.batch_size].to(self.device)  # (B, 3, H, W)
+                feats.append(self.inception(x).double().cpu())  # (B, D)
+                psnr.append(peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3)).cpu())
+                ssim.append(structural_similarity_index_measure(x, y, data_range=1.0, reduction="none").cpu())
+                lp.append(self.lpips(x, y).cpu())
+                bar.update(x.shape[0])
+        rfid = frechet_distance_to_features(self.mu_real, self.sigma_real, torch.cat(feats))
+        seconds = time.perf_counter() - t0
+        log.info("evaluated %d images in %.1fs (%.1f images/s): rFID %.3f", self.n, seconds, self.n / seconds, rfid)
+        return {
+            "rfid": rfid,
+            "psnr": float(torch.cat(psnr).mean()),  # mean of per-image PSNR (dB)
+            "ssim": float(torch.cat(ssim).mean()),
+            "lpips": float(torch.cat(lp).mean()),
+            "eval_seconds": seconds,
+            "images_per_s": self.n / seconds,
+        }
