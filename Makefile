@@ -8,6 +8,9 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 PYTEST_ARGS ?=
+RESULTS ?= results
+MLFLOW_PORT ?= 5000
+SPEC ?= sweeps/default.yaml
 
 .PHONY: install venv assets test clean help
 
@@ -37,3 +40,14 @@ test: install
 
 clean:
 	rm -rf .pytest_cache build *.egg-info
+
+.PHONY: mlflow-ui plan
+
+# The MLflow UI over the sweeps' tracking database, on this machine only.
+mlflow-ui: venv
+	@mkdir -p $(RESULTS)
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# What `drorae sweep $(SPEC)` would run: every grid point, its parameter count and cost; starts nothing.
+plan: venv
+	$(PY) -m sweeper sweep $(SPEC) --dry-run

@@ -79,9 +79,21 @@ class FeatureSet:
     images: torch.Tensor
     layers: torch.Tensor
     base: torch.Tensor
+    layer_index: tuple[int, ...] | None = None  # the fused blocks among the cached ones; None: all
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def select(self, layer_index) -> "FeatureSet":
+        """The same features with only the blocks ``layer_index`` fused (no copy)."""
+        return FeatureSet(self.images, self.layers, self.base, tuple(layer_index))
+
+    def head(self, n: int) -> "FeatureSet":
+        """The first ``n`` images and their features."""
+        return FeatureSet(self.images[:n], self.layers[:n], self.base[:n], self.layer_index)
+
+    def state_dict(self) -> dict:
+        return {"images": self.images, "layers": self.layers, "base": self.base}
 
     @classmethod
     @torch.no_grad()
@@ -127,7 +139,10 @@ def _features(model: DRoRAE, data, idx: torch.Tensor, device: torch.device):
     """(images, layers (L, B, T, D) or None, base (B, T, D)) for the batch ``idx``."""
     if isinstance(data, FeatureSet):
         images = data.images[idx].to(device, non_blocking=True)
-        layers = data.layers[idx].to(device, non_blocking=True).float().transpose(0, 1)
+        layers = data.layers[idx]  # (B, L_cached, T, D)
+        if data.layer_index is not None:
+            layers = layers[:, list(data.layer_index)]  # (B, L, T, D)
+        layers = layers.to(device, non_blocking=True).float().transpose(0, 1)  # (L, B, T, D)
         return images, layers, data.base[idx].to(device, non_blocking=True).float()
     images = data[idx].to(device, non_blocking=True)
     layers, base = model.encoder(images)
@@ -139,16 +154,22 @@ def _latent(model: DRoRAE, phase: int, layers, base):
 
 
 @torch.no_grad()
+def reconstruct(model: DRoRAE, data, batch_size: int = 256, use_fusion: bool = True):
+    """Yield (images, clamped reconstructions) batches over ``data`` (images or a FeatureSet)."""
+    device = _device_of(model)
+    use_fusion = use_fusion and model.fusion is not None
+    for start in range(0, len(data), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(data)))
+        images, layers, base = _features(model, data, idx, device)
+        z = model.latent(layers, base) if use_fusion else base
+        yield images, model.decode(z).float().clamp(0, 1)
+
+
+@torch.no_grad()
 def validation_l1(model: DRoRAE, val, batch_size: int = 256, phase: int | None = None) -> float:
     """Mean absolute error of clamped reconstructions over the validation set."""
-    device = _device_of(model)
-    use_fusion = model.fusion is not None and phase != 1
     total, count = 0.0, 0
-    for start in range(0, len(val), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(val)))
-        images, layers, base = _features(model, val, idx, device)
-        z = model.latent(layers, base) if use_fusion else base
-        recon = model.decode(z).float().clamp(0, 1)
+    for images, recon in reconstruct(model, val, batch_size, use_fusion=phase != 1):
         total += (recon - images).abs().sum().item()
         count += images.numel()
     return total / count
@@ -179,11 +200,12 @@ def _save_atomic(obj, path: Path):
 
 
 def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: Report | None = None,
-              checkpoint: str | Path | None = None) -> dict:
+              checkpoint: str | Path | None = None, on_checkpoint: Callable[[int], None] | None = None) -> dict:
     """Train the module of ``phase`` (1, 2 or 3) for ``cfg.steps``; returns final metrics.
 
     With ``checkpoint`` the phase saves its state every ``cfg.checkpoint_every`` steps and at the
-    end, and resumes from that file when it exists (finished phases return at once).
+    end, and resumes from that file when it exists (finished phases return at once);
+    ``on_checkpoint(step)`` is called after each save.
     """
     report = report or (lambda metrics: None)
     device = _device_of(model)
@@ -233,6 +255,8 @@ def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: R
             state["discriminator"] = loss_fn.discriminator.state_dict()
             state["disc_optimizer"] = disc_opt.state_dict()
         _save_atomic(state, ckpt_path)
+        if on_checkpoint is not None:
+            on_checkpoint(step)
 
     step_fn = module
     if cfg.compile and device.type == "cuda":
@@ -288,19 +312,22 @@ def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: R
     return metrics
 
 
-def train_decoder(model: DRoRAE, cfg: PhaseConfig, train, val, report: Report | None = None, checkpoint=None):
+def train_decoder(model: DRoRAE, cfg: PhaseConfig, train, val, report: Report | None = None, checkpoint=None,
+                  on_checkpoint=None):
     """Phase 1: the decoder on z_base (a plain RAE)."""
-    return run_phase(model, 1, cfg, train, val, report, checkpoint)
+    return run_phase(model, 1, cfg, train, val, report, checkpoint, on_checkpoint)
 
 
-def train_fusion(model: DRoRAE, cfg: PhaseConfig, train, val, report: Report | None = None, checkpoint=None):
+def train_fusion(model: DRoRAE, cfg: PhaseConfig, train, val, report: Report | None = None, checkpoint=None,
+                 on_checkpoint=None):
     """Phase 2: only the fusion module; encoder and decoder frozen."""
-    return run_phase(model, 2, cfg, train, val, report, checkpoint)
+    return run_phase(model, 2, cfg, train, val, report, checkpoint, on_checkpoint)
 
 
-def finetune_decoder(model: DRoRAE, cfg: PhaseConfig, train, val, report: Report | None = None, checkpoint=None):
+def finetune_decoder(model: DRoRAE, cfg: PhaseConfig, train, val, report: Report | None = None,
+                     checkpoint=None, on_checkpoint=None):
     """Phase 3: the decoder on z_final; encoder and fusion frozen."""
-    return run_phase(model, 3, cfg, train, val, report, checkpoint)
+    return run_phase(model, 3, cfg, train, val, report, checkpoint, on_checkpoint)
 
 
 def phase_config_dict(cfg: PhaseConfig) -> dict:

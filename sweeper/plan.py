@@ -1,0 +1,224 @@
+"""The resolved plan of a sweep: model configs, grid points x seeds, controls, sizes and costs.
+
+``build_plan(spec)`` is pure apart from reading timm's architecture table (on the meta device, no
+weights): it checks what only the model can check (encoder name, layer counts) and prints nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from model import (DECODER_PRESETS, ENCODER_PRESETS, DecoderConfig, EncoderConfig, LossConfig, PhaseConfig,
+                   fusion_param_count)
+from model.data import DataConfig
+from model.encoder import check_model_name
+from model.errors import UserError
+
+from .spec import PhaseSpec, SpecError, SweepSpec
+
+# Rough sustained throughputs for the cost estimate (measured on this project's machines: the
+# tiny phase-2 step runs ~60 GFLOP/s on 2 CPU cores; the FID Inception ~6 images/s there).
+FLOPS_PER_S = {"cpu": 5e10, "gpu": 3e14}
+FID_IMAGES_PER_S = {"cpu": 6.0, "gpu": 1500.0}
+CONTROL_IDS = {"rae": "rae", "decoder_only": "decoder_only", "last_layer": "last_layer"}
+
+
+def select_layers(depth: int, k: int) -> tuple[int, ...]:
+    """k block indices spread evenly over the depth, always ending at the last block.
+
+    k = 1 is the last block alone (the plain RAE's source); k = depth is every block.
+    """
+    return tuple(sorted({round((i + 1) * depth / k) - 1 for i in range(k)}))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One (grid point or control, seed): a row of the results table per trial it runs."""
+
+    unit_id: str
+    point_id: str
+    kind: str  # "grid" or "control"
+    expert_hidden: int | None  # None: no fusion module (the rae and decoder_only controls)
+    fused_layers: int
+    layers: tuple[int, ...]
+    seed: int
+    params: int  # trainable parameters of the trial (fusion params; decoder params for decoder_only)
+    n_trials: int  # Optuna trials for this unit (1 without search)
+    gflop: float  # estimated cost of the unit: n_trials trainings + one rFID evaluation
+    seconds: float  # estimated seconds of the unit's trials on the spec's device, run one after another
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: SweepSpec
+    encoder: EncoderConfig
+    decoder: DecoderConfig
+    data: DataConfig
+    phase1: PhaseConfig
+    phase2: PhaseConfig
+    phase3: PhaseConfig | None
+    dim: int
+    depth: int
+    tokens: int
+    units: tuple[Unit, ...]
+
+    @property
+    def n_trials(self) -> int:
+        return sum(u.n_trials for u in self.units)
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self.spec.resources.gpu > 0 else "cpu"
+
+
+def phase_config(p: PhaseSpec, seed: int = 0, **changes) -> PhaseConfig:
+    values = p.model_dump()
+    values["loss"] = LossConfig(**values["loss"])
+    values.update(changes)
+    return PhaseConfig(seed=seed, **values)
+
+
+def encoder_config(spec: SweepSpec) -> EncoderConfig:
+    e = spec.encoder
+    base = ENCODER_PRESETS[e.preset] if e.preset else EncoderConfig(name=e.name)
+    changes = {k: v for k, v in e.model_dump().items() if k != "preset" and v is not None}
+    try:
+        cfg = replace(base, **changes)
+    except UserError as err:
+        raise SpecError(str(err)) from None
+    return cfg
+
+
+def _architecture(cfg: EncoderConfig) -> tuple[int, int, int]:
+    """(width, depth, patch size) of a timm ViT without building its weights."""
+    import timm
+
+    try:
+        check_model_name(cfg.name)
+    except UserError as err:
+        raise SpecError(str(err)) from None
+    with torch.device("meta"):
+        vit = timm.create_model(cfg.name, pretrained=False, num_classes=0, img_size=cfg.input_size,
+                                **cfg.model_kwargs)
+    patch = vit.patch_embed.patch_size
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    return vit.embed_dim, len(vit.blocks), patch
+
+
+def _count(module_fn) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in module_fn().parameters())
+
+
+def build_plan(spec: SweepSpec) -> Plan:
+    """Resolve ``spec`` into units with parameter counts and costs; raises SpecError."""
+    enc = encoder_config(spec)
+    dim, depth, patch = _architecture(enc)
+    if enc.input_size % patch:
+        raise SpecError(f"encoder.input_size: {enc.input_size} px is not divisible by the patch size {patch}")
+    grid = enc.input_size // patch
+    if spec.data.resolution % grid:
+        raise SpecError(f"data.resolution: {spec.data.resolution} px is not divisible by the encoder's token "
+                        f"grid {grid}x{grid}")
+    d = spec.decoder
+    try:
+        dec = replace(DECODER_PRESETS[d.preset], **{k: v for k, v in d.model_dump().items()
+                                                   if k != "preset" and v is not None})
+        data = DataConfig(**spec.data.model_dump())
+    except UserError as err:
+        raise SpecError(str(err)) from None
+    from model import ViTDecoder
+
+    dec_params = _count(lambda: ViTDecoder(dec, dim, grid, spec.data.resolution // grid))
+    enc_params = _count(lambda: __import__("timm").create_model(
+        enc.name, pretrained=False, num_classes=0, img_size=enc.input_size, **enc.model_kwargs))
+    layer_counts = spec.grid.fused_layers or [depth]
+    for k in layer_counts:
+        if k > depth:
+            raise SpecError(f"grid.fused_layers: {k} layers asked, but the encoder has {depth} blocks")
+    tokens = grid * grid
+    n_search = spec.search.n_trials if spec.search else 1
+    p2, p3 = spec.phase2, spec.phase3
+    device = "gpu" if spec.resources.gpu > 0 else "cpu"
+    fc_bytes = (depth + 1) * tokens * dim * 2 * ((spec.data.num_train or 60000) + spec.data.num_val)
+    cached = fc_bytes <= spec.feature_cache.max_gb * 1e9
+
+    def cost(fusion_params: int, train_decoder: bool, evaluate: bool, n: int = 1) -> tuple[float, float]:
+        per_image = (0 if cached else 2 * enc_params) + 6 * fusion_params + 6 * dec_params
+        flop = p2.steps * p2.batch_size * tokens * per_image
+        if p3 is not None and not train_decoder:
+            flop += p3.steps * p3.batch_size * tokens * (6 * fusion_params + 6 * dec_params)
+        flop *= n
+        seconds = flop / FLOPS_PER_S[device]
+        if evaluate:
+            seconds += spec.eval.n_images / FID_IMAGES_PER_S[device]
+            flop += spec.eval.n_images * 5.7e9  # FID Inception at 299 px
+        return flop / 1e9, seconds
+
+    units: list[Unit] = []
+    for k in layer_counts:
+        layers = select_layers(depth, k)
+        for h in spec.grid.expert_hidden:
+            params = fusion_param_count(dim, len(layers), h)
+            gflop, sec = cost(params, False, True, n_search)
+            for seed in spec.grid.seeds:
+                pid = f"h{h}-k{k}"
+                units.append(Unit(f"{pid}-s{seed}", pid, "grid", h, k, layers, seed, params, n_search, gflop, sec))
+    for name in spec.controls.runs:
+        seed = spec.grid.seeds[0]
+        if name == "rae":
+            gflop, sec = spec.eval.n_images * 5.7, spec.eval.n_images / FID_IMAGES_PER_S[device]
+            units.append(Unit(f"rae-s{seed}", "rae", "control", None, 0, (), seed, 0, 1, gflop, sec))
+        elif name == "decoder_only":
+            gflop, sec = cost(0, True, True)
+            units.append(Unit(f"decoder_only-s{seed}", "decoder_only", "control", None, 0, (), seed,
+                              dec_params, 1, gflop, sec))
+        else:
+            h = spec.controls.last_layer_hidden or max(spec.grid.expert_hidden)
+            params = fusion_param_count(dim, 1, h)
+            gflop, sec = cost(params, False, True)
+            units.append(Unit(f"last_layer-s{seed}", "last_layer", "control", h, 1, (depth - 1,), seed,
+                              params, 1, gflop, sec))
+    ids = [u.unit_id for u in units]
+    if len(set(ids)) != len(ids):
+        raise SpecError("grid: duplicate points")
+    return Plan(spec=spec, encoder=enc, decoder=dec, data=data,
+                phase1=phase_config(spec.phase1, spec.seed), phase2=phase_config(spec.phase2),
+                phase3=phase_config(p3) if p3 is not None else None,
+                dim=dim, depth=depth, tokens=tokens, units=tuple(units))
+
+
+def _human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"  # one decimal: 113.5M, not 113M (the paper's x-axis reads 113.5M)
+    return f"{n:.0f}"
+
+
+def format_plan(plan: Plan) -> str:
+    """The dry-run table: every unit with its parameter count and estimated cost, then totals."""
+    s = plan.spec
+    rows = [f"sweep {s.name}: encoder {plan.encoder.name} (d={plan.dim}, {plan.depth} blocks, "
+            f"{plan.tokens} tokens), decoder {s.decoder.preset}, data {s.data.name} {s.data.resolution}px, "
+            f"device {plan.device}",
+            f"{'trial unit':<22}{'kind':<9}{'h':>6}{'k':>4}{'seed':>6}{'params':>10}{'trials':>8}"
+            f"{'GFLOP':>10}{'est. s':>9}"]
+    for u in plan.units:
+        h = "-" if u.expert_hidden is None else str(u.expert_hidden)
+        rows.append(f"{u.unit_id:<22}{u.kind:<9}{h:>6}{u.fused_layers:>4}{u.seed:>6}{_human(u.params):>10}"
+                    f"{u.n_trials:>8}{u.gflop:>10.4g}{u.seconds:>9.0f}")
+    total_s = sum(u.seconds for u in plan.units)
+    total_g = sum(u.gflop for u in plan.units)
+    grid = [u for u in plan.units if u.kind == "grid"]
+    span = ""
+    if grid:
+        lo, hi = min(u.params for u in grid), max(u.params for u in grid)
+        span = f", fusion params {_human(lo)}..{_human(hi)} ({math.log10(hi / lo):.2f} decades)"
+    conc = s.resources.max_concurrent or "auto"
+    rows.append(f"total: {len(plan.units)} units, {plan.n_trials} trials{span}, {total_g:.4g} GFLOP, "
+                f"~{total_s / 60:.1f} min of trial time (serial; {conc} concurrent), plus shared work "
+                f"(encoder, feature cache, FID statistics, phase 1: {s.phase1.steps} steps)")
+    return "\n".join(rows)

@@ -1,0 +1,261 @@
+"""Execute a sweep: check the endpoints, start (or join) Ray, do the shared work once, run every
+unit's trials as Ray Tune trials, evaluate each searched unit's best trial, write the results.
+
+Rerunning the same command resumes (``Tuner.restore``, errored trials resumed): a completed trial
+never runs twice. ``restart=True`` starts over on purpose, after moving the old results aside.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from model.errors import UserError
+
+from .tracking import ResultsTable, SweepTracker, check_tracking, flatten, git_commit, tracking_uri
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_ray_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast when RAY_ADDRESS points at nothing (Ray itself would wait for minutes)."""
+    if address in ("auto", "local"):
+        return
+    target = address if "://" in address else f"ray://{address}"
+    parsed = urlparse(target)
+    if not parsed.hostname or not parsed.port:
+        raise UserError(f"RAY_ADDRESS {address!r}: expected host:port, ray://host:port or auto")
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserError(f"RAY_ADDRESS {address}: no Ray cluster answers ({exc.strerror or exc}); start one "
+                        "(ray start --head) or unset RAY_ADDRESS for a local one") from None
+
+
+def init_ray(address: str | None):
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:  # a local one-node cluster, private to this machine
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True,
+                 configure_logging=True, logging_level=logging.WARNING)
+
+
+def _archive(sweep_dir: Path) -> Path | None:
+    """Move an earlier run of the sweep aside (never delete what a user ran)."""
+    if not sweep_dir.exists():
+        return None
+    dest = sweep_dir.with_name(f"{sweep_dir.name}.before-restart-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(str(sweep_dir), dest)
+    log.info("restart: moved the earlier results to %s", dest)
+    return dest
+
+
+def _parent_run(uri: str, experiment: str, sweep_dir: Path, spec) -> str:
+    """The sweep's MLflow parent run, created once and reused when the sweep resumes."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    state_path = sweep_dir / "sweep.json"
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        try:
+            run = client.get_run(state["mlflow_parent_run_id"])
+            if run.info.experiment_id == exp_id:
+                client.set_terminated(run.info.run_id, "RUNNING")
+                return run.info.run_id
+        except mlflow.exceptions.MlflowException:
+            pass
+    tags = {"mlflow.runName": spec.name, "sweep": spec.name}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    run = client.create_run(exp_id, tags=tags)
+    from mlflow.entities import Param
+
+    params = [Param(k, str(v)[:6000]) for k, v in flatten(spec.model_dump(mode="json")).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[i:i + 100])
+    tmp = state_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"mlflow_parent_run_id": run.info.run_id, "experiment": experiment,
+                               "tracking_uri": uri}))
+    tmp.replace(state_path)
+    return run.info.run_id
+
+
+def _prepare_remote(plan, device):
+    import ray
+
+    from .shared import prepare
+
+    @ray.remote(max_retries=1)
+    def shared_work(plan, device):
+        import torch
+
+        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        return prepare(plan, device)
+
+    res = plan.spec.resources
+    cpus = max(res.cpu, min(ray.cluster_resources().get("CPU", 1), 4))
+    gpus = 1 if res.gpu > 0 else 0
+    return ray.get(shared_work.options(num_cpus=cpus, num_gpus=gpus).remote(plan, device))
+
+
+def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, experiment_path: Path):
+    """For each searched unit, evaluate its best completed trial (lowest val_l1) once."""
+    import ray
+
+    from .trial import tune_evaluate_checkpoint
+
+    df = table.frame()
+    searched = [u for u in plan.units if u.n_trials > 1]
+    jobs = []
+    for unit in searched:
+        rows = df[(df.unit_id == unit.unit_id) & (df.status == "completed")]
+        if rows.empty:
+            continue
+        best = rows.loc[rows.val_l1.idxmin()]
+        if bool(best.get("best")) and not math.isnan(best.rfid):
+            continue  # already evaluated in an earlier run of this sweep
+        ckpt = _trial_checkpoint(experiment_path, best.trial_id)
+        if ckpt is None:
+            log.warning("no checkpoint for %s: cannot evaluate it", best.trial_id)
+            continue
+        res = plan.spec.resources
+        fn = ray.remote(tune_evaluate_checkpoint).options(num_cpus=res.cpu, num_gpus=res.gpu)
+        jobs.append((best.trial_id, fn.remote(plan, shared, best.trial_id, unit, str(ckpt))))
+    for trial_id, ref in jobs:
+        metrics = ray.get(ref)
+        for tid in df[df.unit_id == df.loc[df.trial_id == trial_id, "unit_id"].iloc[0]].trial_id:
+            table.rows[tid]["best"] = tid == trial_id
+        table.upsert({"trial_id": trial_id, "best": True, **{k: metrics[k] for k in
+                      ("rfid", "psnr", "ssim", "lpips", "eval_seconds")}})
+        ckpt = _trial_checkpoint(experiment_path, trial_id)
+        tracker.log_final(table.rows[trial_id]["mlflow_run_id"], metrics, str(ckpt / "reconstructions.png"))
+
+
+def _trial_name(trial) -> str:
+    """Tune trial names and directories carry the sweep's trial id (and Tune's, to stay unique)."""
+    return f"{trial.config['trial_id']}_{trial.trial_id}"
+
+
+def _trial_checkpoint(experiment_path: Path, trial_id: str) -> Path | None:
+    """The newest checkpoint directory of the Tune trial whose config has ``trial_id``."""
+    for params in experiment_path.glob("*/params.json"):
+        if json.loads(params.read_text()).get("trial_id") == trial_id:
+            ckpts = sorted(params.parent.glob("checkpoint_*"))
+            return ckpts[-1] if ckpts else None
+    return None
+
+
+def summary(df: pd.DataFrame) -> str:
+    cols = ["trial_id", "status", "params", "val_l1", "rfid", "psnr", "train_seconds", "error"]
+    view = df[df.best.fillna(False).astype(bool) | (df.status != "completed")][cols].copy()
+    view["error"] = view["error"].fillna("").astype(str).str.slice(0, 60)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        return view.to_string(index=False)
+
+
+def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.DataFrame:
+    """Run (or resume) the sweep of ``plan``; returns the results table."""
+    import ray
+    from ray import tune
+
+    from .search import UnitMedianStopping, UnitSearcher
+    from .trial import tune_trainable
+
+    spec = plan.spec
+    t_start = time.perf_counter()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    uri = tracking_uri(spec)
+    check_tracking(uri)
+    if address:
+        check_ray_address(address)
+    sweep_dir = spec.sweep_dir.resolve()
+    if restart:
+        _archive(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    Path(spec.results_dir).resolve().mkdir(parents=True, exist_ok=True)
+    experiment = spec.tracking.experiment or spec.name
+    parent = _parent_run(uri, experiment, sweep_dir, spec)
+    init_ray(address)
+    device = "cuda" if spec.resources.gpu > 0 else "cpu"
+
+    log.info("shared work: encoder, feature cache, FID statistics, phase-1 decoder")
+    t = time.perf_counter()
+    shared = _prepare_remote(plan, device)
+    shared_seconds = time.perf_counter() - t
+    log.info("shared work done in %.0f s (%s)", shared_seconds,
+             ", ".join(f"{k} {v:.0f}s" for k, v in shared.seconds.items()))
+
+    storage = spec.storage_path or str(sweep_dir / "ray")
+    experiment_path = Path(storage) / "tune"
+    res = spec.resources
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, plan=plan, shared=shared),
+                                    {"cpu": res.cpu, "gpu": res.gpu})
+    tracker = SweepTracker(uri, experiment, parent, str(sweep_dir),
+                           {"sweep": spec.name, "shared.decoder": shared.decoder_path,
+                            "shared.phase1_val_l1": shared.phase1.get("val_l1")}, git_commit())
+    if tune.Tuner.can_restore(str(experiment_path)):
+        log.info("resuming the sweep from %s", experiment_path)
+        tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_errored=True)
+    else:
+        searcher = UnitSearcher(plan.units, spec.search, storage=f"sqlite:///{sweep_dir / 'optuna.db'}",
+                                study_prefix=f"{spec.name}/", seed=spec.seed)
+        search_alg = searcher
+        if res.max_concurrent:
+            from ray.tune.search import ConcurrencyLimiter
+
+            search_alg = ConcurrencyLimiter(searcher, max_concurrent=res.max_concurrent)
+        scheduler = UnitMedianStopping() if spec.search and spec.search.pruner == "median" else None
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=plan.n_trials,
+                                        reuse_actors=False, trial_name_creator=_trial_name,
+                                        trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=storage, callbacks=[tracker],
+                failure_config=tune.FailureConfig(max_failures=res.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                verbose=1))
+    t = time.perf_counter()
+    tuner.fit()
+    trials_seconds = time.perf_counter() - t
+    table = ResultsTable(sweep_dir)
+    _evaluate_best(plan, shared, table, tracker, experiment_path)
+    table.write()
+    df = table.frame()
+    wall = time.perf_counter() - t_start
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    failed = int((df.status == "failed").sum())
+    client.log_metric(parent, "wall_seconds", wall)
+    client.log_metric(parent, "failed_trials", failed)
+    client.set_terminated(parent, "FINISHED" if failed == 0 else "FAILED")
+    timing = {"wall_seconds": wall, "shared_seconds": shared_seconds, "tune_seconds": trials_seconds,
+              "shared": shared.seconds}
+    (sweep_dir / "timing.json").write_text(json.dumps(timing, indent=1))
+    log.info("sweep %s: %d trials (%d failed) in %.1f min; results: %s; MLflow: %s (experiment %s)",
+             spec.name, len(df), failed, wall / 60, sweep_dir / "trials.parquet", uri, experiment)
+    return df

@@ -1,0 +1,139 @@
+"""Per-point hyperparameter search: one Optuna study per unit, driven through one Ray Tune run.
+
+Ray's ``OptunaSearch`` refuses a ``grid_search`` axis, and a single study over all capacities
+would let the sampler trade capacity against learning rate. So ``UnitSearcher`` (a Tune
+``Searcher``) keeps one real Optuna study per unit (grid point x seed) in an SQLite storage
+beside the results, asks it for each new Tune trial of that unit and tells it the trial's final
+validation loss. Units without a search block get exactly one trial with the spec's values.
+``UnitMedianStopping`` prunes a trial whose validation loss is worse than the median of its own
+unit's earlier trials at the same step (never across capacities).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections import defaultdict
+
+import optuna
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+log = logging.getLogger(__name__)
+
+
+def distributions(search) -> dict:
+    """Optuna distributions of a ``SearchSpec``."""
+    out = {}
+    for name, p in search.params.items():
+        if p.type == "loguniform":
+            out[name] = optuna.distributions.FloatDistribution(p.low, p.high, log=True)
+        elif p.type == "uniform":
+            out[name] = optuna.distributions.FloatDistribution(p.low, p.high)
+        elif p.type == "int":
+            out[name] = optuna.distributions.IntDistribution(int(p.low), int(p.high))
+        else:
+            out[name] = optuna.distributions.CategoricalDistribution(p.choices)
+    return out
+
+
+def trial_config(unit, hp: dict, evaluate: bool, index: int) -> dict:
+    return {"trial_id": f"{unit.unit_id}-t{index}", "unit_id": unit.unit_id, "point_id": unit.point_id,
+            "kind": unit.kind, "expert_hidden": unit.expert_hidden, "fused_layers": unit.fused_layers,
+            "layers": list(unit.layers), "seed": unit.seed, "params": unit.params, "hp": hp,
+            "evaluate": evaluate, "n_trials": unit.n_trials}
+
+
+class UnitSearcher(Searcher):
+    """Suggests every unit's trials: fixed values, or asked from the unit's own Optuna study."""
+
+    def __init__(self, units, search=None, storage: str | None = None, study_prefix: str = "", seed: int = 0):
+        super().__init__()  # no Tune-level metric: results carry val_l1 only where it was measured
+        self.units = list(units)
+        self.search = search
+        self.storage = storage
+        self.study_prefix = study_prefix
+        self.seed = seed
+        self.asked = defaultdict(int)  # unit_id -> trials suggested
+        self.live = {}  # tune trial id -> (unit_id, optuna trial number or None)
+        self._studies = {}
+
+    # Optuna studies are re-opened from their storage, never pickled.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_studies"] = {}
+        return state
+
+    def study(self, unit_id: str) -> optuna.Study:
+        if unit_id not in self._studies:
+            s = self.search
+            sampler = (optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=max(1, s.n_trials // 2))
+                       if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=self.seed))
+            self._studies[unit_id] = optuna.create_study(
+                study_name=f"{self.study_prefix}{unit_id}", storage=self.storage, sampler=sampler,
+                direction="minimize", load_if_exists=True)
+        return self._studies[unit_id]
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str):
+        for unit in self.units:
+            if self.asked[unit.unit_id] >= unit.n_trials:
+                continue
+            index = self.asked[unit.unit_id]
+            self.asked[unit.unit_id] += 1
+            if self.search is None or unit.kind == "control":
+                self.live[trial_id] = (unit.unit_id, None)
+                return trial_config(unit, {}, evaluate=True, index=index)
+            ot = self.study(unit.unit_id).ask(distributions(self.search))
+            self.live[trial_id] = (unit.unit_id, ot.number)
+            # With search, only the unit's best trial is evaluated (after the run, by the driver).
+            return trial_config(unit, dict(ot.params), evaluate=False, index=index)
+        return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
+        unit_id, number = self.live.pop(trial_id, (None, None))
+        if number is None:
+            return
+        study = self.study(unit_id)
+        value = None if result is None else result.get("val_l1")
+        if error or value is None:
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+        elif not result.get("final", False):  # stopped early by the scheduler
+            study.tell(number, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(number, float(value))
+
+    def save(self, checkpoint_path: str):
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str):
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class UnitMedianStopping(FIFOScheduler):
+    """Stop a searched trial whose val_l1 is above the median of its unit's earlier trials at that step."""
+
+    def __init__(self, min_trials: int = 2):
+        super().__init__()
+        self.min_trials = min_trials
+        self.curves = defaultdict(dict)  # unit_id -> {tune trial id -> {step: val_l1}}
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if "val_l1" not in result or result.get("final") or trial.config.get("n_trials", 1) < 2:
+            return TrialScheduler.CONTINUE
+        unit, step = trial.config["unit_id"], result.get("step")
+        self.curves[unit].setdefault(trial.trial_id, {})[step] = result["val_l1"]
+        others = [c[step] for tid, c in self.curves[unit].items() if tid != trial.trial_id and step in c]
+        if len(others) >= self.min_trials:
+            others.sort()
+            median = others[len(others) // 2] if len(others) % 2 else 0.5 * (others[len(others) // 2 - 1]
+                                                                               + others[len(others) // 2])
+            if result["val_l1"] > median:
+                log.info("pruning %s at step %s: val_l1 %.4f > unit median %.4f", trial.config["trial_id"], step,
+                         result["val_l1"], median)
+                return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE

@@ -1,0 +1,129 @@
+"""Shared work of a sweep, done once per content hash and reused by every trial and later sweeps.
+
+- the offline default encoder's pretraining (``model.ensure_encoder_weights``),
+- the frozen-encoder feature cache (train + validation features, when they fit the budget),
+- the FID reference statistics of the evaluation images,
+- the phase-1 decoder (a plain RAE on z_base).
+
+Everything lands in the cache directory under a name derived from what determines it, written
+atomically; a second sweep with other capacities finds it all there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from model import DRoRAE, DRoRAEConfig, FeatureSet, ensure_encoder_weights, train_decoder
+from model.data import load_split, stack_images
+from model.train import _save_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Where a sweep's shared artifacts are; passed to every trial."""
+
+    encoder_checkpoint: str | None
+    decoder_path: str
+    phase1: dict  # metrics of the phase-1 decoder (val_l1, seconds)
+    features_path: str | None  # FeatureSet file {"train": ..., "val": ...}; None: encode on the fly
+    fid_key: str  # key of the cached FID reference statistics
+    seconds: dict  # wall time of each piece of shared work in this run (0 when it came from the cache)
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_dir(spec_cache_dir: str | None) -> Path:
+    if spec_cache_dir:
+        return Path(spec_cache_dir).expanduser()
+    from model.assets import cache_root
+
+    return cache_root()
+
+
+def feature_bytes(n_images: int, depth: int, tokens: int, dim: int) -> int:
+    """fp16 bytes of every block's tokens plus z_base for ``n_images`` images."""
+    return n_images * (depth + 1) * tokens * dim * 2
+
+
+def prepare(plan, device: str = "cpu") -> Shared:
+    """Do (or find) all shared work of ``plan``; runs inside one Ray task."""
+    spec = plan.spec
+    root = cache_dir(spec.cache_dir)
+    seconds = {}
+    t = time.perf_counter()
+    encoder = ensure_encoder_weights(plan.encoder, plan.data, seed=spec.seed)
+    seconds["encoder"] = time.perf_counter() - t
+    enc_all = replace(encoder, layers=None)
+    rae = DRoRAE.from_config(DRoRAEConfig(encoder=enc_all, decoder=plan.decoder, image_size=spec.data.resolution))
+    rae.to(device)
+    train_images = stack_images(load_split(plan.data, "train"))
+    val_images = stack_images(load_split(plan.data, "val"))
+
+    # Frozen-encoder features: when they fit the budget, computed once and memory-mapped by trials.
+    data_id = _digest(encoder.hash(), plan.data.key, len(train_images), len(val_images))
+    n_bytes = feature_bytes(len(train_images) + len(val_images), plan.depth, plan.tokens, plan.dim)
+    features_path = None
+    t = time.perf_counter()
+    if n_bytes <= spec.feature_cache.max_gb * 1e9:
+        features_path = root / "features" / f"{data_id}.pt"
+        if not features_path.exists():
+            log.info("feature cache: encoding %d + %d images (%.0f MiB)", len(train_images), len(val_images),
+                     n_bytes / 2**20)
+            feats = {"train": FeatureSet.encode(rae, train_images).state_dict(),
+                     "val": FeatureSet.encode(rae, val_images).state_dict()}
+            _save_atomic(feats, features_path)
+            del feats
+    else:
+        log.info("feature cache: %.1f GB exceeds feature_cache.max_gb=%s; trials encode on the fly",
+                 n_bytes / 1e9, spec.feature_cache.max_gb)
+    seconds["features"] = time.perf_counter() - t
+
+    # FID reference statistics of the evaluation images (the first eval.n_images of the val split).
+    t = time.perf_counter()
+    from model.metrics import reference_stats
+
+    fid_key = plan.data.key
+    reference_stats(val_images[:spec.eval.n_images], fid_key, spec.eval.n_images,
+                    batch_size=spec.eval.batch_size, device=device)
+    seconds["fid_stats"] = time.perf_counter() - t
+
+    # Phase 1: the decoder on z_base, shared by every trial. Checkpointed, so it resumes too.
+    t = time.perf_counter()
+    p1_id = _digest(data_id, asdict(plan.decoder), asdict(plan.phase1), spec.data.resolution)
+    decoder_path = root / "decoders" / f"{p1_id}.pt"
+    metrics_path = decoder_path.with_suffix(".json")
+    if not decoder_path.exists():
+        train, val = train_images, val_images
+        if features_path is not None:
+            feats = torch.load(features_path, mmap=True, weights_only=True)
+            train, val = FeatureSet(**feats["train"]), FeatureSet(**feats["val"])
+        val = val[:spec.eval.n_images] if isinstance(val, torch.Tensor) else val.head(spec.eval.n_images)
+
+        def report(m):
+            if "loss" in m and m["step"] % (plan.phase1.log_every * 10) == 0:
+                log.info("phase 1: step %d/%d loss %.4f", m["step"], plan.phase1.steps, m["loss"])
+
+        metrics = train_decoder(rae, plan.phase1, train, val, report,
+                                checkpoint=decoder_path.with_suffix(".ckpt"))
+        tmp = metrics_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(metrics))
+        tmp.replace(metrics_path)
+        _save_atomic(rae.decoder.state_dict(), decoder_path)  # last: its presence means phase 1 is done
+        decoder_path.with_suffix(".ckpt").unlink(missing_ok=True)
+        log.info("phase 1: val L1 %.4f after %d steps (%.0f s)", metrics["val_l1"], plan.phase1.steps,
+                 metrics["train_seconds"])
+    seconds["phase1"] = time.perf_counter() - t
+    return Shared(encoder_checkpoint=encoder.checkpoint, decoder_path=str(decoder_path),
+                  phase1=json.loads(metrics_path.read_text()), features_path=str(features_path) if features_path
+                  else None, fid_key=fid_key, seconds=seconds)

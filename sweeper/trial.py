@@ -1,0 +1,188 @@
+"""One Ray Tune trial: phase 2 (and 3) of one capacity point, then its rFID evaluation.
+
+The trainable is a thin adapter around ``model``'s plain training functions: it builds the model
+from the shared artifacts, forwards the training curve to ``tune.report``, turns the phase
+checkpoints into Tune checkpoints (so a failed trial retries from its last one and an interrupted
+sweep resumes) and evaluates the result. It knows nothing of MLflow: the driver tracks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from model import DRoRAE, DRoRAEConfig, FeatureSet, run_phase
+from model.data import load_split, stack_images
+from model.train import reconstruct
+
+log = logging.getLogger(__name__)
+
+
+def _device(gpu: float) -> torch.device:
+    return torch.device("cuda" if gpu > 0 and torch.cuda.is_available() else "cpu")
+
+
+def build_model(plan, shared, config: dict, device) -> DRoRAE:
+    """The trial's model: resolved encoder, phase-1 decoder, fusion of width h over its layers."""
+    enc = replace(plan.encoder, checkpoint=shared.encoder_checkpoint,
+                  layers=tuple(config["layers"]) if config["layers"] else None)
+    model = DRoRAE.from_config(DRoRAEConfig(
+        encoder=enc, decoder=plan.decoder, image_size=plan.spec.data.resolution,
+        expert_hidden=config["expert_hidden"], beta_max=config["hp"].get("beta_max", plan.spec.beta_max)))
+    model.decoder.load_state_dict(torch.load(shared.decoder_path, map_location="cpu", weights_only=True))
+    return model.to(device)
+
+
+def load_data(plan, shared, layers):
+    """(train, val) as FeatureSets from the cache, or as image tensors to encode on the fly."""
+    n_eval = plan.spec.eval.n_images
+    if shared.features_path is not None:
+        feats = torch.load(shared.features_path, mmap=True, weights_only=True)
+        train, val = FeatureSet(**feats["train"]), FeatureSet(**feats["val"])
+        if layers:
+            train, val = train.select(layers), val.select(layers)
+        return train, val.head(n_eval)
+    train = stack_images(load_split(plan.data, "train"))
+    val = stack_images(load_split(plan.data, "val"))[:n_eval]
+    return train, val
+
+
+def evaluate(model: DRoRAE, val, plan, shared, device, out_dir: Path) -> dict:
+    """rFID, PSNR, SSIM, LPIPS on the sweep's fixed evaluation images; a reconstruction grid PNG."""
+    from torchvision.utils import save_image
+
+    from model.metrics import ReconstructionEvaluator
+
+    ev = plan.spec.eval
+    originals, recons = [], []
+    for images, recon in reconstruct(model, val, batch_size=ev.batch_size * 4):
+        originals.append(images.cpu())
+        recons.append(recon.cpu())
+    originals, recons = torch.cat(originals), torch.cat(recons)
+    evaluator = ReconstructionEvaluator(originals, shared.fid_key, batch_size=ev.batch_size, device=device,
+                                        lpips_net=ev.lpips_net)
+    metrics = evaluator.evaluate(recons)
+    k = min(16, len(originals))
+    save_image(torch.cat([originals[:k], recons[:k]]), out_dir / "reconstructions.png", nrow=k, padding=1)
+    return metrics
+
+
+def _phase_cfg(base, hp: dict, steps_from=None, lr_from=None):
+    changes = {k: v for k, v in hp.items() if k in ("lr", "weight_decay", "warmup_steps", "batch_size")}
+    if steps_from is not None:
+        changes.update(steps=steps_from.steps, batch_size=steps_from.batch_size)
+    if lr_from is not None:
+        changes.update(lr=lr_from.lr)
+    return replace(base, seed=base.seed, **changes)
+
+
+def train_trial(config: dict, plan, shared, report, checkpoint_dir: Path, save_checkpoint) -> dict:
+    """Run one trial; ``report(metrics)`` gets the curve, ``save_checkpoint(step)`` persists ``checkpoint_dir``.
+
+    The same function serves the grid and the controls:
+    grid / last_layer: phase 2 (fusion) [+ phase 3]; decoder_only: the decoder trained on z_base
+    for the phase-2 budget; rae: nothing trained, only evaluated.
+    """
+    device = _device(plan.spec.resources.gpu)
+    torch.manual_seed(config["seed"])
+    model = build_model(plan, shared, config, device)
+    train, val = load_data(plan, shared, config["layers"])
+    faults = plan.spec.faults
+    if config["unit_id"] in faults.nan_loss:  # deliberate fault (spec faults.nan_loss): real NaN images
+        images = train.images if isinstance(train, FeatureSet) else train
+        nan = torch.full_like(images, float("nan"))
+        train = replace(train, images=nan) if isinstance(train, FeatureSet) else nan
+    if config["unit_id"] in faults.raise_error:
+        raise RuntimeError(f"injected fault in {config['unit_id']} (spec faults.raise_error)")
+    hp, seed = config["hp"], config["seed"]
+    start = time.perf_counter()
+    metrics: dict = {}
+    kind = config["point_id"]
+    phases = []
+    if kind == "decoder_only":
+        cfg = _phase_cfg(plan.phase2, hp, lr_from=plan.phase1)
+        phases.append((1, replace(cfg, seed=seed)))
+    elif kind != "rae":
+        phases.append((2, replace(_phase_cfg(plan.phase2, hp), seed=seed)))
+        if plan.phase3 is not None:
+            phases.append((3, replace(plan.phase3, seed=seed)))
+    for phase, cfg in phases:
+        result = run_phase(model, phase, cfg, train, val, report=report,
+                           checkpoint=checkpoint_dir / f"phase{phase}.pt", on_checkpoint=save_checkpoint)
+        metrics["val_l1"] = result["val_l1"]
+        metrics[f"phase{phase}_seconds"] = result["train_seconds"]
+    if not phases:
+        from model.train import validation_l1
+
+        metrics["val_l1"] = validation_l1(model, val, phase=1)
+    metrics["train_seconds"] = sum(v for k, v in metrics.items() if k.endswith("_seconds"))
+    if config["evaluate"]:
+        metrics.update(evaluate(model, val, plan, shared, device, checkpoint_dir))
+    metrics["wall_seconds"] = time.perf_counter() - start
+    torch.save(model.fusion.state_dict() if model.fusion is not None else {}, checkpoint_dir / "fusion.pt")
+    return metrics
+
+
+def tune_trainable(config: dict, plan=None, shared=None):
+    """The function Ray Tune runs: train_trial wired to ``tune.report`` and Tune checkpoints."""
+    import ray
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(plan.spec.resources.cpu)))
+    work = Path(tempfile.mkdtemp(prefix="drorae-trial-"))
+    try:
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                shutil.copytree(d, work, dirs_exist_ok=True)
+        node = ray.get_runtime_context().get_node_id()
+        last: dict = {}
+
+        def report(m: dict):
+            if "loss" in m or "val_l1" in m:
+                last.update({k: v for k, v in m.items() if isinstance(v, (int, float))})
+                tune.report({**last, "node_id": node, "final": False})
+
+        def save_checkpoint(step: int):
+            tune.report({**last, "step": step, "node_id": node, "final": False},
+                        checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+        metrics = train_trial(config, plan, shared, report, work, save_checkpoint)
+        (work / "metrics.json").write_text(json.dumps(metrics))
+        tune.report({**metrics, "node_id": node, "final": True},
+                    checkpoint=tune.Checkpoint.from_directory(str(work)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def tune_evaluate_checkpoint(plan, shared, trial_id: str, unit, checkpoint: str) -> dict:
+    """Evaluate a finished trial from its checkpoint (a searched unit's best trial), as a Ray task."""
+    from .search import trial_config
+
+    torch.set_num_threads(max(1, int(plan.spec.resources.cpu)))
+    device = _device(plan.spec.resources.gpu)
+    config = trial_config(unit, {}, evaluate=True, index=0)
+    model = build_model(plan, shared, config, device)
+    ckpt = Path(checkpoint)
+    if model.fusion is not None:
+        model.fusion.load_state_dict(torch.load(ckpt / "fusion.pt", map_location=device, weights_only=True))
+    if (ckpt / "phase3.pt").exists():
+        state = torch.load(ckpt / "phase3.pt", map_location=device, weights_only=True)
+        model.decoder.load_state_dict(state["module"])
+    model.eval()
+    _, val = load_data(plan, shared, config["layers"])
+    out = Path(tempfile.mkdtemp(prefix="drorae-eval-"))
+    try:
+        metrics = evaluate(model, val, plan, shared, device, out)
+        shutil.copy(out / "reconstructions.png", ckpt / "reconstructions.png")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return metrics

@@ -1,0 +1,145 @@
+"""The `drorae` command line: help, dry run, one-line errors with exit code 2, the sweep call."""
+
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from sweeper.cli import build_parser, main
+
+
+def drorae(*args, cwd=None, timeout=60):
+    """The real command line in a fresh interpreter (`python -m sweeper` is `drorae`)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "sweeper", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def _options(parser):
+    return [s for a in parser._actions for s in a.option_strings] + [
+        a.metavar for a in parser._actions if not a.option_strings and a.metavar and a.nargs != "A..."]
+
+
+def test_help_explains_every_option():
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if a.nargs == "A..."]
+    top = drorae("--help")
+    assert top.returncode == 0 and top.stderr == ""
+    for name in subparsers.choices:
+        assert name in top.stdout
+    assert "--version" in top.stdout and "examples:" in top.stdout
+    for name, sub in subparsers.choices.items():
+        out = drorae(name, "--help")
+        assert out.returncode == 0, out.stderr
+        for action in sub._actions:
+            assert action.help, f"{name}: {action.dest} has no help"
+        for option in _options(sub):
+            assert option in out.stdout, f"{name} --help does not mention {option}"
+    sweep = drorae("sweep", "--help").stdout
+    for example in ("--dry-run", "sweeps/paper_capacity.yaml", "RAY_ADDRESS=ray://head:10001",
+                    "MLFLOW_TRACKING_URI=http://mlflow:5000", "phase2.lr=3e-4", "grid.seeds=[0,1]", "make sweep"):
+        assert example in sweep
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, write_spec, tiny_raw):
+    spec = write_spec(tiny_raw)
+    results = tmp_path / "results"
+    out = drorae("sweep", spec, "--dry-run", f"results_dir={results}", "grid.seeds=[0,1]", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "trial unit" in out.stdout and "h32-k6-s1" in out.stdout
+    assert out.stdout.splitlines()[-1].startswith("total: 6 units, 6 trials")
+    assert not results.exists()
+    assert sorted(os.listdir(tmp_path)) == ["spec.yaml"]  # nothing else, not even in the working directory
+
+
+@pytest.mark.parametrize("case", ["bad-spec", "bad-override"])
+def test_user_error_is_one_line_exit_2(tmp_path, write_spec, tiny_raw, case):
+    if case == "bad-spec":
+        tiny_raw["eval"]["n_images"] = 64
+        args = [write_spec(tiny_raw)]
+    else:
+        args = [write_spec(tiny_raw), "phase2.lr"]
+    out = drorae("sweep", *args, "--dry-run", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("drorae: error: "), out.stderr
+    assert ("eval.n_images" if case == "bad-spec" else "phase2.lr") in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["spec.yaml"]
+
+
+# --- in-process: the same entry point, without a fresh interpreter each time ----------------------
+
+
+@pytest.mark.parametrize("change, overrides, words", [
+    (None, ["grid.fused_layers=[7]"], ["grid.fused_layers", "6 blocks"]),  # found by build_plan
+    (None, ["encoder.preset=null", "encoder.name=vit_bse_patch16_224"], ["did you mean vit_base_patch16_224"]),
+    (None, ["phase2.stepz=3"], ["phase2.stepz: unknown key"]),
+    (None, ["grid.expert_hidden=[]"], ["grid.expert_hidden"]),
+    ("missing", [], ["no such spec file"]),
+], ids=["too-many-layers", "unknown-timm-model", "unknown-key", "empty-grid", "missing-file"])
+def test_user_errors_in_process(capsys, write_spec, tiny_raw, tmp_path, change, overrides, words):
+    spec = tmp_path / "nope.yaml" if change == "missing" else write_spec(tiny_raw)
+    assert main(["sweep", str(spec), *overrides, "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith(f"drorae: error: {spec}: "), err
+    for word in words:
+        assert word in err
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    """A stand-in `sweeper.run` whose run_sweep records its call (or raises `fake_run.raises`)."""
+    module = types.ModuleType("sweeper.run")
+    module.calls, module.raises = [], None
+
+    def run_sweep(plan, *, restart, address):
+        module.calls.append((plan, restart, address))
+        if module.raises is not None:
+            raise module.raises
+
+    module.run_sweep = run_sweep
+    monkeypatch.setitem(sys.modules, "sweeper.run", module)
+    return module
+
+
+def test_sweep_calls_run_sweep(fake_run, monkeypatch, capsys, write_spec, tiny_raw):
+    spec = str(write_spec(tiny_raw))
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    # options before, between and after the overrides
+    assert main(["sweep", spec, "--restart", "grid.seeds=[0,1]", "-v", "phase2.lr=3e-4"]) == 0
+    plan, restart, address = fake_run.calls[-1]
+    assert restart is True and address == "ray://head:10001"
+    assert plan.spec.grid.seeds == [0, 1] and plan.spec.phase2.lr == 3e-4
+    assert main(["sweep", spec, "--address", "auto"]) == 0
+    assert fake_run.calls[-1][1:] == (False, "auto")
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert main(["sweep", spec]) == 0
+    assert fake_run.calls[-1][2] is None  # run_sweep starts a local Ray
+    assert main(["sweep", spec, "--dry-run"]) == 0 and len(fake_run.calls) == 3  # a dry run starts nothing
+
+
+def test_interrupt_and_user_errors_from_the_run(fake_run, capsys, write_spec, tiny_raw):
+    from model.errors import UserError
+
+    spec = str(write_spec(tiny_raw))
+    fake_run.raises = KeyboardInterrupt()
+    assert main(["sweep", spec]) == 130
+    assert capsys.readouterr().err.splitlines() == ["drorae: interrupted; rerun the same command to resume the sweep"]
+    fake_run.raises = UserError("RAY_ADDRESS: no Ray cluster at\nray://nowhere:10001")
+    assert main(["sweep", spec]) == 2
+    assert capsys.readouterr().err == "drorae: error: RAY_ADDRESS: no Ray cluster at ray://nowhere:10001\n"
+    fake_run.raises = RuntimeError("a bug")  # not the user's mistake: the traceback stays
+    with pytest.raises(RuntimeError):
+        main(["sweep", spec])
+
+
+def test_usage_errors_exit_2(capsys):
+    for argv in ([], ["sweep"], ["nosuch"], ["sweep", "x.yaml", "--nosuch"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    assert "unrecognized arguments: --nosuch" in capsys.readouterr().err
