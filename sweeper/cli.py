@@ -99,10 +99,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_plan(plan))
         return 0
-    from .run import run_sweep
+    from .run import run_sweep, summary
 
     log.debug("plan:\n%s", format_plan(plan))
-    run_sweep(plan, restart=args.restart, address=args.address)
+    df = run_sweep(plan, restart=args.restart, address=args.address)
+    print(summary(df))
     return 0
 
 

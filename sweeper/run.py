@@ -116,7 +116,8 @@ def _prepare_remote(plan, device):
         return prepare(plan, device)
 
     res = plan.spec.resources
-    cpus = max(res.cpu, min(ray.cluster_resources().get("CPU", 1), 4))
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    cpus = max(res.cpu, min(node_cpus, 4))  # shared work may use a whole (small) node
     gpus = 1 if res.gpu > 0 else 0
     return ray.get(shared_work.options(num_cpus=cpus, num_gpus=gpus).remote(plan, device))
 

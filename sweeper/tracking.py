@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["trial_id", "point_id", "kind", "status", "expert_hidden", "fused_layers", "seed", "params",
            "rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds", "error", "best",
-           "unit_id", "node_id", "mlflow_run_id"]
+           "retries", "unit_id", "node_id", "mlflow_run_id"]
 
 
 def tracking_uri(spec) -> str:
@@ -197,7 +197,9 @@ class SweepTracker(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial.config)
-        self.table.upsert({**row_from(trial.config, None, "running"), "mlflow_run_id": run_id})
+        row = {**row_from(trial.config, None, "running"), "mlflow_run_id": run_id}
+        row.pop("error")
+        self.table.upsert(row)
 
     def _log_metrics(self, run_id: str, result: dict):
         from mlflow.entities import Metric
@@ -209,6 +211,12 @@ class SweepTracker(Callback):
                    and k in ("loss", "l1", "lpips", "adv_g", "adv_d", "lr", "val_l1", "phase")]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial that Tune retries (FailureConfig): counted, its error kept on the MLflow run."""
+        row = self.table.rows.get(trial.config["trial_id"], {})
+        self.table.upsert({"trial_id": trial.config["trial_id"], "retries": int(row.get("retries") or 0) + 1,
+                           "error": error_line(trial)})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.table.rows.get(trial.config["trial_id"], {}).get("mlflow_run_id") or self.run_id(trial.config)

@@ -32,3 +32,35 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "sweeps" / "smoke.yaml"
+
+
+@pytest.fixture
+def local_ray():
+    """A real local one-node Ray (dashboard off, 127.0.0.1), shut down after the test."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def smoke_plan(tmp_path, *overrides):
+    """The smoke spec with its results (table, Ray storage, MLflow db) under tmp_path."""
+    from sweeper.plan import build_plan
+    from sweeper.spec import load_spec
+
+    return build_plan(load_spec(SMOKE, [f"results_dir={tmp_path / 'results'}", *overrides]))
+
+
+def mlflow_trial_runs(tmp_path, experiment: str):
+    """The nested (trial) runs of the experiment in the test's SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
