@@ -12,11 +12,14 @@ RESULTS ?= results
 MLFLOW_PORT ?= 5000
 SPEC ?= sweeps/default.yaml
 
-.PHONY: install venv assets test clean help
+.PHONY: install venv assets test sweep clean help
 
 help:
 	@echo "make install   virtual environment ($(VENV)) + offline assets (FID Inception, LPIPS, Fashion-MNIST)"
 	@echo "make test      the test suite"
+	@echo "make sweep     the embedded default sweep (SPEC=$(SPEC)); rerun to resume"
+	@echo "make plan      what make sweep would run, and its cost"
+	@echo "make mlflow-ui the MLflow UI on 127.0.0.1:$(MLFLOW_PORT)"
 
 $(DEPS_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +40,10 @@ install: venv assets
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The main job: the spec's sweep on local Ray (or RAY_ADDRESS), results under $(RESULTS)/.
+sweep: install
+	$(PY) -m sweeper sweep $(SPEC) $(ARGS)
 
 clean:
 	rm -rf .pytest_cache build *.egg-info
