@@ -129,7 +129,7 @@ def test_interrupted_sweep_resumes_and_runs_every_trial_exactly_once(tmp_path):
     proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
     proc.wait(timeout=120)
     before = pd.read_parquet(table_path)
-    assert (before.status != "completed").any(), "the sweep had finished before the interrupt"
+    assert (before.status == "completed").sum() < 4, "the sweep had finished before the interrupt"
 
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
