@@ -31,7 +31,8 @@ $(DEPS_STAMP): pyproject.toml
 # The project itself is installed editable on every run: cheap, and a cached venv shared by
 # several clones (CI) then always points at the clone that runs.
 venv: $(DEPS_STAMP)
-	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >$(VENV)/.editable.log 2>&1 \
+		|| { cat $(VENV)/.editable.log; exit 1; }
 
 assets: venv
 	$(PY) -m model.assets fetch

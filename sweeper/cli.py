@@ -99,11 +99,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_plan(plan))
         return 0
-    from .run import run_sweep, summary
+    from .run import run_sweep
+    from .tracking import summary
 
     log.debug("plan:\n%s", format_plan(plan))
     df = run_sweep(plan, restart=args.restart, address=args.address)
-    print(summary(df))
+    if df is not None:
+        print(summary(df))
     return 0
 
 

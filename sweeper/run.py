@@ -112,7 +112,7 @@ def _prepare_remote(plan, device):
         import torch
 
         torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
         return prepare(plan, device)
 
     res = plan.spec.resources
@@ -167,14 +167,6 @@ def _trial_checkpoint(experiment_path: Path, trial_id: str) -> Path | None:
             ckpts = sorted(params.parent.glob("checkpoint_*"))
             return ckpts[-1] if ckpts else None
     return None
-
-
-def summary(df: pd.DataFrame) -> str:
-    cols = ["trial_id", "status", "params", "val_l1", "rfid", "psnr", "train_seconds", "error"]
-    view = df[df.best.fillna(False).astype(bool) | (df.status != "completed")][cols].copy()
-    view["error"] = view["error"].fillna("").astype(str).str.slice(0, 60)
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        return view.to_string(index=False)
 
 
 def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.DataFrame:

@@ -49,7 +49,8 @@ class UnitSearcher(Searcher):
 
     def __init__(self, units, search=None, storage: str | None = None, study_prefix: str = "", seed: int = 0):
         super().__init__()  # no Tune-level metric: results carry val_l1 only where it was measured
-        self.units = list(units)
+        # Longest first: the largest widths start at once instead of trailing behind the sweep.
+        self.units = sorted(units, key=lambda u: -u.seconds / u.n_trials)
         self.search = search
         self.storage = storage
         self.study_prefix = study_prefix

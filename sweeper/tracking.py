@@ -141,6 +141,15 @@ def error_line(trial) -> str:
     return lines[-1][:500] if lines else "unknown error"
 
 
+def summary(df: pd.DataFrame) -> str:
+    """The final table a user sees: each point's result row and every trial that did not complete."""
+    cols = ["trial_id", "status", "params", "val_l1", "rfid", "psnr", "train_seconds", "error"]
+    view = df[df.best.fillna(False).astype(bool) | (df.status != "completed")][cols].copy()
+    view["error"] = view["error"].fillna("").astype(str).str.slice(0, 60)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        return view.to_string(index=False)
+
+
 # --- MLflow ----------------------------------------------------------------------------------
 
 

@@ -143,3 +143,25 @@ def test_usage_errors_exit_2(capsys):
             main(argv)
         assert info.value.code == 2
     assert "unrecognized arguments: --nosuch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env,words", [
+    ({"RAY_ADDRESS": "127.0.0.1:1"}, "RAY_ADDRESS 127.0.0.1:1: no Ray cluster answers"),
+    ({"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}, "MLflow tracking URI http://127.0.0.1:1: no server answers"),
+])
+def test_unreachable_ray_or_mlflow_fails_fast_before_any_trial(tmp_path, env, words):
+    import time
+
+    from conftest import SMOKE
+
+    results = tmp_path / "results"
+    full_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    full_env.update(env)
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "sweeper", "sweep", str(SMOKE), f"results_dir={results}"],
+                         capture_output=True, text=True, env=full_env, timeout=60)
+    assert time.monotonic() - start < 30
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"drorae: error: {words}" + out.stderr.split(words, 1)[1].rstrip()]
+    assert "Traceback" not in out.stderr
+    assert not results.exists()  # nothing written

@@ -1,0 +1,77 @@
+"""Orchestration overhead of a sweep: the same trials through the whole tool against a plain loop.
+
+Side by side in one run, with the shared work already cached:
+  A. ``run_sweep``: Ray start, shared-work lookup, Tune trials with checkpoints, MLflow tracking,
+     the results table;
+  B. the same trials called directly (``sweeper.trial.train_trial``) one after another in this
+     process, with the same threads, data and evaluation.
+The overhead is (A - B) / A (target: at most 10%). To compare like with like, A runs one trial at a
+time with all the cores (``resources.cpu`` = cores, ``max_concurrent`` = 1), as B does.
+
+    python bench/orchestration.py [--spec sweeps/default.yaml] [--widths 2,32,512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", default="sweeps/default.yaml")
+    ap.add_argument("--widths", default="2,32,512", help="expert widths to run (a subset keeps it short)")
+    ap.add_argument("--json", help="also write the numbers to this file")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on 127.0.0.1 only
+    from sweeper.plan import build_plan
+    from sweeper.run import run_sweep
+    from sweeper.search import trial_config
+    from sweeper.shared import prepare
+    from sweeper.spec import load_spec
+    from sweeper.trial import train_trial
+
+    cores = os.cpu_count() or 1
+    tmp = Path(tempfile.mkdtemp(prefix="drorae-bench-"))
+    overrides = [f"grid.expert_hidden=[{args.widths}]", "controls.runs=[]", f"resources.cpu={cores}",
+                 "resources.max_concurrent=1", f"results_dir={tmp / 'results'}"]
+    plan = build_plan(load_spec(args.spec, overrides))
+    prepare(plan)  # warm the shared caches so neither side pays for them
+
+    # B: the trials alone.
+    torch.set_num_threads(cores)
+    t = time.perf_counter()
+    shared = prepare(plan)
+    for unit in plan.units:
+        work = tmp / "direct" / unit.unit_id
+        work.mkdir(parents=True)
+        train_trial(trial_config(unit, {}, True, 0), plan, shared, lambda m: None, work, lambda step: None)
+    direct = time.perf_counter() - t
+
+    # A: the whole tool.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    t = time.perf_counter()
+    run_sweep(plan)
+    sweep = time.perf_counter() - t
+    timing = json.loads((tmp / "results" / plan.spec.name / "timing.json").read_text())
+    overhead = (sweep - direct) / sweep
+    print(f"{len(plan.units)} trials of {args.spec} (h = {args.widths}), one at a time on {cores} cores:")
+    print(f"  plain loop over the trials   {direct:7.1f} s")
+    print(f"  drorae sweep (Ray+Tune+MLflow) {sweep:5.1f} s  (Tune {timing['tune_seconds']:.1f} s, "
+          f"shared-work lookup {timing['shared_seconds']:.1f} s)")
+    print(f"  orchestration overhead {overhead * 100:.1f}% of the sweep's wall time (target <= 10%)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"direct_s": direct, "sweep_s": sweep, "overhead": overhead,
+                                               **timing}))
+
+
+if __name__ == "__main__":
+    main()
