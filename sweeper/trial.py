@@ -75,13 +75,12 @@ def evaluate(model: DRoRAE, val, plan, shared, device, out_dir: Path) -> dict:
     return metrics
 
 
-def _phase_cfg(base, hp: dict, steps_from=None, lr_from=None):
+def _phase_cfg(base, hp: dict, seed: int, lr_from=None):
+    """``base`` with the searched hyperparameters ``hp`` (and another phase's lr) applied."""
     changes = {k: v for k, v in hp.items() if k in ("lr", "weight_decay", "warmup_steps", "batch_size")}
-    if steps_from is not None:
-        changes.update(steps=steps_from.steps, batch_size=steps_from.batch_size)
     if lr_from is not None:
-        changes.update(lr=lr_from.lr)
-    return replace(base, seed=base.seed, **changes)
+        changes["lr"] = lr_from.lr
+    return replace(base, seed=seed, **changes)
 
 
 def train_trial(config: dict, plan, shared, report, checkpoint_dir: Path, save_checkpoint) -> dict:
@@ -107,11 +106,10 @@ def train_trial(config: dict, plan, shared, report, checkpoint_dir: Path, save_c
     metrics: dict = {}
     kind = config["point_id"]
     phases = []
-    if kind == "decoder_only":
-        cfg = _phase_cfg(plan.phase2, hp, lr_from=plan.phase1)
-        phases.append((1, replace(cfg, seed=seed)))
+    if kind == "decoder_only":  # the decoder, on z_base, for the phase-2 budget at phase 1's rate
+        phases.append((1, _phase_cfg(plan.phase2, hp, seed, lr_from=plan.phase1)))
     elif kind != "rae":
-        phases.append((2, replace(_phase_cfg(plan.phase2, hp), seed=seed)))
+        phases.append((2, _phase_cfg(plan.phase2, hp, seed)))
         if plan.phase3 is not None:
             phases.append((3, replace(plan.phase3, seed=seed)))
     for phase, cfg in phases:
