@@ -20,6 +20,10 @@ help:
 	@echo "make sweep     the embedded default sweep (SPEC=$(SPEC)); rerun to resume"
 	@echo "make plan      what make sweep would run, and its cost"
 	@echo "make mlflow-ui the MLflow UI on 127.0.0.1:$(MLFLOW_PORT)"
+	@echo "make fit       the scaling law fitted to RESULTS_DIR=$(RESULTS_DIR) (ARGS='--json', ...)"
+	@echo "make predict   its prediction at CAPACITY (e.g. make predict CAPACITY=2e8)"
+	@echo "make figures   the paper's panels into RESULTS_DIR/figures/"
+	@echo "make report    RESULTS_DIR/report.md: table, fits, predictions, figures"
 
 $(DEPS_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,3 +63,27 @@ mlflow-ui: venv
 # What `drorae sweep $(SPEC)` would run: every grid point, its parameter count and cost; starts nothing.
 plan: venv
 	$(PY) -m sweeper sweep $(SPEC) --dry-run
+
+# --- scaling-law analysis of a sweep's results (pure pandas / statsmodels: no torch, no Ray) ----
+RESULTS_DIR ?= results/default
+# Capacities to predict, space-separated: make predict CAPACITY="2e8 5e8"
+CAPACITY ?=
+
+.PHONY: fit predict figures report
+
+# The fitted law: params with CIs, R², lack of fit.
+fit: venv
+	$(PY) -m sweeper fit $(RESULTS_DIR) $(ARGS)
+
+# The law's prediction (mean, CI, PI) at CAPACITY.
+predict: venv
+	@test -n "$(CAPACITY)" || { echo 'make predict: set CAPACITY, e.g. make predict CAPACITY=2e8' >&2; exit 2; }
+	$(PY) -m sweeper predict $(RESULTS_DIR) $(foreach c,$(CAPACITY),--capacity $(c)) $(ARGS)
+
+# The paper's panels (PDF + PNG) into $(RESULTS_DIR)/figures/.
+figures: venv
+	$(PY) -m sweeper figures $(RESULTS_DIR) --out $(RESULTS_DIR)/figures $(ARGS)
+
+# The Markdown report $(RESULTS_DIR)/report.md (figures in $(RESULTS_DIR)/figures/).
+report: venv
+	$(PY) -m sweeper report $(RESULTS_DIR) $(foreach c,$(CAPACITY),--capacity $(c)) $(ARGS)

@@ -145,3 +145,7 @@ def test_interrupted_sweep_resumes_and_runs_every_trial_exactly_once(tmp_path):
     assert len(trial_dirs) == 1
     finals = [json.loads(line) for line in (trial_dirs[0] / "result.json").read_text().splitlines()]
     assert sum(1 for r in finals if r.get("final")) == 1
+    # The command ends with the law: its fit, the figures and the report.
+    assert "log-linear law: rFID =" in out.stdout
+    assert (results / "smoke" / "report.md").exists()
+    assert (results / "smoke" / "figures" / "capacity_scaling.pdf").exists()

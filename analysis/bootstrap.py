@@ -1,0 +1,113 @@
+"""Vectorized bootstrap of a linear least-squares fit (the linear-in-parameters laws).
+
+All B resamples are solved at once: residual resampling keeps the design fixed, so every
+resample's coefficients are one matrix product with the fixed pseudo-inverse; case resampling
+changes the design, so each resample's (p, p) normal equations are built from the resample counts
+(one matrix product) and solved as a batch (``np.linalg.solve`` on (B, p, p)).
+
+Intervals. With 6-8 points a percentile case bootstrap undercovers (the resampled designs collapse
+onto few distinct capacities and the spread is too small). ``conf_int`` therefore uses the
+studentized residual bootstrap (bootstrap-t): residuals are leverage-adjusted,
+``r_i / sqrt(1 - h_ii)`` and centred (Davison & Hinkley 1997, alg. 6.1), each resample's
+coefficient is studentized by its own standard error, and the interval is
+``[b - t*_(1-a/2) se, b - t*_(a/2) se]``. Its nominal 95% slope interval covers the truth 92-98% of
+the time on simulated 8-point data (tests/analysis/test_bootstrap.py).
+
+Weighted fits are bootstrapped in the whitened space (``sqrt(w) X``, ``sqrt(w) y``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.errors import AnalysisError
+
+KINDS = ("residual", "case")
+
+
+@dataclass(frozen=True)
+class BootstrapDraws:
+    """The B resampled coefficient vectors, and for residual resampling their studentized values."""
+
+    params: np.ndarray               # (B, p)
+    t: np.ndarray | None = None      # (B, p): (params* - params_hat) / se*, residual kind only
+    kind: str = "residual"
+
+
+def _whiten(X, y, weights):
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if weights is not None:
+        sw = np.sqrt(np.asarray(weights, dtype=float))
+        X, y = X * sw[:, None], y * sw
+    return X, y
+
+
+def bootstrap(X, y, B: int = 10_000, kind: str = "residual", weights=None, seed=None) -> BootstrapDraws:
+    """B bootstrap resamples of the least-squares fit of y on X (n, p); returns the (B, p) params."""
+    if kind not in KINDS:
+        raise AnalysisError(f"unknown bootstrap kind {kind!r}: expected one of {', '.join(KINDS)}")
+    X, y = _whiten(X, y, weights)
+    n, p = X.shape
+    if n <= p:
+        raise AnalysisError(f"the bootstrap needs more points than parameters ({n} points, {p} parameters)")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(B, n), dtype=np.int32)           # (B, n)
+    if kind == "residual":
+        return _residual(X, y, idx)
+    return _case(X, y, idx)
+
+
+def _residual(X, y, idx) -> BootstrapDraws:
+    n, p = X.shape
+    Q, R = np.linalg.qr(X)                                                 # (n, p), (p, p)
+    R_inv = np.linalg.inv(R)
+    beta = R_inv @ (Q.T @ y)                                               # (p,)
+    fitted = X @ beta
+    h = np.einsum("ip,ip->i", Q, Q)                                        # leverages (n,)
+    r = (y - fitted) / np.sqrt(np.clip(1.0 - h, 1e-12, None))
+    r = r - r.mean()
+    # y* = fitted + r*, so b* - b = R^-1 Q' r* and |resid*|^2 = |r*|^2 - |Q' r*|^2: one (B, n) matrix.
+    r_star = r[idx]                                                        # (B, n)
+    z = r_star @ Q                                                         # (B, p)
+    b_star = beta + z @ R_inv.T                                            # (B, p)
+    s2 = (np.einsum("bi,bi->b", r_star, r_star) - np.einsum("bp,bp->b", z, z)) / (n - p)
+    se = np.sqrt(np.clip(s2, 0, None)[:, None] * np.einsum("ij,ij->i", R_inv, R_inv)[None, :])  # (B, p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (b_star - beta) / se
+    return BootstrapDraws(b_star, t, "residual")
+
+
+def _case(X, y, idx) -> BootstrapDraws:
+    B, n = idx.shape
+    p = X.shape[1]
+    counts = np.bincount((idx + n * np.arange(B)[:, None]).ravel(), minlength=B * n).reshape(B, n)
+    counts = counts.astype(float)
+    outer = (X[:, :, None] * X[:, None, :]).reshape(n, p * p)              # (n, p*p)
+    xtx = (counts @ outer).reshape(B, p, p)                                # (B, p, p)
+    xty = (counts * y) @ X                                                 # (B, p)
+    # A resample that draws a single distinct capacity has a singular design: drop it.
+    ok = np.abs(np.linalg.det(xtx)) > 1e-10 * np.abs(np.linalg.det(X.T @ X)) / n ** p
+    b_star = np.full((B, p), np.nan)
+    b_star[ok] = np.linalg.solve(xtx[ok], xty[ok][:, :, None])[:, :, 0]
+    return BootstrapDraws(b_star[ok], None, "case")
+
+
+def conf_int(X, y, alpha: float = 0.05, B: int = 10_000, kind: str = "residual", weights=None,
+             seed=0) -> np.ndarray:
+    """(p, 2) bootstrap intervals: studentized (bootstrap-t) for ``residual``, percentile for ``case``."""
+    if not 0 < alpha < 1:
+        raise AnalysisError(f"alpha must be in (0, 1), got {alpha}")
+    draws = bootstrap(X, y, B=B, kind=kind, weights=weights, seed=seed)
+    if kind == "case":
+        return np.nanquantile(draws.params, [alpha / 2, 1 - alpha / 2], axis=0).T
+    Xw, yw = _whiten(X, y, weights)
+    n, p = Xw.shape
+    xtx_inv = np.linalg.inv(Xw.T @ Xw)
+    beta = xtx_inv @ Xw.T @ yw
+    resid = yw - Xw @ beta
+    se = np.sqrt(resid @ resid / (n - p) * np.diag(xtx_inv))
+    t_lo, t_hi = np.nanquantile(draws.t, [alpha / 2, 1 - alpha / 2], axis=0)
+    return np.column_stack([beta - t_hi * se, beta - t_lo * se])

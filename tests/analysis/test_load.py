@@ -1,0 +1,147 @@
+"""load(): results directories and table files, controls apart, dropped rows warned, bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import AnalysisError, Table, fit, load
+
+
+def sweep_table() -> pd.DataFrame:
+    """A sweep-shaped table: 4 grid points x 2 seeds, a searched point, a failure, a NaN, a control."""
+    rows = []
+    for h, params in zip([2, 8, 32, 128], [1e6, 4e6, 1.6e7, 6.4e7]):
+        for seed in (0, 1):
+            rows.append(dict(trial_id=f"h{h}-s{seed}", point_id=f"h{h}", kind="grid", status="completed",
+                             expert_hidden=h, fused_layers=12, seed=seed, params=params,
+                             rfid=5 - 0.5 * np.log10(params) + 0.01 * seed, best=True))
+    # A searched point: three trials, only the best evaluated.
+    for t, best in enumerate([False, True, False]):
+        rows.append(dict(trial_id=f"h512-t{t}", point_id="h512", kind="grid", status="completed",
+                         expert_hidden=512, fused_layers=12, seed=0, params=2.56e8,
+                         rfid=1.0 if best else np.nan, best=best))
+    rows.append(dict(trial_id="h2-s2", point_id="h2", kind="grid", status="failed", expert_hidden=2,
+                     fused_layers=12, seed=2, params=1e6, rfid=np.nan, best=False))
+    rows.append(dict(trial_id="h8-s2", point_id="h8", kind="grid", status="completed", expert_hidden=8,
+                     fused_layers=12, seed=2, params=4e6, rfid=np.nan, best=True))
+    rows.append(dict(trial_id="h8-k6", point_id="h8-k6", kind="grid", status="completed", expert_hidden=8,
+                     fused_layers=6, seed=0, params=2e6, rfid=2.5, best=True))
+    rows.append(dict(trial_id="rae", point_id="rae", kind="control", status="completed", expert_hidden=0,
+                     fused_layers=1, seed=0, params=5e5, rfid=0.9, best=True))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_load_results_dir_and_file(tmp_path, fmt):
+    df = sweep_table()
+    path = tmp_path / f"trials.{fmt}"
+    df.to_parquet(path) if fmt == "parquet" else df.to_csv(path, index=False)
+    for source in (tmp_path, path, str(path)):
+        with pytest.warns(UserWarning) as record:
+            table = load(source)
+        assert isinstance(table, Table)
+        assert sorted(table.points.trial_id) == sorted(
+            [f"h{h}-s{s}" for h in (2, 8, 32, 128) for s in (0, 1)] + ["h512-t1", "h8-k6"])
+        assert list(table.controls.trial_id) == ["rae"]
+        assert sorted(table.dropped) == ["h2-s2", "h8-s2"]
+        messages = " ".join(str(w.message) for w in record)
+        assert "h2-s2" in messages and "failed" in messages and "h8-s2" in messages
+
+
+def test_where_and_fit_on_the_table(tmp_path):
+    sweep_table().to_parquet(tmp_path / "trials.parquet")
+    with pytest.warns(UserWarning):
+        table = load(tmp_path, where="fused_layers=12")
+    assert "h8-k6" not in set(table.points.trial_id) and len(table.points) == 9
+    res = fit(table)
+    assert res.nobs == 9 and res.params["b"] < 0
+    assert len(load(tmp_path, where="point_id=h512").points) == 1   # nothing dropped there: no warning
+
+
+def test_best_as_text(tmp_path):
+    df = sweep_table()
+    df["best"] = df["best"].map({True: "true", False: "False"})
+    with pytest.warns(UserWarning):
+        assert "h512-t0" not in set(load(df).points.trial_id)
+
+
+def test_plain_published_table(tmp_path):
+    path = tmp_path / "paper.csv"
+    pd.DataFrame({"C": [1e6, 1e7, 1e8], "gfid": [2.0, 1.5, 1.0]}).to_csv(path, index=False)
+    table = load(path, x="C", y="gfid")
+    assert len(table.points) == 3 and table.controls.empty
+    assert fit(table, x="C", y="gfid").params["b"] == pytest.approx(-0.5)
+    assert fit(table).params["b"] == pytest.approx(-0.5)   # the Table's own x and y
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda df: df.drop(columns="rfid"), "column 'rfid'"),
+    (lambda df: df.assign(rfid=df.rfid.astype(object).where(df.trial_id != "h2-s0", "oops")), "'rfid'.*text"),
+    (lambda df: df.assign(params=df.params.astype(str).where(df.trial_id != "h8-s1", "1.6M")), "'params'.*text"),
+])
+def test_bad_columns(tmp_path, change, match):
+    change(sweep_table()).to_csv(tmp_path / "trials.csv", index=False)
+    with pytest.raises(AnalysisError, match=match) as exc:
+        load(tmp_path)
+    assert exc.value.exit_code == 2 and "\n" not in str(exc.value)
+
+
+def test_bad_sources_and_where(tmp_path):
+    with pytest.raises(AnalysisError, match="no trials.parquet or trials.csv"):
+        load(tmp_path)
+    with pytest.raises(AnalysisError, match="no such file"):
+        load(tmp_path / "missing.parquet")
+    (tmp_path / "t.json").write_text("{}")
+    with pytest.raises(AnalysisError, match="format"):
+        load(tmp_path / "t.json")
+    sweep_table().to_parquet(tmp_path / "trials.parquet")
+    with pytest.raises(AnalysisError, match="no column 'panel'"):
+        load(tmp_path, where="panel=capacity")
+    with pytest.raises(AnalysisError, match="COLUMN=VALUE"):
+        load(tmp_path, where="fused_layers")
+
+
+def test_fewer_than_three_capacities(tmp_path):
+    df = sweep_table()
+    df[df.expert_hidden.isin([2, 8]) & (df.fused_layers == 12)].to_parquet(tmp_path / "trials.parquet")
+    with pytest.warns(UserWarning):
+        table = load(tmp_path)
+    with pytest.raises(AnalysisError, match="2 distinct capacities"):
+        fit(table)
+
+
+def test_analysis_imports_no_heavy_packages():
+    code = ("import sys, analysis; heavy = [m for m in ('torch', 'ray', 'mlflow', 'model', 'sweeper') "
+            "if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_load_from_mlflow(tmp_path, monkeypatch):
+    """Nested trial runs of an experiment become rows; the parent run and unevaluated trials do not."""
+    mlflow_tracking = pytest.importorskip("mlflow.tracking")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")   # a file store keeps the test fast
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")
+    client = mlflow_tracking.MlflowClient()
+    exp = client.create_experiment("sweep")
+    parent = client.create_run(exp).info.run_id
+    trials = [("a", 1e6, 2.0, "FINISHED", "1"), ("b", 1e7, 1.5, "FINISHED", "1"), ("c", 1e8, 1.0, "FINISHED", "1"),
+              ("d", 1e9, None, "FAILED", "1"), ("e", 1e9, None, "FINISHED", "3")]
+    for tid, params, rfid, status, n_trials in trials:
+        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": tid, "kind": "grid"}).info.run_id
+        client.log_param(run, "params", str(int(params)))
+        client.log_param(run, "n_trials", n_trials)
+        if rfid is not None:
+            client.log_metric(run, "rfid", rfid)
+        client.set_terminated(run, status)
+    with pytest.warns(UserWarning, match="failed trial.*d"):
+        table = load("mlflow:sweep")
+    assert sorted(table.points.trial_id) == ["a", "b", "c"]
+    assert fit(table).params["b"] == pytest.approx(-0.5)
+    with pytest.raises(AnalysisError, match="no such experiment"):
+        load("mlflow:nope")

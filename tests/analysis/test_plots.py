@@ -1,0 +1,152 @@
+"""Figures: what plot_scaling draws equals the results object's predictions; files are column-sized."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from analysis import fit, load
+from analysis.plots import COLUMN_WIDTH_IN, DPI, plot_scaling, scaling_figures
+
+REAL = Path(__file__).resolve().parents[2] / "results" / "default" / "trials.parquet"
+
+
+def sweep_table(layers=(2, 4, 8), widths=(8, 32, 128, 512), seeds=(0, 1), failed=True) -> pd.DataFrame:
+    """A sweep's trials table: a width scan at the middle layer count, a layer scan at one width,
+    controls (RAE baseline without params, decoder-only) and one failed trial."""
+    rng = np.random.default_rng(0)
+    mid = layers[len(layers) // 2]
+    cells = {(mid, w) for w in widths} | {(k, widths[1]) for k in layers}
+    rows = []
+    for k, w in sorted(cells):
+        for s in seeds:
+            params = k * (w * 1000 + 5000)
+            rows.append({"trial_id": f"h{w}-k{k}-s{s}-t0", "point_id": f"h{w}-k{k}", "kind": "grid",
+                         "status": "completed", "expert_hidden": float(w), "fused_layers": k, "seed": s,
+                         "params": params, "rfid": 40 - 2.0 * np.log10(params) + rng.normal(0, 0.1),
+                         "psnr": 30.0 + s, "ssim": 0.9, "lpips": 0.01, "best": True})
+    rows.append({"trial_id": "rae-s0-t0", "point_id": "rae", "kind": "control", "status": "completed",
+                 "expert_hidden": np.nan, "fused_layers": 0, "seed": 0, "params": 0, "rfid": 35.5,
+                 "psnr": 30.0, "ssim": 0.9, "lpips": 0.01, "best": True})
+    rows.append({"trial_id": "decoder_only-s0-t0", "point_id": "decoder_only", "kind": "control",
+                 "status": "completed", "expert_hidden": np.nan, "fused_layers": 0, "seed": 0,
+                 "params": 400_000, "rfid": 36.0, "psnr": 30.0, "ssim": 0.9, "lpips": 0.01, "best": True})
+    if failed:
+        rows.append({"trial_id": "h2048-k4-s0-t0", "point_id": "h2048-k4", "kind": "grid", "status": "failed",
+                     "expert_hidden": 2048.0, "fused_layers": mid, "seed": 0, "params": np.nan, "rfid": np.nan,
+                     "psnr": np.nan, "ssim": np.nan, "lpips": np.nan, "best": False})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def table():
+    with pytest.warns(UserWarning, match="failed"):
+        return load(sweep_table())
+
+
+def test_plot_draws_one_fit_line_and_one_ci_band_from_the_results_object(table):
+    res = fit(table)
+    ax = Figure().add_subplot()
+    plot_scaling(ax, table.points, res, table.controls, alpha=0.1)
+
+    fit_lines = [ln for ln in ax.get_lines() if ln.get_gid() == "fit"]
+    assert len(fit_lines) == 1
+    grid, mean = fit_lines[0].get_xdata(), fit_lines[0].get_ydata()
+    sf = res.get_prediction(grid).summary_frame(0.1)
+    np.testing.assert_allclose(mean, sf["mean"].to_numpy())
+    assert grid.min() == table.points["params"].min() and grid.max() == table.points["params"].max()
+
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1 and bands[0].get_gid() == "ci"
+    ys = np.concatenate([p.vertices[:, 1] for p in bands[0].get_paths()])
+    for bound in ("mean_ci_lower", "mean_ci_upper"):
+        gaps = np.abs(ys[:, None] - sf[bound].to_numpy()[None, :]).min(axis=0)
+        assert gaps.max() < 1e-9, bound
+    assert ys.min() == pytest.approx(sf["mean_ci_lower"].min())
+    assert ys.max() == pytest.approx(sf["mean_ci_upper"].max())
+
+    assert ax.get_xscale() == "log"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"b = {res.params['b']:.3g} per decade, R² = {res.rsquared:.2f}" in legend
+
+
+def test_points_are_seed_means_with_std_error_bars(table):
+    res = fit(table)
+    ax = Figure().add_subplot()
+    plot_scaling(ax, table.points, res)
+    pts = [ln for ln in ax.get_lines() if ln.get_gid() == "points"]
+    assert len(pts) == 1
+    g = table.points.groupby("params")["rfid"]
+    np.testing.assert_allclose(pts[0].get_xdata(), g.mean().index.to_numpy(dtype=float))
+    np.testing.assert_allclose(pts[0].get_ydata(), g.mean().to_numpy())
+
+
+def test_controls_are_drawn_but_never_fitted(table):
+    res = fit(table)
+    assert res.nobs == len(table.points) == (sweep_table()["kind"].eq("grid") &
+                                             sweep_table()["status"].eq("completed")).sum()
+    ax = Figure().add_subplot()
+    plot_scaling(ax, table.points, res, table.controls)
+    rae = [ln for ln in ax.get_lines() if ln.get_gid() == "control:rae"]
+    assert len(rae) == 1
+    np.testing.assert_allclose(rae[0].get_ydata(), [35.5, 35.5])
+    assert rae[0].get_linestyle() == "--"
+    dec = [ln for ln in ax.get_lines() if ln.get_gid() == "control:decoder_only"]
+    assert len(dec) == 1 and dec[0].get_marker() != pts_marker(ax)
+    np.testing.assert_allclose(dec[0].get_xydata(), [[400_000, 36.0]])
+    assert len([ln for ln in ax.get_lines() if ln.get_gid() == "fit"]) == 1
+
+
+def pts_marker(ax):
+    return next(ln for ln in ax.get_lines() if ln.get_gid() == "points").get_marker()
+
+
+def _check_files(paths, out_dir, n_panels):
+    for p in paths:
+        assert p.parent == out_dir and p.stat().st_size > 0
+    for p in [p for p in paths if p.suffix == ".pdf"]:
+        assert p.read_bytes()[:5] == b"%PDF-"
+    for p in [p for p in paths if p.suffix == ".png"]:
+        width = imread(p).shape[1]
+        panels = n_panels if p.stem == "scaling_panels" else 1
+        assert width == round(COLUMN_WIDTH_IN * panels * DPI), p.name
+    assert not [f for f in out_dir.iterdir() if f.name.endswith(".tmp")]
+
+
+def test_scaling_figures_writes_three_panels_and_the_combined_figure(table, tmp_path):
+    out = tmp_path / "figs"
+    paths = scaling_figures(table, out)
+    assert sorted(p.name for p in paths) == sorted(f"{n}.{e}" for n in ("capacity_scaling", "layer_scaling",
+                                                                         "unified_scaling", "scaling_panels")
+                                                   for e in ("pdf", "png"))
+    _check_files(paths, out, n_panels=3)
+
+
+def _real_or_stand_in(tmp_path) -> Path:
+    """A copy of the default sweep's table (one fused_layers value), or a made-up one of that shape."""
+    src = tmp_path / "trials.parquet"
+    if REAL.is_file():
+        shutil.copy(REAL, src)
+    else:  # no sweep has run here: the same shape of table, made up
+        sweep_table(layers=(6,), widths=(2, 8, 32, 128, 512, 2048), seeds=(0,), failed=False).to_parquet(src)
+    return src
+
+
+def test_real_table_controls_unfitted_and_layer_panel_skipped(tmp_path, caplog):
+    src = _real_or_stand_in(tmp_path)
+    raw = pd.read_parquet(src)
+    assert raw.loc[raw["kind"] == "grid", "fused_layers"].nunique() == 1
+    t = load(tmp_path)
+    assert fit(t).nobs == ((raw["kind"] == "grid") & (raw["status"] == "completed")).sum()
+    with caplog.at_level(logging.INFO, logger="analysis.plots"):
+        paths = scaling_figures(t, tmp_path / "figs")
+    names = {p.stem for p in paths}
+    assert "layer_scaling" not in names and {"capacity_scaling", "unified_scaling", "scaling_panels"} <= names
+    assert any("layer_scaling skipped" in r.getMessage() for r in caplog.records)
+    _check_files(paths, tmp_path / "figs", n_panels=2)

@@ -1,0 +1,212 @@
+"""The analysis subcommands of `drorae` (fit, predict, backtest): JSON checked against numpy least
+squares, one-line exit-2 errors, and no torch in the process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweeper.cli import FORMS, main
+
+A, B = 40.0, -2.0                                    # the synthetic law: rfid = A + B log10(params)
+CAPS = [1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7]
+
+
+def results_table(caps=CAPS, seeds=(0, 1), noise=0.3, extra=True, seed=2) -> pd.DataFrame:
+    """A sweep's trials table: grid trials (several seeds), a control, and (extra) one failed trial."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, c in enumerate(caps):
+        for s in seeds:
+            rows.append({"trial_id": f"h{i}-k6-s{s}-t0", "point_id": f"h{i}-k6", "kind": "grid",
+                         "status": "completed", "expert_hidden": float(2 ** i), "fused_layers": 6, "seed": s,
+                         "params": int(c), "rfid": A + B * np.log10(c) + noise * rng.standard_normal(),
+                         "best": True})
+    if extra:
+        rows.append({"trial_id": "rae-s0-t0", "point_id": "rae", "kind": "control", "status": "completed",
+                     "expert_hidden": np.nan, "fused_layers": 0, "seed": 0, "params": 0, "rfid": 35.0,
+                     "best": True})
+        rows.append({"trial_id": "h99-k6-s0-t0", "point_id": "h99-k6", "kind": "grid", "status": "failed",
+                     "expert_hidden": 4096.0, "fused_layers": 6, "seed": 0, "params": int(1e8), "rfid": np.nan,
+                     "best": True})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    d = tmp_path / "results" / "t"
+    d.mkdir(parents=True)
+    results_table().to_parquet(d / "trials.parquet")
+    return d
+
+
+def reference(df: pd.DataFrame):
+    """Independent reference: numpy least squares of rfid on log10(params) over the fitted rows."""
+    pts = df[(df["kind"] == "grid") & (df["status"] == "completed")]
+    C, y = pts["params"].to_numpy(float), pts["rfid"].to_numpy(float)
+    X = np.column_stack([np.ones_like(C), np.log10(C)])
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    r2 = 1 - ((y - X @ coef) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    return coef, r2, len(y)
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_forms_are_the_analysis_forms():
+    import analysis
+
+    assert FORMS == (*analysis.FORMS, "auto")
+
+
+def test_fit_json_matches_numpy_least_squares(results_dir, capsys):
+    rc, out, err = run(capsys, "fit", results_dir, "--json")
+    assert rc == 0
+    res = json.loads(out)                            # stdout is pure JSON; the warning went to stderr
+    assert "h99-k6-s0-t0" in err and err.startswith("drorae: warning: ")
+    for key in ("form", "x", "y", "n", "params", "conf_int", "ci_method", "r2", "r2_adj"):
+        assert key in res
+    assert (res["form"], res["x"], res["y"], res["ci_method"]) == ("log-linear", "params", "rfid", "analytic")
+    (a, b), r2, n = reference(results_table())
+    assert res["n"] == n == 16
+    assert res["params"]["a"] == pytest.approx(a, rel=1e-9)
+    assert res["params"]["b"] == pytest.approx(b, rel=1e-9)
+    assert res["r2"] == pytest.approx(r2, rel=1e-9)
+    for name, value in res["params"].items():
+        lo, hi = res["conf_int"][name]
+        assert lo < value < hi
+    lo, hi = res["conf_int"]["b"]
+    assert lo < B < hi                               # the known slope, recovered within its CI
+
+
+def test_fit_text_and_bootstrap_and_where(results_dir, capsys):
+    rc, out, _ = run(capsys, "fit", results_dir)
+    assert rc == 0 and "y = a + b log10(C)" in out and "R-squared" in out
+    rc, out, _ = run(capsys, "fit", results_dir, "--ci", "bootstrap", "--json")
+    res = json.loads(out)
+    assert rc == 0 and res["ci_method"] == "bootstrap"
+    assert res["conf_int"]["b"][0] < res["params"]["b"] < res["conf_int"]["b"][1]
+    rc, out, _ = run(capsys, "fit", results_dir, "--where", "seed=0", "--json")
+    assert rc == 0 and json.loads(out)["n"] == len(CAPS)
+    rc, out, _ = run(capsys, "fit", results_dir, "--form", "power", "--weights", "seed-variance", "--json")
+    res = json.loads(out)
+    assert rc == 0 and res["form"] == "power" and res["weights"] == "seed-variance"
+
+
+def test_fit_reads_a_csv_table(tmp_path, capsys):
+    path = tmp_path / "published.csv"
+    results_table(extra=False)[["params", "rfid"]].to_csv(path, index=False)
+    rc, out, err = run(capsys, "fit", path, "--json")
+    (a, b), _, _ = reference(results_table(extra=False))
+    assert rc == 0 and err == ""
+    assert json.loads(out)["params"]["b"] == pytest.approx(b, rel=1e-9)
+
+
+def test_predict_json_entries(results_dir, capsys):
+    rc, out, _ = run(capsys, "predict", results_dir, "--capacity", "2e8", "--capacity", "5e8", "--json")
+    assert rc == 0
+    entries = json.loads(out)
+    (a, b), _, _ = reference(results_table())
+    assert [e["capacity"] for e in entries] == [2e8, 5e8]
+    for e in entries:
+        assert e["mean"] == pytest.approx(a + b * np.log10(e["capacity"]), rel=1e-9)
+        assert e["pi"][0] < e["ci"][0] < e["mean"] < e["ci"][1] < e["pi"][1]
+    rc, out, _ = run(capsys, "predict", results_dir, "--capacity", "2e8")
+    assert rc == 0 and "2e+08" in out and "95% PI" in out
+
+
+def test_backtest_json(results_dir, capsys):
+    rc, out, _ = run(capsys, "backtest", results_dir, "--holdout", "2", "--json")
+    assert rc == 0
+    res = json.loads(out)
+    assert res["holdout"] == 2 and res["form"] == "log-linear"
+    assert sorted({r["capacity"] for r in res["rows"]}) == CAPS[-2:]
+    assert len(res["rows"]) == 4                                   # 2 capacities x 2 seeds
+    for r in res["rows"]:
+        assert r["error"] == pytest.approx(r["mean"] - r["truth"])
+        assert r["covered"] == (r["pi"][0] <= r["truth"] <= r["pi"][1])
+    assert 0 <= res["coverage"] <= 1
+    rc, out, _ = run(capsys, "backtest", results_dir, "--holdout", "1")
+    assert rc == 0 and "inside their 95% prediction interval" in out
+
+
+@pytest.mark.parametrize("case, words", [
+    ("two-capacities", ["'params'", "2 distinct", "at least 3"]),
+    ("non-positive", ["'params'", "non-positive", "log-linear"]),
+    ("predict-non-positive", ["'params'", "non-positive"]),
+    ("missing-column", ["'loss'"]),
+    ("missing-file", ["nope.parquet", "no such file"]),
+    ("holdout-too-large", ["holdout=7", "at least 3"]),
+    ("unknown-form", ["--form", "invalid choice", "'quadratic'"]),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, words):
+    df = results_table(extra=False)
+    if case == "two-capacities":
+        df = results_table(caps=[1e4, 1e5], extra=False)
+    elif case == "non-positive":
+        df.loc[0, "params"] = 0
+    path = tmp_path / "trials.parquet"
+    df.to_parquet(path)
+    argv = {"predict-non-positive": ["predict", path, "--capacity", "-1"],
+            "missing-column": ["fit", path, "--y", "loss"],
+            "missing-file": ["fit", tmp_path / "nope.parquet"],
+            "holdout-too-large": ["backtest", path, "--holdout", "7"],
+            "unknown-form": ["fit", path, "--form", "quadratic"]}.get(case, ["fit", path])
+    try:
+        rc, out, err = run(capsys, *argv)
+    except SystemExit as exc:        # argparse's own errors: usage lines, then `drorae fit: error: ...`
+        rc, captured = exc.code, capsys.readouterr()
+        out, err = captured.out, captured.err.splitlines()[-1] + "\n"
+    assert rc == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("drorae") and "error: " in lines[0], err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["trials.parquet"]                # nothing written
+
+
+def test_analysis_commands_never_import_torch(results_dir):
+    """`python -m sweeper fit|predict|backtest` in a fresh interpreter: torch, ray and model stay out."""
+    code = (
+        "import runpy, sys\n"
+        "codes = []\n"
+        "for argv in sys.argv[1:]:\n"
+        "    sys.argv = ['drorae', *argv.split('|')]\n"
+        "    try:\n"
+        "        runpy.run_module('sweeper', run_name='__main__', alter_sys=True)\n"
+        "    except SystemExit as exc:\n"
+        "        codes.append(exc.code)\n"
+        "print('MODULES', codes, sorted(m for m in ('torch', 'ray', 'model', 'timm') if m in sys.modules))\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    calls = [f"fit|{results_dir}|--json", f"predict|{results_dir}|--capacity|2e8",
+             f"backtest|{results_dir}|--holdout|2", f"fit|{results_dir}|--y|nope"]
+    out = subprocess.run([sys.executable, "-c", code, *calls], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "MODULES [0, 0, 0, 2] []"
+    assert "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1].startswith("drorae: error: ") and "'nope'" in out.stderr
+
+
+def test_figures_and_report(results_dir, tmp_path, capsys):
+    figs = tmp_path / "figs"
+    rc, out, _ = run(capsys, "figures", results_dir, "--out", figs)
+    assert rc == 0
+    paths = out.split()
+    assert paths and all(os.path.isfile(p) and p.startswith(str(figs)) for p in paths)
+    assert {os.path.splitext(p)[1] for p in paths} == {".pdf", ".png"}
+    rc, out, _ = run(capsys, "report", results_dir, "--capacity", "2e8", "--holdout", "2")
+    assert rc == 0
+    report = results_dir / "report.md"                       # the default: RESULTS/report.md
+    assert out.strip() == str(report) and report.is_file()
+    text = report.read_text()
+    assert "log10" in text and "h99-k6-s0-t0" in text        # the law, and the dropped failed trial
+    assert any(name.endswith(".png") for name in os.listdir(results_dir / "figures"))
