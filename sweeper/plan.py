@@ -83,7 +83,9 @@ def phase_config(p: PhaseSpec, seed: int = 0, **changes) -> PhaseConfig:
 
 def encoder_config(spec: SweepSpec) -> EncoderConfig:
     e = spec.encoder
-    base = ENCODER_PRESETS[e.preset] if e.preset else EncoderConfig(name=e.name)
+    # A timm name without an explicit preset starts from EncoderConfig's defaults, not the tiny preset's.
+    use_preset = e.preset is not None and (e.name is None or "preset" in e.model_fields_set)
+    base = ENCODER_PRESETS[e.preset] if use_preset else EncoderConfig(name=e.name)
     changes = {k: v for k, v in e.model_dump().items() if k != "preset" and v is not None}
     try:
         cfg = replace(base, **changes)

@@ -129,3 +129,12 @@ def test_paper_layers_grid():
 def test_meta_device_plan_leaves_default_device_alone(tiny_raw):
     _plan(tiny_raw)
     assert torch.empty(1).device.type == "cpu"
+
+
+def test_a_timm_name_without_a_preset_does_not_inherit_the_tiny_presets_sizes(tiny_raw):
+    from sweeper.plan import encoder_config
+    from sweeper.spec import parse_spec
+
+    tiny_raw["encoder"] = {"name": "vit_small_patch16_224", "weights": "none"}
+    cfg = encoder_config(parse_spec(tiny_raw))
+    assert cfg.name == "vit_small_patch16_224" and cfg.model_kwargs == {} and cfg.input_size == 224
