@@ -16,8 +16,6 @@ import difflib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -135,11 +133,10 @@ def _create_timm(cfg: EncoderConfig) -> nn.Module:
                 f"encoder.name: could not load pretrained weights for {cfg.name} from the model hub ({first}); "
                 "download them where the internet is reachable and set encoder.checkpoint to the file"
             ) from None
-    model = timm.create_model(cfg.name, pretrained=False, **kwargs)
     if cfg.weights == SELF_PRETRAINED:
         raise ConfigError("encoder.weights: self-pretrained encoders are built by pretrain_tiny_encoder(); "
                           "pass its checkpoint")
-    return model
+    return timm.create_model(cfg.name, pretrained=False, **kwargs)
 
 
 class FrozenEncoder(nn.Module):
@@ -253,11 +250,10 @@ def pretrain_tiny_encoder(cfg: EncoderConfig, images: torch.Tensor, labels: torc
         sched.step()
     log.info("encoder: pretrained %s for %d steps in %.0f s (last loss %.3f)", cfg.arch, cfg.pretrain_steps,
              time.perf_counter() - start, loss.item())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    os.close(fd)
-    torch.save(vit.state_dict(), tmp)
-    os.replace(tmp, path)
+    from .assets import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(vit.state_dict(), tmp)
     return path
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .assets import atomic_path
 from .drorae import DRoRAE
 from .errors import ConfigError
 from .losses import LossConfig, ReconstructionLoss
@@ -191,12 +190,10 @@ def _set_trainable(model: DRoRAE, phase: int) -> nn.Module:
     return module
 
 
-def _save_atomic(obj, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_atomic(obj, path: Path):
+    """torch.save ``obj`` to ``path`` atomically: a reader never sees half a file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: Report | None = None,
@@ -254,7 +251,7 @@ def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: R
         if disc_opt is not None:
             state["discriminator"] = loss_fn.discriminator.state_dict()
             state["disc_optimizer"] = disc_opt.state_dict()
-        _save_atomic(state, ckpt_path)
+        save_atomic(state, ckpt_path)
         if on_checkpoint is not None:
             on_checkpoint(step)
 

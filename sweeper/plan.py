@@ -17,6 +17,7 @@ from model.data import DataConfig
 from model.encoder import check_model_name
 from model.errors import UserError
 
+from .shared import feature_bytes
 from .spec import PhaseSpec, SpecError, SweepSpec
 
 # Rough sustained throughputs for the cost estimate (measured on this project's machines: the
@@ -94,8 +95,8 @@ def encoder_config(spec: SweepSpec) -> EncoderConfig:
     return cfg
 
 
-def _architecture(cfg: EncoderConfig) -> tuple[int, int, int]:
-    """(width, depth, patch size) of a timm ViT without building its weights."""
+def _architecture(cfg: EncoderConfig) -> tuple[int, int, int, int]:
+    """(width, depth, patch size, parameters) of a timm ViT without building its weights."""
     import timm
 
     try:
@@ -107,18 +108,13 @@ def _architecture(cfg: EncoderConfig) -> tuple[int, int, int]:
                                 **cfg.model_kwargs)
     patch = vit.patch_embed.patch_size
     patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-    return vit.embed_dim, len(vit.blocks), patch
-
-
-def _count(module_fn) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in module_fn().parameters())
+    return vit.embed_dim, len(vit.blocks), patch, sum(p.numel() for p in vit.parameters())
 
 
 def build_plan(spec: SweepSpec) -> Plan:
     """Resolve ``spec`` into units with parameter counts and costs; raises SpecError."""
     enc = encoder_config(spec)
-    dim, depth, patch = _architecture(enc)
+    dim, depth, patch, enc_params = _architecture(enc)
     if enc.input_size % patch:
         raise SpecError(f"encoder.input_size: {enc.input_size} px is not divisible by the patch size {patch}")
     grid = enc.input_size // patch
@@ -134,9 +130,8 @@ def build_plan(spec: SweepSpec) -> Plan:
         raise SpecError(str(err)) from None
     from model import ViTDecoder
 
-    dec_params = _count(lambda: ViTDecoder(dec, dim, grid, spec.data.resolution // grid))
-    enc_params = _count(lambda: __import__("timm").create_model(
-        enc.name, pretrained=False, num_classes=0, img_size=enc.input_size, **enc.model_kwargs))
+    with torch.device("meta"):
+        dec_params = sum(p.numel() for p in ViTDecoder(dec, dim, grid, spec.data.resolution // grid).parameters())
     layer_counts = spec.grid.fused_layers or [depth]
     for k in layer_counts:
         if k > depth:
@@ -145,7 +140,7 @@ def build_plan(spec: SweepSpec) -> Plan:
     n_search = spec.search.n_trials if spec.search else 1
     p2, p3 = spec.phase2, spec.phase3
     device = "gpu" if spec.resources.gpu > 0 else "cpu"
-    fc_bytes = (depth + 1) * tokens * dim * 2 * ((spec.data.num_train or 60000) + spec.data.num_val)
+    fc_bytes = feature_bytes((spec.data.num_train or 60000) + spec.data.num_val, depth, tokens, dim)
     cached = fc_bytes <= spec.feature_cache.max_gb * 1e9
 
     def cost(fusion_params: int, train_decoder: bool, evaluate: bool, n: int = 1) -> tuple[float, float]:

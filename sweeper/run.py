@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
+from model.assets import atomic_path
 from model.errors import UserError
 
 from .tracking import ResultsTable, SweepTracker, check_tracking, flatten, git_commit, tracking_uri
@@ -95,10 +96,9 @@ def _parent_run(uri: str, experiment: str, sweep_dir: Path, spec) -> str:
     params = [Param(k, str(v)[:6000]) for k, v in flatten(spec.model_dump(mode="json")).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i:i + 100])
-    tmp = state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"mlflow_parent_run_id": run.info.run_id, "experiment": experiment,
-                               "tracking_uri": uri}))
-    tmp.replace(state_path)
+    with atomic_path(state_path) as tmp:
+        tmp.write_text(json.dumps({"mlflow_parent_run_id": run.info.run_id, "experiment": experiment,
+                                   "tracking_uri": uri}))
     return run.info.run_id
 
 
@@ -144,14 +144,13 @@ def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, exp
             continue
         res = plan.spec.resources
         fn = ray.remote(tune_evaluate_checkpoint).options(num_cpus=res.cpu, num_gpus=res.gpu)
-        jobs.append((best.trial_id, fn.remote(plan, shared, best.trial_id, unit, str(ckpt))))
-    for trial_id, ref in jobs:
+        jobs.append((best.trial_id, ckpt, fn.remote(plan, shared, best.trial_id, unit, str(ckpt))))
+    for trial_id, ckpt, ref in jobs:
         metrics = ray.get(ref)
         for tid in df[df.unit_id == df.loc[df.trial_id == trial_id, "unit_id"].iloc[0]].trial_id:
             table.rows[tid]["best"] = tid == trial_id
         table.upsert({"trial_id": trial_id, "best": True, **{k: metrics[k] for k in
                       ("rfid", "psnr", "ssim", "lpips", "eval_seconds")}})
-        ckpt = _trial_checkpoint(experiment_path, trial_id)
         tracker.log_final(table.rows[trial_id]["mlflow_run_id"], metrics, str(ckpt / "reconstructions.png"))
 
 

@@ -22,7 +22,8 @@ import torch
 
 from model import DRoRAE, DRoRAEConfig, FeatureSet, ensure_encoder_weights, train_decoder
 from model.data import load_split, stack_images
-from model.train import _save_atomic
+from model.assets import atomic_path
+from model.train import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def prepare(plan, device: str = "cpu") -> Shared:
                      n_bytes / 2**20)
             feats = {"train": FeatureSet.encode(rae, train_images).state_dict(),
                      "val": FeatureSet.encode(rae, val_images).state_dict()}
-            _save_atomic(feats, features_path)
+            save_atomic(feats, features_path)
             del feats
     else:
         log.info("feature cache: %.1f GB exceeds feature_cache.max_gb=%s; trials encode on the fly",
@@ -116,10 +117,9 @@ def prepare(plan, device: str = "cpu") -> Shared:
 
         metrics = train_decoder(rae, plan.phase1, train, val, report,
                                 checkpoint=decoder_path.with_suffix(".ckpt"))
-        tmp = metrics_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(metrics))
-        tmp.replace(metrics_path)
-        _save_atomic(rae.decoder.state_dict(), decoder_path)  # last: its presence means phase 1 is done
+        with atomic_path(metrics_path) as tmp:
+            tmp.write_text(json.dumps(metrics))
+        save_atomic(rae.decoder.state_dict(), decoder_path)  # last: its presence means phase 1 is done
         decoder_path.with_suffix(".ckpt").unlink(missing_ok=True)
         log.info("phase 1: val L1 %.4f after %d steps (%.0f s)", metrics["val_l1"], plan.phase1.steps,
                  metrics["train_seconds"])

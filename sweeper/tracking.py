@@ -13,7 +13,6 @@ import math
 import os
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +20,7 @@ from urllib.parse import urlparse
 import pandas as pd
 from ray.tune import Callback
 
+from model.assets import atomic_path
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,10 @@ class ResultsTable:
     def write(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         df = self.frame()
-        for suffix, writer in ((".parquet", lambda p: df.to_parquet(p, index=False)),
-                               (".csv", lambda p: df.to_csv(p, index=False))):
-            fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
-            os.close(fd)
-            writer(tmp)
-            os.replace(tmp, self.dir / f"trials{suffix}")
+        with atomic_path(self.dir / "trials.parquet") as tmp:
+            df.to_parquet(tmp, index=False)
+        with atomic_path(self.dir / "trials.csv") as tmp:
+            df.to_csv(tmp, index=False)
 
 
 def row_from(config: dict, result: dict | None, status: str, error: str | None = None) -> dict:
