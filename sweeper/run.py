@@ -223,7 +223,7 @@ def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.Dat
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=plan.n_trials,
-                                        reuse_actors=True, trial_name_creator=_trial_name,
+                                        reuse_actors=False, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage, callbacks=[tracker],
