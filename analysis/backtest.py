@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.fit import _columns, _names, fit
+from analysis.fit import _columns, _names, _source, fit
 
 
 def backtest(df, holdout: int = 1, form: str = "log-linear", alpha: float = 0.05, x: str | None = None,
@@ -23,8 +23,10 @@ def backtest(df, holdout: int = 1, form: str = "log-linear", alpha: float = 0.05
     C, Y = _columns(df, x, y)
     caps = np.unique(C)
     if len(caps) - holdout < 3:
-        raise AnalysisError(f"holdout={holdout} leaves {max(len(caps) - holdout, 0)} distinct capacities in "
-                            f"{x!r} to fit: a backtest needs at least 3 left")
+        left = max(len(caps) - holdout, 0)
+        raise AnalysisError(f"{_source(df)}holdout={holdout} leaves {left} distinct "
+                            f"capacit{'y' if left == 1 else 'ies'} in {x!r} to fit (of {len(caps)}): "
+                            "a backtest needs at least 3 left")
     cut = caps[-holdout]
     train = pd.DataFrame({x: C[C < cut], y: Y[C < cut]})
     res = fit(train, x=x, y=y, form=form, weights=weights)

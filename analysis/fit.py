@@ -49,6 +49,13 @@ class LackOfFit:
 # --- data ------------------------------------------------------------------------------------
 
 
+def _source(df) -> str:
+    """'<file>: ' when the rows came from a file (a Table from ``load``), else '': an error's prefix."""
+    from analysis.load import Table
+
+    return f"{df.source}: " if isinstance(df, Table) and df.source else ""
+
+
 def _names(df, x, y) -> tuple[str, str]:
     """x and y: as given, else the Table's, else the sweep's (params, rfid)."""
     from analysis.load import Table
@@ -61,14 +68,16 @@ def _names(df, x, y) -> tuple[str, str]:
 def _columns(df, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
     from analysis.load import Table, _numeric
 
+    source = _source(df)
     if isinstance(df, Table):
         df = df.points
     if not isinstance(df, pd.DataFrame):
         raise AnalysisError(f"fit takes a DataFrame or an analysis.Table, got {type(df).__name__}")
     for col in (x, y):
         if col not in df.columns:
-            raise AnalysisError(f"no column {col!r} to fit (columns: {', '.join(map(str, df.columns))})")
-    C, Y = _numeric(df, x, "the table").to_numpy(), _numeric(df, y, "the table").to_numpy()
+            raise AnalysisError(f"{source}no column {col!r} to fit (columns: {', '.join(map(str, df.columns))})")
+    name = source.removesuffix(": ") or "the table"
+    C, Y = _numeric(df, x, name).to_numpy(), _numeric(df, y, name).to_numpy()
     bad = ~(np.isfinite(C) & np.isfinite(Y))
     if bad.any():
         ids = list(df["trial_id"][bad]) if "trial_id" in df.columns else list(np.flatnonzero(bad))
@@ -77,11 +86,13 @@ def _columns(df, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
     return C[~bad], Y[~bad]
 
 
-def _check_capacities(C: np.ndarray, x: str, need: int = 3) -> None:
-    m = len(np.unique(C))
+def _check_capacities(C: np.ndarray, x: str, need: int = 3, source: str = "") -> None:
+    caps = np.unique(C)
+    m = len(caps)
     if m < need:
-        raise AnalysisError(f"column {x!r} has {m} distinct capacit{'y' if m == 1 else 'ies'}: "
-                            f"a scaling-law fit needs at least {need}")
+        which = f" ({', '.join(f'{c:g}' for c in caps)})" if m else ""
+        raise AnalysisError(f"{source}column {x!r} has {m} distinct capacit{'y' if m == 1 else 'ies'}{which} "
+                            f"among the rows to fit: a scaling-law fit needs at least {need}")
 
 
 def _seed_variance_weights(C: np.ndarray, y: np.ndarray, x: str) -> np.ndarray:
@@ -297,7 +308,7 @@ def fit(df, x: str | None = None, y: str | None = None, form: str = "log-linear"
     if form != "auto":
         get_law(form)
     C, Y = _columns(df, x, y)
-    _check_capacities(C, x)
+    _check_capacities(C, x, source=_source(df))
     if form == "auto":
         return _fit_auto(C, Y, x, y, weights)
     return _fit_arrays(get_law(form), C, Y, x, y, weights)

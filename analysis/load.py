@@ -31,6 +31,7 @@ class Table:
     dropped: list = field(default_factory=list)
     x: str = "params"
     y: str = "rfid"
+    source: str | None = None  # the file (or mlflow:EXPERIMENT) the rows came from; None: a DataFrame
 
 
 def load(source, x: str = "params", y: str = "rfid", where=None) -> Table:
@@ -40,7 +41,12 @@ def load(source, x: str = "params", y: str = "rfid", where=None) -> Table:
     Failed trials and rows whose x or y is NaN/inf are dropped with a warning that lists them.
     """
     df = _read(source)
-    return select(df, x=x, y=y, where=where, source=_name(source))
+    if df.empty and len(df.columns):
+        raise AnalysisError(f"{_name(source)}: no rows, only the columns {', '.join(map(str, df.columns))}; "
+                            "expected one row per trial")
+    table = select(df, x=x, y=y, where=where, source=_name(source))
+    table.source = None if isinstance(source, pd.DataFrame) else str(source)
+    return table
 
 
 def _name(source) -> str:
@@ -63,6 +69,9 @@ def _read(source) -> pd.DataFrame:
     if not path.exists():
         raise AnalysisError(f"{source}: no such file or directory (expected a results directory, "
                             "a .parquet or .csv table, or mlflow:EXPERIMENT)")
+    if path.suffix in (".parquet", ".csv") and path.is_file() and path.stat().st_size == 0:
+        raise AnalysisError(f"{path}: the file is empty; expected a {path.suffix[1:]} table with a header "
+                            "row and one row per trial")
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
@@ -126,14 +135,18 @@ def _parse_where(where) -> list[tuple[str, str]]:
 
 
 def _numeric(df: pd.DataFrame, col: str, source: str) -> pd.Series:
-    """The column as float; AnalysisError naming it when it holds text."""
+    """The column as float; AnalysisError naming it, and its first text cell, when it holds text."""
     s = df[col]
     if pd.api.types.is_bool_dtype(s) or not (pd.api.types.is_numeric_dtype(s)):
         num = pd.to_numeric(s, errors="coerce")
-        text = s[num.isna() & s.notna()]
-        text = text[~text.astype(str).str.strip().str.lower().isin(["", "nan", "inf", "-inf", "none"])]
-        if len(text):
-            raise AnalysisError(f"{source}: column {col!r} must be numeric but holds text ({text.iloc[0]!r})")
+        bad = num.isna().to_numpy() & s.notna().to_numpy()
+        bad &= ~s.astype(str).str.strip().str.lower().isin(["", "nan", "inf", "-inf", "none"]).to_numpy()
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])  # the row's position as read (the header not counted)
+            trial = f" (trial {df['trial_id'].iloc[first]})" if "trial_id" in df.columns else ""
+            more = f", and {bad.sum() - 1} more row(s)" if bad.sum() > 1 else ""
+            raise AnalysisError(f"{source}: column {col!r} must be numeric but holds text: {s.iloc[first]!r} in "
+                                f"row {first + 1}{trial}{more}")
         s = num
     return s.astype(float)
 
@@ -153,9 +166,10 @@ def _ids(rows: pd.DataFrame) -> list:
 
 def select(df: pd.DataFrame, x: str = "params", y: str = "rfid", where=None, source: str = "the table") -> Table:
     """Split a results table into the rows to fit and the controls (see ``load``)."""
-    for col in (x, y):
+    for col, role in ((x, "capacity"), (y, "metric")):
         if col not in df.columns:
-            raise AnalysisError(f"{source}: no column {col!r} (columns: {', '.join(map(str, df.columns))})")
+            raise AnalysisError(f"{source}: no column {col!r} for the {role} "
+                                f"(columns: {', '.join(map(str, df.columns))})")
     df = df.copy()
     df[x], df[y] = _numeric(df, x, source), _numeric(df, y, source)
     kind = df["kind"].astype(str) if "kind" in df.columns else pd.Series("grid", index=df.index)

@@ -168,17 +168,27 @@ def _common(values: pd.Series):
     return counts.index[counts.to_numpy() == counts.max()].max()  # ties: the largest
 
 
-def scaling_panels(table, form: str = "log-linear") -> list[Panel]:
-    """Fit the paper's three panels that this table allows (a skipped one is logged with its reason)."""
+def scaling_panels(table, form: str = "log-linear", skipped: list | None = None) -> list[Panel]:
+    """Fit the paper's three panels that this table allows.
+
+    A skipped panel is logged with its reason, or, when ``skipped`` is a list, appended to it as
+    ``(logging level, message)`` for the caller to report.
+    """
     pts, y = table.points, table.y
     panels: list[Panel] = []
     has_layers = "fused_layers" in pts.columns
+
+    def skip(level, message, *args):
+        if skipped is None:
+            log.log(level, message, *args)
+        else:
+            skipped.append((level, message % args))
 
     def add(name, title, rows, x):
         try:
             res = fit(rows, x=x, y=y, form=form)
         except AnalysisError as exc:
-            log.warning("figure %s skipped: %s", name, exc)
+            skip(logging.WARNING, "figure %s skipped: %s", name, exc)
             return
         panels.append(Panel(name, title, rows.reset_index(drop=True), x, res))
 
@@ -193,8 +203,8 @@ def scaling_panels(table, form: str = "log-linear") -> list[Panel]:
     # (2) layer-count scaling at one expert width
     n_layers = pts["fused_layers"].nunique() if has_layers else 0
     if n_layers < 3:
-        log.info("figure layer_scaling skipped: the table has %d distinct fused_layers value(s), "
-                 "a layer-count law needs at least 3", n_layers)
+        skip(logging.INFO, "figure layer_scaling skipped: the table has %d distinct fused_layers value(s), "
+             "a layer-count law needs at least 3", n_layers)
     else:
         rows = pts
         if "expert_hidden" in pts.columns:
@@ -242,11 +252,15 @@ def scaling_figures(table, out_dir, alpha: float = 0.05, form: str = "log-linear
     ``scaling_panels`` (all panels side by side), each ``.pdf`` and ``.png``. Returns the paths.
     """
     out_dir = Path(out_dir)
+    skipped: list = []
+    panels = scaling_panels(table, form=form, skipped=skipped)
+    if not panels:  # one error, before anything is written (the reasons are the panels' own)
+        source = f"{table.source}: " if getattr(table, "source", None) else ""
+        reason = skipped[0][1].split(": ", 1)[-1] if skipped else f"no rows to fit in {table.x!r}"
+        raise AnalysisError(f"{source}no figure could be made: {reason}")
+    for level, message in skipped:
+        log.log(level, message)
     out_dir.mkdir(parents=True, exist_ok=True)
-    panels = scaling_panels(table, form=form)
-    if not panels:
-        raise AnalysisError(f"no figure could be made: no panel of the table has 3 distinct capacities "
-                            f"to fit in {table.x!r}")
     written: list[Path] = []
     with matplotlib.rc_context(STYLE):
         for p in panels:

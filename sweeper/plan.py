@@ -103,9 +103,13 @@ def _architecture(cfg: EncoderConfig) -> tuple[int, int, int, int]:
         check_model_name(cfg.name)
     except UserError as err:
         raise SpecError(str(err)) from None
-    with torch.device("meta"):
-        vit = timm.create_model(cfg.name, pretrained=False, num_classes=0, img_size=cfg.input_size,
-                                **cfg.model_kwargs)
+    try:
+        with torch.device("meta"):
+            vit = timm.create_model(cfg.name, pretrained=False, num_classes=0, img_size=cfg.input_size,
+                                    **cfg.model_kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:  # e.g. a model_kwargs key the ViT does not take
+        raise SpecError(f"encoder.model_kwargs: timm cannot build {cfg.name} with input_size={cfg.input_size} and "
+                        f"model_kwargs {cfg.model_kwargs} ({type(exc).__name__}: {exc})") from None
     patch = vit.patch_embed.patch_size
     patch = patch[0] if isinstance(patch, (tuple, list)) else patch
     return vit.embed_dim, len(vit.blocks), patch, sum(p.numel() for p in vit.parameters())
@@ -135,7 +139,8 @@ def build_plan(spec: SweepSpec) -> Plan:
     layer_counts = spec.grid.fused_layers or [depth]
     for k in layer_counts:
         if k > depth:
-            raise SpecError(f"grid.fused_layers: {k} layers asked, but the encoder has {depth} blocks")
+            raise SpecError(f"grid.fused_layers: {k} layers asked, but the encoder ({enc.name}) has {depth} "
+                            f"blocks; expected layer counts from 1 to {depth}")
     tokens = grid * grid
     n_search = spec.search.n_trials if spec.search else 1
     p2, p3 = spec.phase2, spec.phase3

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import difflib
 import re
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -123,18 +124,30 @@ class GridSpec(_Strict):
     def _positive_unique(cls, v):
         if v is None:
             return v
-        if any(x < 1 for x in v):
-            raise ValueError(f"expected positive integers, got {v}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate values in {v}")
+        bad = [x for x in v if x < 1]
+        if bad:
+            raise ValueError(f"expected positive integers, got {bad[0]} in {v}")
+        dup = _first_duplicate(v)
+        if dup is not None:
+            raise ValueError(f"duplicate value {dup} in {v}; each grid point must be listed once")
         return v
 
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate seeds in {v}")
+        dup = _first_duplicate(v)
+        if dup is not None:
+            raise ValueError(f"duplicate seed {dup} in {v}; each seed must be listed once")
         return v
+
+
+def _first_duplicate(values):
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
 
 
 class ParamSpec(_Strict):
@@ -212,6 +225,8 @@ class FaultsSpec(_Strict):
 
     nan_loss: list[str] = []  # unit ids whose training images are NaN (a real NaN loss)
     raise_error: list[str] = []  # unit ids whose trial raises before training
+    inf_loss: list[str] = []  # unit ids whose training images are +inf (a real non-finite loss)
+    oom: list[str] = []  # unit ids whose trial asks the allocator for far more memory than there is
 
 
 class SweepSpec(_Strict):
@@ -261,7 +276,24 @@ class SweepSpec(_Strict):
 
 
 class _Loader(yaml.SafeLoader):
-    """The safe loader, reading `3e-4` as a float (YAML 1.2) rather than a string (YAML 1.1)."""
+    """The safe loader, reading `3e-4` as a float (YAML 1.2) rather than a string (YAML 1.1).
+
+    A key given twice in one mapping is an error (YAML requires unique keys; PyYAML would silently
+    keep the last, so a second `grid:` block would replace the first unnoticed).
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key_node.value!r} given twice (first at line {seen[key].line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -306,22 +338,98 @@ def _deep_copy(d):
     return d
 
 
+def _kind(value) -> str:
+    """What a YAML value is, for 'expected X, got <kind>'."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    for types_, word in ((str, "a string"), ((int, float), "a number"), (list, "a list"), (dict, "a mapping")):
+        if isinstance(value, types_):
+            if len(repr(value)) <= 40:
+                return f"{word} {value!r}"
+            return f"{word} of {len(value)} items" if isinstance(value, (list, dict)) else word
+    return type(value).__name__
+
+
+def _section(annotation):
+    """The pydantic model (or dict / list type) that a field's annotation holds, without Optional."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            if arg is not type(None):
+                return _section(arg)
+    return annotation
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the spec section at ``loc`` takes (for an unknown key's hint); [] if unknown."""
+    node = SweepSpec
+    for part in loc:
+        node = _section(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            if part not in node.model_fields:
+                return []
+            node = node.model_fields[part].annotation
+        elif get_origin(node) is dict:
+            node = get_args(node)[1]
+        elif get_origin(node) is list:
+            node = get_args(node)[0]
+        else:
+            return []
+    node = _section(node)
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+_BOUNDS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", "greater than or equal to"),
+           "less_than": ("lt", "less than"), "less_than_equal": ("le", "less than or equal to")}
+
+
+def _expected(e: dict) -> str:
+    """What pydantic expected, as 'expected ...' (its 'Input should be ...' without the parse detail)."""
+    kind, ctx = e["type"], e.get("ctx") or {}
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        return f"expected a number {words} {ctx[key]:g}"
+    if kind in ("model_type", "dict_type"):
+        return "expected a mapping"
+    if kind == "too_short":
+        n = ctx["min_length"]
+        return f"expected at least {n} item{'s' if n != 1 else ''}"
+    msg = e["msg"]
+    if msg.startswith("Input should be "):
+        return "expected " + msg.removeprefix("Input should be ").split(", unable to")[0]
+    return msg
+
+
 def _one_line(err: ValidationError) -> str:
-    e = err.errors()[0]
+    """The first problem, as 'dotted.key: what is wrong; what was expected, got what'."""
+    # An unknown key first: a misspelt key also makes its correct spelling "missing".
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    e, value = errors[0], errors[0].get("input")
     loc = ".".join(str(p) for p in e["loc"])
-    msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
-        msg = "unknown key"
+        known = _known_keys(e["loc"][:-1])
+        close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1, cutoff=0.75)  # a typo, not a guess
+        if close:
+            msg = f"unknown key (did you mean {close[0]!r}?)"
+            # ... and the correct spelling, missing because of the typo, is no further problem
+            errors = [x for x in errors if not (x["type"] == "missing" and x["loc"] == (*e["loc"][:-1], close[0]))]
+        else:
+            msg = f"unknown key; expected one of {', '.join(known)}" if known else "unknown key"
     elif e["type"] == "missing":
         msg = "missing required key"
-    extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    elif e["type"] == "value_error":  # our own validators say what they expected and got
+        msg = e["msg"].removeprefix("Value error, ")
+    else:
+        msg = f"{_expected(e)}, got {_kind(value)}"
+    extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{loc}: {msg}{extra}" if loc else f"{msg}{extra}"  # a cross-field check names its keys
 
 
 def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     """Validate a parsed spec mapping into a ``SweepSpec``."""
     if not isinstance(raw, dict):
-        raise SpecError(f"{source}: expected a YAML mapping at the top level")
+        raise SpecError(f"{source}: expected a YAML mapping at the top level, got {_kind(raw)}")
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as err:
@@ -332,19 +440,36 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     """Read, override and validate a YAML spec (a safe loader: nothing in it executes)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
     try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); "
+                        "expected a YAML spec saved as UTF-8") from None
+    try:
         raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{path}: not valid YAML{where}") from None
+        raise SpecError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
     if raw is None:
-        raw = {}
+        required = [name for name, f in SweepSpec.model_fields.items() if f.is_required()]
+        raise SpecError(f"{path}: the file holds no spec (missing the required keys {', '.join(required)})")
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a YAML mapping at the top level")
+        raise SpecError(f"{path}: expected a YAML mapping at the top level, got {_kind(raw)}")
     return parse_spec(apply_overrides(raw, overrides or []), str(path))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """' at line L, column C: what the parser expected (the construct it was in)' from PyYAML's error."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    out = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    if problem:
+        out += f": {problem}"
+        if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+            out += f" ({context} at line {context_mark.line + 1})"
+    return out
