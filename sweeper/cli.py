@@ -62,6 +62,8 @@ environment:
   MLFLOW_TRACKING_URI  MLflow tracking server; wins over the spec's tracking.uri
   DRORAE_CACHE         shared caches (encoder, features, FID statistics, phase 1), unless the spec
                        sets cache_dir; default ~/.cache/drorae-scaling
+  DRORAE_MLFLOW_FLUSH_TIMEOUT  seconds the end of a sweep waits for an unreachable tracking
+                       server (default 60) before keeping its writes in mlflow-pending.json
 """
 
 

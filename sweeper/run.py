@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -23,6 +22,8 @@ import pandas as pd
 from model.assets import atomic_path
 from model.errors import UserError
 
+from .lock import SweepLock, lock_path
+from .storage import check_shared_storage, cluster_hosts
 from .tracking import ResultsTable, SweepTracker, check_tracking, flatten, git_commit, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,9 @@ def init_ray(address: str | None):
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
-    else:  # a local one-node cluster, private to this machine
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True,
+        ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+    else:  # a new local one-node cluster, private to this machine (never a `ray start` one found here)
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True,
                  configure_logging=True, logging_level=logging.WARNING)
 
 
@@ -122,12 +123,17 @@ def _prepare_remote(plan, device):
     return ray.get(shared_work.options(num_cpus=cpus, num_gpus=gpus).remote(plan, device))
 
 
-def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, experiment_path: Path):
-    """For each searched unit, evaluate its best completed trial (lowest val_l1) once."""
+def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, results, sweep_dir: Path):
+    """For each searched unit, evaluate its best completed trial (lowest val_l1) once.
+
+    ``results`` is Tune's ResultGrid: each trial's final checkpoint, wherever the storage is (a local
+    or shared directory, an object store); the evaluation runs as a Ray task that reads it from there.
+    """
     import ray
 
     from .trial import tune_evaluate_checkpoint
 
+    checkpoints = {r.config["trial_id"]: r.checkpoint for r in results if r.config and r.checkpoint}
     df = table.frame()
     searched = [u for u in plan.units if u.n_trials > 1]
     jobs = []
@@ -138,20 +144,24 @@ def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, exp
         best = rows.loc[rows.val_l1.idxmin()]
         if bool(best.get("best")) and not math.isnan(best.rfid):
             continue  # already evaluated in an earlier run of this sweep
-        ckpt = _trial_checkpoint(experiment_path, best.trial_id)
+        ckpt = checkpoints.get(best.trial_id)
         if ckpt is None:
             log.warning("no checkpoint for %s: cannot evaluate it", best.trial_id)
             continue
         res = plan.spec.resources
         fn = ray.remote(tune_evaluate_checkpoint).options(num_cpus=res.cpu, num_gpus=res.gpu)
-        jobs.append((best.trial_id, ckpt, fn.remote(plan, shared, best.trial_id, unit, str(ckpt))))
-    for trial_id, ckpt, ref in jobs:
-        metrics = ray.get(ref)
+        jobs.append((best.trial_id, fn.remote(plan, shared, best.trial_id, unit, ckpt)))
+    for trial_id, ref in jobs:
+        metrics, png = ray.get(ref)
         for tid in df[df.unit_id == df.loc[df.trial_id == trial_id, "unit_id"].iloc[0]].trial_id:
             table.rows[tid]["best"] = tid == trial_id
         table.upsert({"trial_id": trial_id, "best": True, **{k: metrics[k] for k in
                       ("rfid", "psnr", "ssim", "lpips", "eval_seconds")}})
-        tracker.log_final(table.rows[trial_id]["mlflow_run_id"], metrics, str(ckpt / "reconstructions.png"))
+        image = sweep_dir / "best" / trial_id / "reconstructions.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(image) as tmp:
+            tmp.write_bytes(png)
+        tracker.log_final(table.rows[trial_id].get("mlflow_run_id"), metrics, str(image), trial_id=trial_id)
 
 
 def _trial_name(trial) -> str:
@@ -159,18 +169,28 @@ def _trial_name(trial) -> str:
     return f"{trial.config['trial_id']}_{trial.trial_id}"
 
 
-def _trial_checkpoint(experiment_path: Path, trial_id: str) -> Path | None:
-    """The newest checkpoint directory of the Tune trial whose config has ``trial_id``."""
-    for params in experiment_path.glob("*/params.json"):
-        if json.loads(params.read_text()).get("trial_id") == trial_id:
-            ckpts = sorted(params.parent.glob("checkpoint_*"))
-            return ckpts[-1] if ckpts else None
-    return None
-
-
 def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.DataFrame:
-    """Run (or resume) the sweep of ``plan``; returns the results table."""
-    import ray
+    """Run (or resume) the sweep of ``plan``; returns the results table.
+
+    Checked before anything is written: the tracking server and the Ray cluster answer, no other
+    process runs a sweep of this name (``SweepLock``), and on a cluster of several hosts the Tune
+    storage is shared by all of them.
+    """
+    spec = plan.spec
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    uri = tracking_uri(spec)
+    check_tracking(uri)
+    if address:
+        check_ray_address(address)
+    with SweepLock(lock_path(Path(spec.results_dir).resolve(), spec.name), spec.name):
+        init_ray(address)
+        storage = spec.storage_path or str(spec.sweep_dir.resolve() / "ray")
+        if address:
+            check_shared_storage(storage, cluster_hosts(), address)
+        return _run(plan, restart, uri, storage)
+
+
+def _run(plan, restart: bool, uri: str, storage: str) -> pd.DataFrame:
     from ray import tune
 
     from .search import UnitMedianStopping, UnitSearcher
@@ -178,19 +198,12 @@ def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.Dat
 
     spec = plan.spec
     t_start = time.perf_counter()
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    uri = tracking_uri(spec)
-    check_tracking(uri)
-    if address:
-        check_ray_address(address)
     sweep_dir = spec.sweep_dir.resolve()
     if restart:
         _archive(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    Path(spec.results_dir).resolve().mkdir(parents=True, exist_ok=True)
     experiment = spec.tracking.experiment or spec.name
     parent = _parent_run(uri, experiment, sweep_dir, spec)
-    init_ray(address)
     device = "cuda" if spec.resources.gpu > 0 else "cpu"
 
     log.info("shared work: encoder, feature cache, FID statistics, phase-1 decoder")
@@ -200,17 +213,16 @@ def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.Dat
     log.info("shared work done in %.0f s (%s)", shared_seconds,
              ", ".join(f"{k} {v:.0f}s" for k, v in shared.seconds.items()))
 
-    storage = spec.storage_path or str(sweep_dir / "ray")
-    experiment_path = Path(storage) / "tune"
+    experiment_path = f"{storage.rstrip('/')}/tune"  # a directory or an object-store URI
     res = spec.resources
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, plan=plan, shared=shared),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     tracker = SweepTracker(uri, experiment, parent, str(sweep_dir),
                            {"sweep": spec.name, "shared.decoder": shared.decoder_path,
                             "shared.phase1_val_l1": shared.phase1.get("val_l1")}, git_commit())
-    if tune.Tuner.can_restore(str(experiment_path)):
+    if tune.Tuner.can_restore(experiment_path):
         log.info("resuming the sweep from %s", experiment_path)
-        tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
     else:
         searcher = UnitSearcher(plan.units, spec.search, storage=f"sqlite:///{sweep_dir / 'optuna.db'}",
                                 study_prefix=f"{spec.name}/", seed=spec.seed)
@@ -231,20 +243,18 @@ def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.Dat
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 verbose=1))
     t = time.perf_counter()
-    tuner.fit()
+    results = tuner.fit()
     trials_seconds = time.perf_counter() - t
     table = ResultsTable(sweep_dir)
-    _evaluate_best(plan, shared, table, tracker, experiment_path)
+    _evaluate_best(plan, shared, table, tracker, results, sweep_dir)
     table.write()
     df = table.frame()
     wall = time.perf_counter() - t_start
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
     failed = int((df.status == "failed").sum())
-    client.log_metric(parent, "wall_seconds", wall)
-    client.log_metric(parent, "failed_trials", failed)
-    client.set_terminated(parent, "FINISHED" if failed == 0 else "FAILED")
+    # The backlog of a down tracking server, the table reconciled into MLflow, the parent run ended;
+    # what a still-down server cannot take waits in results/<sweep>/mlflow-pending.json.
+    tracker.finish(table, {"wall_seconds": wall, "failed_trials": failed}, "FINISHED" if failed == 0 else "FAILED")
+    df = table.frame()
     timing = {"wall_seconds": wall, "shared_seconds": shared_seconds, "tune_seconds": trials_seconds,
               "shared": shared.seconds}
     (sweep_dir / "timing.json").write_text(json.dumps(timing, indent=1))

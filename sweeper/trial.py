@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -95,12 +94,27 @@ def train_trial(config: dict, plan, shared, report, checkpoint_dir: Path, save_c
     model = build_model(plan, shared, config, device)
     train, val = load_data(plan, shared, config["layers"])
     faults = plan.spec.faults
-    if config["unit_id"] in faults.nan_loss:  # deliberate fault (spec faults.nan_loss): real NaN images
-        images = train.images if isinstance(train, FeatureSet) else train
-        nan = torch.full_like(images, float("nan"))
-        train = replace(train, images=nan) if isinstance(train, FeatureSet) else nan
+    for bad, value in (("nan_loss", float("nan")), ("inf_loss", float("inf"))):
+        if config["unit_id"] in getattr(faults, bad):  # deliberate fault (spec faults.*): real bad images
+            images = train.images if isinstance(train, FeatureSet) else train
+            filled = torch.full_like(images, value)
+            train = replace(train, images=filled) if isinstance(train, FeatureSet) else filled
     if config["unit_id"] in faults.raise_error:
         raise RuntimeError(f"injected fault in {config['unit_id']} (spec faults.raise_error)")
+    try:
+        if config["unit_id"] in faults.oom:  # a batch far too large for the machine: a real allocator failure
+            torch.empty(1 << 50, dtype=torch.uint8, device=device)
+        return _train(config, plan, shared, model, train, val, device, report, checkpoint_dir, save_checkpoint)
+    except RuntimeError as err:  # torch.OutOfMemoryError (CUDA) is one too
+        text = str(err)
+        if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text:
+            detail = text.split("DefaultCPUAllocator: ")[-1].splitlines()[0][:200]
+            raise MemoryError(f"out of memory in trial {config['trial_id']} on {device}: {detail}; lower "
+                              "phase2.batch_size or give each trial more memory (resources)") from err
+        raise
+
+
+def _train(config, plan, shared, model, train, val, device, report, checkpoint_dir, save_checkpoint) -> dict:
     hp, seed = config["hp"], config["seed"]
     start = time.perf_counter()
     metrics: dict = {}
@@ -153,34 +167,42 @@ def tune_trainable(config: dict, plan=None, shared=None):
             tune.report({**last, "step": step, "node_id": node, "final": False},
                         checkpoint=tune.Checkpoint.from_directory(str(work)))
 
-        metrics = train_trial(config, plan, shared, report, work, save_checkpoint)
-        (work / "metrics.json").write_text(json.dumps(metrics))
-        tune.report({**metrics, "node_id": node, "final": True},
-                    checkpoint=tune.Checkpoint.from_directory(str(work)))
+        done = work / "metrics.json"
+        if done.exists():  # finished, but the driver died before it recorded that: report it, train nothing
+            log.info("trial %s had finished: reporting its final metrics again", config["trial_id"])
+            metrics = json.loads(done.read_text())
+        else:
+            metrics = {**train_trial(config, plan, shared, report, work, save_checkpoint), "node_id": node}
+            done.write_text(json.dumps(metrics))
+        tune.report({**metrics, "final": True}, checkpoint=tune.Checkpoint.from_directory(str(work)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def tune_evaluate_checkpoint(plan, shared, trial_id: str, unit, checkpoint: str) -> dict:
-    """Evaluate a finished trial from its checkpoint (a searched unit's best trial), as a Ray task."""
+def tune_evaluate_checkpoint(plan, shared, trial_id: str, unit, checkpoint) -> tuple[dict, bytes]:
+    """Evaluate a finished trial from its Tune checkpoint (a searched unit's best), as a Ray task.
+
+    Returns the metrics and the reconstruction grid (PNG bytes), for the driver to keep.
+    """
     from .search import trial_config
 
     torch.set_num_threads(max(1, int(plan.spec.resources.cpu)))
     device = _device(plan.spec.resources.gpu)
     config = trial_config(unit, {}, evaluate=True, index=0)
     model = build_model(plan, shared, config, device)
-    ckpt = Path(checkpoint)
-    if model.fusion is not None:
-        model.fusion.load_state_dict(torch.load(ckpt / "fusion.pt", map_location=device, weights_only=True))
-    if (ckpt / "phase3.pt").exists():
-        state = torch.load(ckpt / "phase3.pt", map_location=device, weights_only=True)
-        model.decoder.load_state_dict(state["module"])
+    with checkpoint.as_directory() as d:
+        ckpt = Path(d)
+        if model.fusion is not None:
+            model.fusion.load_state_dict(torch.load(ckpt / "fusion.pt", map_location=device, weights_only=True))
+        if (ckpt / "phase3.pt").exists():
+            state = torch.load(ckpt / "phase3.pt", map_location=device, weights_only=True)
+            model.decoder.load_state_dict(state["module"])
     model.eval()
     _, val = load_data(plan, shared, config["layers"])
     out = Path(tempfile.mkdtemp(prefix="drorae-eval-"))
     try:
         metrics = evaluate(model, val, plan, shared, device, out)
-        shutil.copy(out / "reconstructions.png", ckpt / "reconstructions.png")
+        png = (out / "reconstructions.png").read_bytes()
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return metrics
+    return metrics, png
