@@ -10,6 +10,8 @@ DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 PYTEST_ARGS ?=
 RESULTS ?= results
 MLFLOW_PORT ?= 5000
+# The tracking server's interface: this machine only, unless asked (make mlflow-server MLFLOW_HOST=0.0.0.0).
+MLFLOW_HOST ?= 127.0.0.1
 SPEC ?= sweeps/default.yaml
 
 .PHONY: install venv assets test sweep clean help
@@ -20,6 +22,7 @@ help:
 	@echo "make sweep     the embedded default sweep (SPEC=$(SPEC)); rerun to resume"
 	@echo "make plan      what make sweep would run, and its cost"
 	@echo "make mlflow-ui the MLflow UI on 127.0.0.1:$(MLFLOW_PORT)"
+	@echo "make mlflow-server  an MLflow tracking server on $(MLFLOW_HOST):$(MLFLOW_PORT) for sweeps (RESULTS=$(RESULTS))"
 	@echo "make fit       the scaling law fitted to RESULTS_DIR=$(RESULTS_DIR) (ARGS='--json', ...)"
 	@echo "make predict   its prediction at CAPACITY (e.g. make predict CAPACITY=2e8)"
 	@echo "make figures   the paper's panels into RESULTS_DIR/figures/"
@@ -53,12 +56,32 @@ sweep: install
 clean:
 	rm -rf .pytest_cache build *.egg-info
 
-.PHONY: mlflow-ui plan
+.PHONY: mlflow-ui mlflow-server plan
 
 # The MLflow UI over the sweeps' tracking database, on this machine only.
 mlflow-ui: venv
 	@mkdir -p $(RESULTS)
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(RESULTS)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# A tracking server (REST API + UI) for sweeps: MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT). Its
+# store is the sweeps' default SQLite file, $(RESULTS)/mlflow.db; artifacts are uploaded through it
+# into $(RESULTS)/mlartifacts. Bound to $(MLFLOW_HOST) (this machine only by default: reach it from
+# elsewhere with ssh -L or kubectl port-forward). MLflow's host-header and CORS checks admit
+# localhost/127.0.0.1 by default; exposing it (MLFLOW_HOST=0.0.0.0) needs its --allowed-hosts too:
+#   make mlflow-server MLFLOW_HOST=0.0.0.0 MLFLOW_ARGS="--allowed-hosts head:5000"
+# One worker: SQLite takes one writer at a time, and a sweep has one writer (its driver). MLflow's
+# job execution (GenAI scorer jobs: a runner and seven huey consumers) is off, sweeps never use it.
+# It needs only MLflow: a Python that has it (VENV=...) is used as it is; the venv is built only
+# when $(PY) does not exist yet.
+MLFLOW_WORKERS ?= 1
+MLFLOW_JOBS ?= false
+MLFLOW_ARGS ?=
+mlflow-server: $(if $(wildcard $(PY)),,venv)
+	@mkdir -p $(RESULTS)/mlartifacts
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$(MLFLOW_JOBS) \
+	exec $(PY) -m mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS) \
+		--backend-store-uri sqlite:///$(abspath $(RESULTS))/mlflow.db \
+		--serve-artifacts --artifacts-destination $(abspath $(RESULTS))/mlartifacts $(MLFLOW_ARGS)
 
 # What `drorae sweep $(SPEC)` would run: every grid point, its parameter count and cost; starts nothing.
 plan: venv
