@@ -124,9 +124,18 @@ def load_split(cfg: DataConfig, split: str) -> Dataset:
     return image_folder(split, cfg.resolution, cfg.root, limit)
 
 
+def loader_workers(limit: int = 8) -> int:
+    """DataLoader worker processes for decoding images: one per CPU this process may use, at most
+    ``limit``; none with a single CPU (a worker there only adds a process and a copy)."""
+    n = min(limit, torch.get_num_threads())  # the sweeper sets a trial's threads to its CPU share
+    return n if n > 1 else 0
+
+
 def stack_images(ds: Dataset, batch_size: int = 256) -> torch.Tensor:
     """All images of ``ds`` as one tensor (N, 3, H, W); for small evaluation sets."""
     if isinstance(ds, TensorDataset):
         return ds.tensors[0]
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
+    # Decoded (JPEG, resize, crop) in worker processes; not pinned: the batches are concatenated
+    # into pageable memory anyway, and run_phase pins each training batch as it gathers it.
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=loader_workers())
     return torch.cat([batch[0] for batch in loader])

@@ -134,16 +134,35 @@ class _Batches:
         self.order, self.pos = state["order"], int(state["pos"])
 
 
+def _take(src: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``src[idx]`` on ``device``.
+
+    From host memory to a GPU the rows are gathered straight into pinned memory: a non-blocking
+    copy from pageable memory (a plain gather, a memory-mapped cache) is a synchronous one.
+    """
+    if device.type == "cuda" and src.device.type == "cpu":
+        out = torch.empty((len(idx), *src.shape[1:]), dtype=src.dtype, pin_memory=True)
+        return torch.index_select(src, 0, idx, out=out).to(device, non_blocking=True)
+    return src[idx].to(device, non_blocking=True)
+
+
 def _features(model: DRoRAE, data, idx: torch.Tensor, device: torch.device):
     """(images, layers (L, B, T, D) or None, base (B, T, D)) for the batch ``idx``."""
     if isinstance(data, FeatureSet):
-        images = data.images[idx].to(device, non_blocking=True)
-        layers = data.layers[idx]  # (B, L_cached, T, D)
-        if data.layer_index is not None:
-            layers = layers[:, list(data.layer_index)]  # (B, L, T, D)
-        layers = layers.to(device, non_blocking=True).float().transpose(0, 1)  # (L, B, T, D)
-        return images, layers, data.base[idx].to(device, non_blocking=True).float()
-    images = data[idx].to(device, non_blocking=True)
+        images = _take(data.images, idx, device)
+        cached = data.layers  # (N, L_cached, T, D)
+        if data.layer_index is None:
+            layers = _take(cached, idx, device)  # (B, L, T, D)
+        elif cached.is_contiguous():  # the fused blocks of the batch in one gather of B * L rows
+            blocks = torch.tensor(data.layer_index)
+            rows = (idx[:, None] * cached.shape[1] + blocks).flatten()  # (B * L,)
+            layers = _take(cached.flatten(0, 1), rows, device)  # (B * L, T, D)
+            layers = layers.unflatten(0, (len(idx), len(blocks)))  # (B, L, T, D)
+        else:
+            layers = cached[idx][:, list(data.layer_index)].to(device, non_blocking=True)  # (B, L, T, D)
+        layers = layers.float().transpose(0, 1)  # (L, B, T, D)
+        return images, layers, _take(data.base, idx, device).float()
+    images = _take(data, idx, device)
     layers, base = model.encoder(images)
     return images, layers, base
 
@@ -222,7 +241,8 @@ def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: R
     loss_fn = ReconstructionLoss(cfg.loss).to(device)
     disc_opt = None
     if loss_fn.discriminator is not None:
-        disc_opt = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+        disc_opt = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9),
+                                     fused=fused_ok or None)
     batches = _Batches(train, cfg.batch_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     start_step, elapsed = 0, 0.0
@@ -264,8 +284,8 @@ def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: R
     terms: dict = {}
     for step in range(start_step, cfg.steps):
         idx = batches.next_indices()
-        images, layers, base = _features(model, train, idx, device)
-        with autocast:
+        with autocast:  # the frozen encoder too, when it runs on the fly: bf16 like the rest, not fp32
+            images, layers, base = _features(model, train, idx, device)
             if phase == 2:
                 z = step_fn(layers, base)
             else:
