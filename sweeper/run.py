@@ -7,6 +7,7 @@ never runs twice. ``restart=True`` starts over on purpose, after moving the old 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -149,7 +150,7 @@ def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, res
             log.warning("no checkpoint for %s: cannot evaluate it", best.trial_id)
             continue
         res = plan.spec.resources
-        fn = ray.remote(tune_evaluate_checkpoint).options(num_cpus=res.cpu, num_gpus=res.gpu)
+        fn = ray.remote(tune_evaluate_checkpoint).options(num_cpus=res.cpu, num_gpus=res.gpu_for(unit.expert_hidden))
         jobs.append((best.trial_id, fn.remote(plan, shared, best.trial_id, unit, ckpt)))
     for trial_id, ref in jobs:
         metrics, png = ray.get(ref)
@@ -162,6 +163,11 @@ def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, res
         with atomic_path(image) as tmp:
             tmp.write_bytes(png)
         tracker.log_final(table.rows[trial_id].get("mlflow_run_id"), metrics, str(image), trial_id=trial_id)
+
+
+def trial_resources(res, config: dict) -> dict:
+    """What one trial asks Ray for: the spec's CPUs, and its GPU share (``resources.gpu_share``)."""
+    return {"cpu": res.cpu, "gpu": res.gpu_for(config.get("expert_hidden"))}
 
 
 def _trial_name(trial) -> str:
@@ -183,14 +189,16 @@ def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.Dat
     if address:
         check_ray_address(address)
     with SweepLock(lock_path(Path(spec.results_dir).resolve(), spec.name), spec.name):
+        t = time.perf_counter()
         init_ray(address)
+        ray_seconds = time.perf_counter() - t
         storage = spec.storage_path or str(spec.sweep_dir.resolve() / "ray")
         if address:
             check_shared_storage(storage, cluster_hosts(), address)
-        return _run(plan, restart, uri, storage)
+        return _run(plan, restart, uri, storage, ray_seconds)
 
 
-def _run(plan, restart: bool, uri: str, storage: str) -> pd.DataFrame:
+def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) -> pd.DataFrame:
     from ray import tune
 
     from .search import UnitMedianStopping, UnitSearcher
@@ -204,6 +212,7 @@ def _run(plan, restart: bool, uri: str, storage: str) -> pd.DataFrame:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     experiment = spec.tracking.experiment or spec.name
     parent = _parent_run(uri, experiment, sweep_dir, spec)
+    mlflow_seconds = time.perf_counter() - t_start
     device = "cuda" if spec.resources.gpu > 0 else "cpu"
 
     log.info("shared work: encoder, feature cache, FID statistics, phase-1 decoder")
@@ -216,7 +225,7 @@ def _run(plan, restart: bool, uri: str, storage: str) -> pd.DataFrame:
     experiment_path = f"{storage.rstrip('/')}/tune"  # a directory or an object-store URI
     res = spec.resources
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, plan=plan, shared=shared),
-                                    {"cpu": res.cpu, "gpu": res.gpu})
+                                    functools.partial(trial_resources, res))
     tracker = SweepTracker(uri, experiment, parent, str(sweep_dir),
                            {"sweep": spec.name, "shared.decoder": shared.decoder_path,
                             "shared.phase1_val_l1": shared.phase1.get("val_l1")}, git_commit())
@@ -245,6 +254,7 @@ def _run(plan, restart: bool, uri: str, storage: str) -> pd.DataFrame:
     t = time.perf_counter()
     results = tuner.fit()
     trials_seconds = time.perf_counter() - t
+    t = time.perf_counter()
     table = ResultsTable(sweep_dir)
     _evaluate_best(plan, shared, table, tracker, results, sweep_dir)
     table.write()
@@ -255,8 +265,9 @@ def _run(plan, restart: bool, uri: str, storage: str) -> pd.DataFrame:
     # what a still-down server cannot take waits in results/<sweep>/mlflow-pending.json.
     tracker.finish(table, {"wall_seconds": wall, "failed_trials": failed}, "FINISHED" if failed == 0 else "FAILED")
     df = table.frame()
-    timing = {"wall_seconds": wall, "shared_seconds": shared_seconds, "tune_seconds": trials_seconds,
-              "shared": shared.seconds}
+    timing = {"wall_seconds": wall + ray_seconds, "ray_start_seconds": ray_seconds,
+              "mlflow_start_seconds": mlflow_seconds, "shared_seconds": shared_seconds,
+              "tune_seconds": trials_seconds, "end_seconds": time.perf_counter() - t, "shared": shared.seconds}
     (sweep_dir / "timing.json").write_text(json.dumps(timing, indent=1))
     log.info("sweep %s: %d trials (%d failed) in %.1f min; results: %s; MLflow: %s (experiment %s)",
              spec.name, len(df), failed, wall / 60, sweep_dir / "trials.parquet", uri, experiment)

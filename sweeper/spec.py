@@ -200,9 +200,25 @@ class ControlsSpec(_Strict):
 
 class ResourcesSpec(_Strict):
     cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)  # fractional: small trials can share a GPU
+    gpu: float = Field(0.0, ge=0)  # per trial; fractional: trials share a GPU
+    # GPU share of the trials of given expert widths, e.g. {128: 0.25, 512: 0.5}: four of the
+    # smallest points train on one GPU at once; other widths and the controls take `gpu`.
+    gpu_share: dict[int, float] = {}
     max_concurrent: int = Field(0, ge=0)  # 0: as many as the resources allow
     max_failures: int = Field(1, ge=0)  # retries of a failed trial (Ray Tune FailureConfig)
+
+    @model_validator(mode="after")
+    def _shares(self):
+        if self.gpu_share and self.gpu <= 0:
+            raise ValueError("gpu_share needs resources.gpu > 0 (the share of every other trial)")
+        bad = {w: f for w, f in self.gpu_share.items() if w <= 0 or not 0 < f <= 1}
+        if bad:
+            raise ValueError(f"gpu_share: expected positive widths mapped to fractions in (0, 1], got {bad}")
+        return self
+
+    def gpu_for(self, expert_hidden: int | None) -> float:
+        """The GPU share of a trial of this expert width (None: a control without fusion)."""
+        return self.gpu_share.get(expert_hidden, self.gpu) if expert_hidden else self.gpu
 
 
 class EvalSpec(_Strict):
