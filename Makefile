@@ -14,13 +14,14 @@ MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
 SPEC ?= sweeps/default.yaml
 
-.PHONY: install venv assets test sweep clean help
+.PHONY: install venv assets test sweep bench clean help
 
 help:
 	@echo "make install   virtual environment ($(VENV)) + offline assets (FID Inception, LPIPS, Fashion-MNIST)"
 	@echo "make test      the test suite"
 	@echo "make sweep     the embedded default sweep (SPEC=$(SPEC)); rerun to resume"
 	@echo "make plan      what make sweep would run, and its cost"
+	@echo "make bench     every benchmark of bench/ into bench/results.md (ARGS=--quick: ~15 min less)"
 	@echo "make mlflow-ui the MLflow UI on 127.0.0.1:$(MLFLOW_PORT)"
 	@echo "make mlflow-server  an MLflow tracking server on $(MLFLOW_HOST):$(MLFLOW_PORT) for sweeps (RESULTS=$(RESULTS))"
 	@echo "make fit       the scaling law fitted to RESULTS_DIR=$(RESULTS_DIR) (ARGS='--json', ...)"
@@ -52,6 +53,10 @@ test: install
 # The main job: the spec's sweep on local Ray (or RAY_ADDRESS), results under $(RESULTS)/.
 sweep: install
 	$(PY) -m sweeper sweep $(SPEC) $(ARGS)
+
+# Every benchmark, side-by-side ratios, into the Markdown table bench/results.md.
+bench: install
+	$(PY) bench/run_all.py $(ARGS)
 
 clean:
 	rm -rf .pytest_cache build *.egg-info
