@@ -167,6 +167,9 @@ FLUSH_TIMEOUT_ENV, FLUSH_TIMEOUT_S = "DRORAE_MLFLOW_FLUSH_TIMEOUT", 60.0
 PENDING_FILE = "mlflow-pending.json"
 FINAL_METRICS = ("rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds")
 CURVE_METRICS = ("loss", "l1", "lpips", "adv_g", "adv_d", "lr", "val_l1", "phase")
+# Curve terms logged under another name in MLflow, where a final metric has theirs: the training
+# LPIPS loss would otherwise hide the evaluated LPIPS as the run's latest "lpips".
+CURVE_NAMES = {"lpips": "lpips_loss"}
 RUN_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}  # terminal table statuses
 
 
@@ -509,7 +512,7 @@ class SweepTracker(Callback):
             return
         step = int(result.get("step", 0) or 0)
         now = int(time.time() * 1000)
-        metrics = [[k, float(v), now, step] for k, v in result.items()
+        metrics = [[CURVE_NAMES.get(k, k), float(v), now, step] for k, v in result.items()
                    if k in CURVE_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(float(v))]
         if metrics:

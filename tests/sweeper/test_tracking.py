@@ -258,6 +258,8 @@ def test_reconcile_logs_what_mlflow_lacks_from_the_table(store, tmp_path, caplog
     failed = runs["h32-k6-s0-t0"]
     assert failed.info.status == "FAILED" and failed.data.tags["error"] == "RuntimeError: boom"
     assert failed.data.metrics["rfid"] == 40.0 and failed.data.metrics["params"] == 32000
+    # The training LPIPS loss is a curve of its own, apart from the evaluated "lpips".
+    assert failed.data.metrics["lpips_loss"] == 0.9 and "lpips" not in failed.data.metrics
     # Agreed already: the completed trial (its eval lpips sits at step 0 under the curve's lpips).
     assert runs["h2-k6-s0-t0"].info.status == "FINISHED"
     assert tracker.reconcile(table) == 0
