@@ -7,6 +7,7 @@ never runs twice. ``restart=True`` starts over on purpose, after moving the old 
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import logging
@@ -211,13 +212,18 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
         _archive(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     experiment = spec.tracking.experiment or spec.name
-    parent = _parent_run(uri, experiment, sweep_dir, spec)
-    mlflow_seconds = time.perf_counter() - t_start
     device = "cuda" if spec.resources.gpu > 0 else "cpu"
+
+    def parent_run():  # MLflow's parent run (a new store's schema takes seconds) beside the shared work
+        t = time.perf_counter()
+        return _parent_run(uri, experiment, sweep_dir, spec), time.perf_counter() - t
 
     log.info("shared work: encoder, feature cache, FID statistics, phase-1 decoder")
     t = time.perf_counter()
-    shared = _prepare_remote(plan, device)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        parent_future = pool.submit(parent_run)
+        shared = _prepare_remote(plan, device)
+        parent, mlflow_seconds = parent_future.result()
     shared_seconds = time.perf_counter() - t
     log.info("shared work done in %.0f s (%s)", shared_seconds,
              ", ".join(f"{k} {v:.0f}s" for k, v in shared.seconds.items()))
@@ -244,7 +250,7 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=plan.n_trials,
-                                        reuse_actors=False, trial_name_creator=_trial_name,
+                                        reuse_actors=res.reuse_actors, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name="tune", storage_path=storage, callbacks=[tracker],
