@@ -1,4 +1,7 @@
 import copy
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,45 @@ def mlflow_trial_runs(tmp_path, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def wait_healthy(proc, url: str, timeout: float, log_tail, what: str) -> None:
+    """Wait until the server that ``proc`` started answers ``url``/health; fail with its log if it dies or never does."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"no /health answer on {url} within {timeout} s:\n{log_tail()}")
+
+
+def stop_group(proc, grace: float = 30) -> None:
+    """Stop exactly the process group that ``proc`` leads (started with start_new_session=True):
+    SIGTERM, then SIGKILL if any of it lingers past ``grace`` seconds."""
+    pgid = proc.pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        proc.poll()  # reap the leader
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=10)

@@ -3,18 +3,15 @@ that takes runs and artifacts over http (as a sweep's driver on a cluster sends 
 
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import struct
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, stop_group, wait_healthy
 
 pytestmark = [
     pytest.mark.slow,
@@ -69,47 +66,6 @@ def _group_sockets(pgid: int) -> set[int]:
     return inodes
 
 
-def _wait_healthy(proc: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"make mlflow-server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"no /health answer on 127.0.0.1:{port} within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop_group(proc: subprocess.Popen, pgid: int) -> None:
-    """Stop exactly the process group this test started: SIGTERM, then SIGKILL if it lingers."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if proc.poll() is None:
-        proc.wait(timeout=10)
-
-
 def test_mlflow_server_listens_on_loopback_only_and_stores_runs_and_artifacts_in_results(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -125,7 +81,8 @@ def test_mlflow_server_listens_on_loopback_only_and_stores_runs_and_artifacts_in
     pgid = os.getpgid(proc.pid)
     assert pgid == proc.pid  # its own session and group: stopping it touches nothing else
     try:
-        _wait_healthy(proc, port, log)
+        wait_healthy(proc, f"http://127.0.0.1:{port}", START_TIMEOUT_S, lambda: log.read_text()[-3000:],
+                     "make mlflow-server")
 
         listening = _listening(port)
         assert listening, f"nothing listens on port {port}"
@@ -156,7 +113,7 @@ def test_mlflow_server_listens_on_loopback_only_and_stores_runs_and_artifacts_in
         assert stored[0].read_text() == "a reconstruction grid"
         assert [a.path for a in client.list_artifacts(run_id)] == ["reconstructions.txt"]
     finally:
-        _stop_group(proc, pgid)
+        stop_group(proc)
 
     with pytest.raises(OSError):  # stopped: the port no longer answers
         socket.create_connection(("127.0.0.1", port), timeout=2).close()

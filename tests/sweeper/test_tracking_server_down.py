@@ -14,13 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import REPO, SMOKE
+from conftest import REPO, SMOKE, stop_group, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -54,42 +53,13 @@ class MlflowServer:
             cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         assert os.getpgid(self.proc.pid) == self.proc.pid  # its own group: stopping it touches nothing else
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"no /health answer on {self.uri} within {START_TIMEOUT_S} s:\n{self.log()}")
+        wait_healthy(self.proc, self.uri, START_TIMEOUT_S, self.log, "mlflow server")
 
     def stop(self) -> None:
         """SIGTERM to the server's own process group, SIGKILL if it lingers; returns once the port is closed."""
         if self.proc is None:
             return
-        pgid = self.proc.pid
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                break
-            self.proc.poll()  # reap the leader
-            time.sleep(0.2)
-        else:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(timeout=10)
+        stop_group(self.proc)
         self.proc = None
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
