@@ -55,10 +55,12 @@ def main() -> None:
     torch.set_num_threads(cores)
     t = time.perf_counter()
     shared = prepare(plan)
+    direct_compute = 0.0
     for unit in plan.units:
         work = tmp / "direct" / unit.unit_id
         work.mkdir(parents=True)
-        train_trial(trial_config(unit, {}, True, 0), plan, shared, lambda m: None, work, lambda step: None)
+        m = train_trial(trial_config(unit, {}, True, 0), plan, shared, lambda m: None, work, lambda step: None)
+        direct_compute += m["train_seconds"] + m.get("eval_seconds", 0.0)
     direct = time.perf_counter() - t
 
     # A: the whole tool.
@@ -71,21 +73,28 @@ def main() -> None:
 
     table = pd.read_parquet(tmp / "results" / plan.spec.name / "trials.parquet")
     compute = float((table.train_seconds.fillna(0) + table.eval_seconds.fillna(0)).sum())
+    startup = float(table.startup_seconds.fillna(0).sum())
+    waits = float(table.report_seconds.fillna(0).sum())
     overhead = (sweep - direct) / sweep
     parts = {"Ray start": timing["ray_start_seconds"],
              "shared-work lookup (the MLflow parent run beside it)": timing["shared_seconds"],
              "Tune around the trials (actors, checkpoints, results)": timing["tune_seconds"] - compute,
+             "  of which: new trial processes starting (imports)": startup,
+             "  of which: training waiting in tune.report (results, checkpoints)": waits,
              "end (best-trial evaluation, MLflow reconciliation)": timing["end_seconds"]}
     print(f"{len(plan.units)} trials of {args.spec} (h = {args.widths}), one at a time on {cores} cores:")
     print(f"  plain loop over the trials     {direct:7.1f} s")
     print(f"  drorae sweep (Ray+Tune+MLflow) {sweep:7.1f} s, of which trial compute {compute:.1f} s and")
     for name, sec in parts.items():
-        print(f"    {name:55s} {sec:6.1f} s")
-    print(f"    {'(the MLflow parent run took':55s} {timing['mlflow_start_seconds']:6.1f} s)")
+        print(f"    {name:66s} {sec:6.1f} s")
+    print(f"    {'(the MLflow parent run took':66s} {timing['mlflow_start_seconds']:6.1f} s)")
+    print(f"  the same trial compute took {compute:.1f} s inside Ray, {direct_compute:.1f} s alone "
+          f"({(compute / direct_compute - 1) * 100:+.1f}%: cores shared with Ray and the driver)")
     print(f"  orchestration overhead {overhead * 100:.1f}% of the sweep's wall time (target <= 10%)")
     if args.json:
         Path(args.json).write_text(json.dumps({"direct_s": direct, "sweep_s": sweep, "overhead": overhead,
-                                               "trial_compute_s": compute, "parts": parts, **timing}, indent=1))
+                                               "trial_compute_s": compute,
+                                               "direct_compute_s": direct_compute, "parts": parts, **timing}, indent=1))
 
 
 if __name__ == "__main__":

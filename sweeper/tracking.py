@@ -31,8 +31,8 @@ from model.errors import UserError
 log = logging.getLogger(__name__)
 
 COLUMNS = ["trial_id", "point_id", "kind", "status", "expert_hidden", "fused_layers", "seed", "params",
-           "rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds", "error", "best",
-           "retries", "unit_id", "node_id", "mlflow_run_id"]
+           "rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds", "report_seconds",
+           "startup_seconds", "error", "best", "retries", "unit_id", "node_id", "mlflow_run_id"]
 
 
 def tracking_uri(spec) -> str:
@@ -79,6 +79,10 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 # --- results table ---------------------------------------------------------------------------
 
+# Numeric columns; report_seconds and startup_seconds are what orchestration cost the trial (trial.py).
+NUMERIC = ("rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds", "report_seconds",
+           "startup_seconds")
+
 
 class ResultsTable:
     """One row per trial, keyed by trial_id; every write replaces the files atomically."""
@@ -102,7 +106,7 @@ class ResultsTable:
                 df[col] = None
         extra = sorted(c for c in df.columns if c not in COLUMNS)
         df = df[COLUMNS + extra]
-        for col in ("rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds"):
+        for col in NUMERIC:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
         return df.sort_values(["kind", "fused_layers", "params", "seed", "trial_id"], na_position="last",
                               ignore_index=True)
@@ -122,7 +126,7 @@ def row_from(config: dict, result: dict | None, status: str, error: str | None =
                                       "fused_layers", "seed", "params")}
     row.update(status=status, error=error, node_id=result.get("node_id"),
                best=config.get("n_trials", 1) == 1 and status == "completed")
-    for key in ("rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds"):
+    for key in NUMERIC:
         value = result.get(key)
         row[key] = float(value) if isinstance(value, (int, float)) else math.nan
     for k, v in config.get("hp", {}).items():

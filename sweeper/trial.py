@@ -143,11 +143,34 @@ def _train(config, plan, shared, model, train, val, device, report, checkpoint_d
     return metrics
 
 
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux), or None where /proc is not there."""
+    import os
+
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return time.time() - (boot + int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, IndexError, StopIteration, ValueError):
+        return None
+
+
+_STARTED: list[bool] = []  # whether this process has run a trial before (Tune may reuse actors)
+
+
 def tune_trainable(config: dict, plan=None, shared=None):
-    """The function Ray Tune runs: train_trial wired to ``tune.report`` and Tune checkpoints."""
+    """The function Ray Tune runs: train_trial wired to ``tune.report`` and Tune checkpoints.
+
+    Besides the trial's metrics it reports what orchestration cost it: ``report_seconds``, the time
+    training waited in ``tune.report`` (the driver handles each result before training goes on), and
+    ``startup_seconds``, the age of a new actor process when the trial began (0 for a reused one).
+    """
     import ray
     from ray import tune
 
+    startup = 0.0 if _STARTED else (_process_age() or 0.0)
+    _STARTED.append(True)
     torch.set_num_threads(max(1, int(plan.spec.resources.cpu)))
     work = Path(tempfile.mkdtemp(prefix="drorae-trial-"))
     try:
@@ -157,22 +180,29 @@ def tune_trainable(config: dict, plan=None, shared=None):
                 shutil.copytree(d, work, dirs_exist_ok=True)
         node = ray.get_runtime_context().get_node_id()
         last: dict = {}
+        waited = [0.0]
+
+        def timed_report(metrics: dict, checkpoint=None):
+            t = time.perf_counter()
+            tune.report(metrics, checkpoint=checkpoint)
+            waited[0] += time.perf_counter() - t
 
         def report(m: dict):
             if "loss" in m or "val_l1" in m:
                 last.update({k: v for k, v in m.items() if isinstance(v, (int, float))})
-                tune.report({**last, "node_id": node, "final": False})
+                timed_report({**last, "node_id": node, "final": False})
 
         def save_checkpoint(step: int):
-            tune.report({**last, "step": step, "node_id": node, "final": False},
-                        checkpoint=tune.Checkpoint.from_directory(str(work)))
+            timed_report({**last, "step": step, "node_id": node, "final": False},
+                         checkpoint=tune.Checkpoint.from_directory(str(work)))
 
         done = work / "metrics.json"
         if done.exists():  # finished, but the driver died before it recorded that: report it, train nothing
             log.info("trial %s had finished: reporting its final metrics again", config["trial_id"])
             metrics = json.loads(done.read_text())
         else:
-            metrics = {**train_trial(config, plan, shared, report, work, save_checkpoint), "node_id": node}
+            metrics = {**train_trial(config, plan, shared, report, work, save_checkpoint), "node_id": node,
+                       "report_seconds": waited[0], "startup_seconds": startup}
             done.write_text(json.dumps(metrics))
         tune.report({**metrics, "final": True}, checkpoint=tune.Checkpoint.from_directory(str(work)))
     finally:
