@@ -61,8 +61,13 @@ def _benchmarks(quick: bool) -> dict:
             ok = "n/a" if limit is None else ("yes" if r["overhead"] <= limit else "no")
             what = (f"orchestration overhead of `{spec}`" + (" (3 widths)" if quick and "default" in spec else "")
                     + ": `drorae sweep` vs a plain loop over the same trials, one at a time on all cores")
+            parts = r["parts"]
+            starts = next((v for k, v in parts.items() if "processes starting" in k), 0.0)
+            slower = r["trial_compute_s"] / r["direct_compute_s"] - 1
             return (what, f"{r['sweep_s']:.0f} s vs {r['direct_s']:.0f} s: **{_pct(r['overhead'])}** "
-                          f"(shared-work lookup {r['shared_seconds']:.0f} s)", target, ok)
+                          f"(Ray start {r['ray_start_seconds']:.0f} s, shared-work lookup {r['shared_seconds']:.0f} s, "
+                          f"trial processes starting {starts:.0f} s; trial compute {slower * 100:+.1f}% inside Ray)",
+                    target, ok)
         return row
 
     return {
