@@ -9,7 +9,8 @@ from conftest import mlflow_trial_runs, smoke_plan
 pytestmark = pytest.mark.slow
 
 TABLE_COLUMNS = ["trial_id", "point_id", "status", "expert_hidden", "fused_layers", "seed", "params", "rfid",
-                 "psnr", "ssim", "lpips", "train_seconds", "eval_seconds", "error"]
+                 "psnr", "ssim", "lpips", "train_seconds", "eval_seconds", "report_seconds", "startup_seconds",
+                 "error"]
 
 
 def test_sweep_end_to_end_leaves_table_mlflow_runs_and_caches(tmp_path, local_ray, monkeypatch):
@@ -30,6 +31,11 @@ def test_sweep_end_to_end_leaves_table_mlflow_runs_and_caches(tmp_path, local_ra
     assert table.psnr.between(5, 60).all() and table.ssim.between(0, 1).all()
     assert table.loc[table.point_id == "rae", "params"].item() == 0
     assert table.loc[table.point_id == "last_layer", "fused_layers"].item() == 1
+    # What orchestration cost each trial: training waited on the driver for its reports, and with
+    # actor reuse (the default) 5 trials on 2 CPUs started at most 2 new processes, and some none.
+    trained = table[table.point_id != "rae"]
+    assert (trained.report_seconds > 0).all() and (trained.report_seconds < trained.train_seconds).all()
+    assert 1 <= (table.startup_seconds > 0).sum() <= 2 and (table.startup_seconds == 0).sum() >= 3
 
     client, runs = mlflow_trial_runs(tmp_path, "smoke")
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(table.trial_id)
