@@ -1,6 +1,9 @@
 """Image data: the embedded default (real Fashion-MNIST at 32 px, three channels) and ImageFolder.
 
 Every dataset here yields float images in [0, 1] of shape (3, H, W); labels where they exist.
+Fashion-MNIST is a TensorDataset already in memory (training gathers its batches directly); an
+ImageFolder is decoded batch by batch by a DataLoader (``make_loader``, ``ImageBatches``), never
+stacked whole: ImageNet at 256 px would be ~1 TB of float32.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import AssetError, ConfigError
 
@@ -131,11 +134,60 @@ def loader_workers(limit: int = 8) -> int:
     return n if n > 1 else 0
 
 
+def make_loader(ds: Dataset, batch_size: int = 256, *, batch_sampler=None, pin_memory: bool = False,
+                persistent: bool = False) -> DataLoader:
+    """A DataLoader over ``ds`` decoding in ``loader_workers()`` processes, in order (or by ``batch_sampler``).
+
+    It has its own generator: a DataLoader without one draws its workers' base seed from torch's
+    global RNG, which would shift every random number training draws after it (phase 1's latent
+    noise) and make a streamed run differ from a stacked one, and a resumed one from its original.
+    """
+    workers = loader_workers()
+    kw = dict(batch_sampler=batch_sampler) if batch_sampler is not None else dict(batch_size=batch_size)
+    if workers:
+        kw.update(persistent_workers=persistent, prefetch_factor=2)
+    return DataLoader(ds, num_workers=workers, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0),
+                      **kw)
+
+
+def head(ds: Dataset, n: int) -> Dataset:
+    """The first ``n`` items of ``ds``: a TensorDataset stays one (sliced, no copy), anything else a Subset."""
+    if isinstance(ds, TensorDataset):
+        return TensorDataset(*(t[:n] for t in ds.tensors))
+    return Subset(ds, range(min(n, len(ds))))
+
+
+class ImageBatches:
+    """The images of a tensor or a Dataset of (image, label), in order, batch by batch (B, 3, H, W).
+
+    Re-iterable and never more than a loader's prefetch in memory: a tensor (or a TensorDataset's)
+    is split, any other Dataset is decoded by ``make_loader``.
+    """
+
+    def __init__(self, data: torch.Tensor | Dataset, batch_size: int = 256, pin_memory: bool = False):
+        self.data = data.tensors[0] if isinstance(data, TensorDataset) else data
+        self.batch_size, self.pin_memory = batch_size, pin_memory
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def __iter__(self):
+        if isinstance(self.data, torch.Tensor):
+            yield from self.data.split(self.batch_size)
+            return
+        for batch in make_loader(self.data, self.batch_size, pin_memory=self.pin_memory):
+            yield images_of(batch)
+
+
+def images_of(batch) -> torch.Tensor:
+    """The images (B, 3, H, W) of a collated batch: (images, labels, ...) or images alone."""
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
 def stack_images(ds: Dataset, batch_size: int = 256) -> torch.Tensor:
-    """All images of ``ds`` as one tensor (N, 3, H, W); for small evaluation sets."""
+    """All images of ``ds`` as one tensor (N, 3, H, W); only for sets that fit in memory (tests, benches)."""
     if isinstance(ds, TensorDataset):
         return ds.tensors[0]
     # Decoded (JPEG, resize, crop) in worker processes; not pinned: the batches are concatenated
-    # into pageable memory anyway, and run_phase pins each training batch as it gathers it.
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=loader_workers())
-    return torch.cat([batch[0] for batch in loader])
+    # into pageable memory anyway.
+    return torch.cat(list(ImageBatches(ds, batch_size)))

@@ -7,7 +7,9 @@
 
 Each is a plain function ``(model, PhaseConfig, train, val, report) -> metrics`` that knows
 nothing of Ray, Optuna or MLflow. ``report(dict)`` receives the training curve. Training data is
-a tensor of images (B, 3, H, W) in [0, 1], or a ``FeatureSet`` of cached encoder features.
+a tensor of images (N, 3, H, W) in [0, 1], a ``FeatureSet`` of cached encoder features, or a
+Dataset of (image, label): a TensorDataset is gathered from directly like a tensor, any other
+(an ImageFolder) streams through a DataLoader in the same batch order, never stacked whole.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
 from .assets import atomic_path
+from .data import ImageBatches, images_of, make_loader
 from .drorae import DRoRAE
 from .errors import ConfigError
 from .losses import LossConfig, ReconstructionLoss
@@ -96,23 +100,50 @@ class FeatureSet:
 
     @classmethod
     @torch.no_grad()
-    def encode(cls, model: DRoRAE, images: torch.Tensor, batch_size: int = 256,
+    def encode(cls, model: DRoRAE, images: torch.Tensor | Dataset, batch_size: int = 256,
                dtype: torch.dtype = torch.float16) -> "FeatureSet":
+        """Encode ``images`` (a tensor, or a Dataset of (image, label) decoded batch by batch).
+
+        The outputs are filled in place, so the peak is the cache itself plus one batch.
+        """
         device = _device_of(model)
-        layers, bases = [], []
-        for i in range(0, len(images), batch_size):
-            ly, b = model.encoder(images[i:i + batch_size].to(device))
-            layers.append(ly.transpose(0, 1).to("cpu", dtype))  # (B, L, T, D)
-            bases.append(b.to("cpu", dtype))
-        return cls(images, torch.cat(layers), torch.cat(bases))
+        images = _unwrap(images)
+        n = len(images)
+        out = None
+        start = 0
+        for batch in ImageBatches(images, batch_size, pin_memory=device.type == "cuda"):
+            ly, b = model.encoder(batch.to(device, non_blocking=True))  # (L, B, T, D), (B, T, D)
+            if out is None:
+                stacked = images if isinstance(images, torch.Tensor) else torch.empty((n, *batch.shape[1:]))
+                out = cls(stacked, torch.empty((n, ly.shape[0], *ly.shape[2:]), dtype=dtype),
+                          torch.empty((n, *b.shape[1:]), dtype=dtype))
+            end = start + len(batch)
+            if out.images is not images:
+                out.images[start:end] = batch
+            out.layers[start:end] = ly.transpose(0, 1)  # (B, L, T, D)
+            out.base[start:end] = b
+            start = end
+        if out is None:
+            raise ValueError("FeatureSet.encode: no images")
+        return out
 
 
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.decoder.parameters()).device
 
 
+def _unwrap(data):
+    """A TensorDataset's image tensor (gathered from directly); anything else as it is."""
+    return data.tensors[0] if isinstance(data, TensorDataset) else data
+
+
+def _streams(data) -> bool:
+    """Whether ``data`` is decoded by a DataLoader rather than gathered from memory."""
+    return not isinstance(data, (torch.Tensor, FeatureSet))
+
+
 class _Batches:
-    """Random batches (with replacement across epochs) from images or a FeatureSet."""
+    """Random batches (with replacement across epochs) of indices into images, a FeatureSet or a Dataset."""
 
     def __init__(self, data, batch_size: int, seed: int):
         self.data, self.batch_size = data, batch_size
@@ -134,6 +165,53 @@ class _Batches:
         self.order, self.pos = state["order"], int(state["pos"])
 
 
+class _BatchSampler(torch.utils.data.Sampler):
+    """A DataLoader's batch sampler: the next ``count`` index batches of a ``_Batches``, from its state now.
+
+    It draws from a copy, so the DataLoader may prefetch ahead while the training loop's own
+    ``_Batches`` advances only with the batches trained on: that is the state a checkpoint saves.
+    """
+
+    def __init__(self, batches: _Batches, count: int):
+        self.n, self.batch_size, self.count = len(batches.data), batches.batch_size, count
+        self.state = {k: v.clone() for k, v in batches.state_dict().items()}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        ahead = _Batches(range(self.n), self.batch_size, 0)
+        ahead.load_state_dict({k: v.clone() for k, v in self.state.items()})
+        for _ in range(self.count):
+            yield ahead.next_indices().tolist()
+
+
+class _Stream:
+    """Training batches of a Dataset, decoded ahead by a DataLoader in the order of a ``_Batches``.
+
+    The loader's batch sampler yields the next ``count`` index batches of ``batches`` (from a copy
+    of its state), so a streamed phase trains on the same batches as one gathering from the same
+    images stacked in memory, and a resumed one continues the sequence where its checkpoint was.
+    Workers persist for the phase and prefetch; batches are pinned on CUDA for non-blocking copies.
+    """
+
+    def __init__(self, data: Dataset, batches: _Batches, count: int, device: torch.device):
+        self.device = device
+        self.loader = make_loader(data, batch_sampler=_BatchSampler(batches, count),
+                                  pin_memory=device.type == "cuda", persistent=True)
+        self.it = iter(self.loader)
+
+    def next(self) -> torch.Tensor:
+        """The next batch of images (B, 3, H, W) on the device."""
+        return images_of(next(self.it)).to(self.device, non_blocking=True)
+
+    def close(self):
+        it, self.it, self.loader = self.it, None, None
+        shutdown = getattr(it, "_shutdown_workers", None)  # a multi-process iterator; its __del__ would, later
+        if shutdown is not None:
+            shutdown()
+
+
 def _take(src: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``src[idx]`` on ``device``.
 
@@ -147,7 +225,7 @@ def _take(src: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.T
 
 
 def _features(model: DRoRAE, data, idx: torch.Tensor, device: torch.device):
-    """(images, layers (L, B, T, D) or None, base (B, T, D)) for the batch ``idx``."""
+    """(images, layers (L, B, T, D), base (B, T, D)) for the batch ``idx`` of a tensor or a FeatureSet."""
     if isinstance(data, FeatureSet):
         images = _take(data.images, idx, device)
         cached = data.layers  # (N, L_cached, T, D)
@@ -162,7 +240,11 @@ def _features(model: DRoRAE, data, idx: torch.Tensor, device: torch.device):
             layers = cached[idx][:, list(data.layer_index)].to(device, non_blocking=True)  # (B, L, T, D)
         layers = layers.float().transpose(0, 1)  # (L, B, T, D)
         return images, layers, _take(data.base, idx, device).float()
-    images = _take(data, idx, device)
+    return _encoded(model, _take(data, idx, device))
+
+
+def _encoded(model: DRoRAE, images: torch.Tensor):
+    """(images, layers (L, B, T, D), base (B, T, D)) of a batch on the model's device, by the frozen encoder."""
     layers, base = model.encoder(images)
     return images, layers, base
 
@@ -171,14 +253,24 @@ def _latent(model: DRoRAE, phase: int, layers, base):
     return base if phase == 1 else model.latent(layers, base)
 
 
-@torch.no_grad()
-def reconstruct(model: DRoRAE, data, batch_size: int = 256, use_fusion: bool = True):
-    """Yield (images, clamped reconstructions) batches over ``data`` (images or a FeatureSet)."""
+def _in_order(model: DRoRAE, data, batch_size: int):
+    """(images, layers, base) batches over ``data`` in order: gathered, or decoded by a sequential DataLoader."""
     device = _device_of(model)
-    use_fusion = use_fusion and model.fusion is not None
+    data = _unwrap(data)
+    if _streams(data):
+        for images in ImageBatches(data, batch_size, pin_memory=device.type == "cuda"):
+            yield _encoded(model, images.to(device, non_blocking=True))
+        return
     for start in range(0, len(data), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(data)))
-        images, layers, base = _features(model, data, idx, device)
+        yield _features(model, data, idx, device)
+
+
+@torch.no_grad()
+def reconstruct(model: DRoRAE, data, batch_size: int = 256, use_fusion: bool = True):
+    """Yield (images, clamped reconstructions) batches over ``data`` (images, a FeatureSet or a Dataset)."""
+    use_fusion = use_fusion and model.fusion is not None
+    for images, layers, base in _in_order(model, data, batch_size):
         z = model.latent(layers, base) if use_fusion else base
         yield images, model.decode(z).float().clamp(0, 1)
 
@@ -243,6 +335,7 @@ def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: R
     if loss_fn.discriminator is not None:
         disc_opt = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9),
                                      fused=fused_ok or None)
+    train, val = _unwrap(train), _unwrap(val)
     batches = _Batches(train, cfg.batch_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     start_step, elapsed = 0, 0.0
@@ -282,42 +375,52 @@ def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: R
     name = PHASES[phase]
     t0 = time.perf_counter() - elapsed
     terms: dict = {}
-    for step in range(start_step, cfg.steps):
-        idx = batches.next_indices()
-        with autocast:  # the frozen encoder too, when it runs on the fly: bf16 like the rest, not fp32
-            images, layers, base = _features(model, train, idx, device)
-            if phase == 2:
-                z = step_fn(layers, base)
-            else:
-                z = _latent(model, phase, layers, base)
-                if phase == 1 and model.decoder.config.noise_tau > 0:
-                    z = z + model.decoder.config.noise_tau * torch.rand(()) * torch.randn_like(z)
-            recon = model.decoder(z) if phase == 2 else step_fn(z)
-            loss, terms = loss_fn(recon.float(), images, step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"phase {phase} ({name}): loss is {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        if loss_fn.adversarial_on(step):
-            d_loss = loss_fn.discriminator_loss(recon.float(), images)
-            disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            disc_opt.step()
-            terms["adv_d"] = float(d_loss.detach())
-        done = step + 1
-        elapsed = time.perf_counter() - t0
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            report({"phase": phase, "step": done, "loss": float(loss.detach()), **terms,
-                    "lr": sched.get_last_lr()[0], "seconds": elapsed})
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-            report({"phase": phase, "step": done, "val_l1": validation_l1(model, val, cfg.val_batch_size, phase)})
-            model.train()
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
-            save(done)
+    stream = None
+    if _streams(train) and start_step < cfg.steps:
+        stream = _Stream(train, batches, cfg.steps - start_step, device)
+    try:
+        for step in range(start_step, cfg.steps):
+            idx = batches.next_indices()
+            with autocast:  # the frozen encoder too, when it runs on the fly: bf16 like the rest, not fp32
+                if stream is None:
+                    images, layers, base = _features(model, train, idx, device)
+                else:
+                    images, layers, base = _encoded(model, stream.next())
+                if phase == 2:
+                    z = step_fn(layers, base)
+                else:
+                    z = _latent(model, phase, layers, base)
+                    if phase == 1 and model.decoder.config.noise_tau > 0:
+                        z = z + model.decoder.config.noise_tau * torch.rand(()) * torch.randn_like(z)
+                recon = model.decoder(z) if phase == 2 else step_fn(z)
+                loss, terms = loss_fn(recon.float(), images, step)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"phase {phase} ({name}): loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            if loss_fn.adversarial_on(step):
+                d_loss = loss_fn.discriminator_loss(recon.float(), images)
+                disc_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                disc_opt.step()
+                terms["adv_d"] = float(d_loss.detach())
+            done = step + 1
+            elapsed = time.perf_counter() - t0
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                report({"phase": phase, "step": done, "loss": float(loss.detach()), **terms,
+                        "lr": sched.get_last_lr()[0], "seconds": elapsed})
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                report({"phase": phase, "step": done, "val_l1": validation_l1(model, val, cfg.val_batch_size, phase)})
+                model.train()
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                save(done)
+    finally:
+        if stream is not None:
+            stream.close()  # its workers, also when a step fails
     model.eval()
     steps_run = cfg.steps - start_step
     metrics = {"phase": phase, "steps": cfg.steps, "train_seconds": elapsed,
