@@ -147,7 +147,10 @@ def frechet_distance_to_features(mu1, sigma1, feats: Tensor) -> float:
 
 
 class _FeatureMoments:
-    """Streaming sum and Gram matrix of features in float64 (torchmetrics' FID state)."""
+    """Streaming sum and Gram matrix of features in float64 (torchmetrics' FID state).
+
+    Accumulated on the features' device: on a GPU the (D, D) Gram update of every batch stays there.
+    """
 
     def __init__(self, dim: int):
         self.n = 0
@@ -155,14 +158,16 @@ class _FeatureMoments:
         self.gram = torch.zeros(dim, dim, dtype=torch.float64)
 
     def update(self, feats: Tensor) -> None:
-        f = feats.detach().double().cpu()  # (B, D)
+        f = feats.detach().double()  # (B, D)
+        if self.n == 0:
+            self.sum, self.gram = self.sum.to(f.device), self.gram.to(f.device)
         self.n += f.shape[0]
         self.sum += f.sum(0)
         self.gram += f.T @ f
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
-        mu = self.sum / self.n  # (D,)
-        sigma = (self.gram - self.n * torch.outer(mu, mu)) / (self.n - 1)  # (D, D), unbiased
+        mu = self.sum.cpu() / self.n  # (D,)
+        sigma = (self.gram.cpu() - self.n * torch.outer(mu, mu)) / (self.n - 1)  # (D, D), unbiased
         return mu.numpy(), sigma.numpy()
 
 
@@ -277,13 +282,22 @@ def load_lpips(net: str = "alex", weights: Path | None = None, device: str | tor
 
 
 class ReconstructionEvaluator:
-    """rFID, PSNR, SSIM and LPIPS of reconstructions against a fixed reference set."""
+    """rFID, PSNR, SSIM and LPIPS of reconstructions against a fixed reference set, streamed.
+
+    reference: the N reference images as a (N, 3, H, W) tensor, or as an iterable of (B, 3, H, W)
+    batches with ``n`` given. Only their FID statistics are kept (``reference_stats``: computed once
+    per (key, resolution, n), then read from the cache, when one batch is read for its resolution).
+    ``evaluate_pairs`` takes (reference, reconstruction) batch pairs and accumulates the Inception
+    feature moments and per-image sums, so memory does not grow with N (50k ImageNet images at
+    256 px are ~39 GB of float32 per set); ``evaluate(recon)`` does the same on a tensor reference.
+    """
 
     def __init__(
         self,
-        reference: Tensor,
+        reference: Tensor | Iterable[Tensor],
         key: str,
         *,
+        n: int | None = None,  # the number of reference images: required for an iterable of batches
         batch_size: int = 32,
         device: str | torch.device = "cpu",
         cache_dir: Path | None = None,
@@ -291,15 +305,25 @@ class ReconstructionEvaluator:
         fid_weights: Path | None = None,
         fid_feature: int = 2048,  # pool3, the standard; the smaller taps only for quick checks
     ):
-        if reference.dim() != 4 or reference.shape[0] < 2:
-            raise ConfigError(
-                f"evaluation reference {key!r}: expected (N>=2, 3, H, W) images, got {tuple(reference.shape)}"
-            )
-        if not reference.is_floating_point():
-            raise ConfigError(f"evaluation reference {key!r}: expected float images in [0, 1], got {reference.dtype}")
+        self.reference: Tensor | None = None
+        if isinstance(reference, Tensor):
+            if reference.dim() != 4 or reference.shape[0] < 2:
+                raise ConfigError(
+                    f"evaluation reference {key!r}: expected (N>=2, 3, H, W) images, got {tuple(reference.shape)}"
+                )
+            if not reference.is_floating_point():
+                raise ConfigError(
+                    f"evaluation reference {key!r}: expected float images in [0, 1], got {reference.dtype}"
+                )
+            if n is not None and n != len(reference):
+                raise ConfigError(f"evaluation reference {key!r}: n={n} but {len(reference)} images were given")
+            self.reference = reference.detach().cpu()
+            n = len(self.reference)
+        elif n is None or n < 2:
+            raise ConfigError(f"evaluation reference {key!r}: batches of images need n >= 2, got n={n}")
         if batch_size < 1:
             raise ConfigError(f"evaluation batch_size={batch_size}: expected >= 1")
-        self.reference = reference.detach().cpu()
+        self.n = n
         self.key = key
         self.batch_size = batch_size
         self.device = torch.device(device)
@@ -307,39 +331,67 @@ class ReconstructionEvaluator:
         self.lpips = load_lpips(lpips_net, device=self.device)
         # Shared work: computed once per (key, resolution, n), then read from the cache.
         self.mu_real, self.sigma_real = reference_stats(
-            self.reference, key, len(self.reference), cache_dir, extractor=self.inception, batch_size=batch_size
+            reference, key, n, cache_dir, extractor=self.inception, batch_size=batch_size
         )
-
-    @property
-    def n(self) -> int:
-        return len(self.reference)
 
     @torch.no_grad()
     def evaluate(self, recon: Tensor) -> dict[str, float]:
-        """recon: (N, 3, H, W) in [0, 1], aligned one-to-one with the reference images."""
+        """recon: (N, 3, H, W) in [0, 1], aligned one-to-one with a tensor reference."""
+        if self.reference is None:
+            raise ValueError(f"evaluation {self.key!r}: the reference was streamed; use evaluate_pairs")
         if tuple(recon.shape) != tuple(self.reference.shape):
             raise ValueError(
                 f"reconstructions {tuple(recon.shape)} must match the reference {tuple(self.reference.shape)}"
             )
+        return self.evaluate_pairs(zip(self.reference.split(self.batch_size), recon.split(self.batch_size)))
+
+    @torch.no_grad()
+    def evaluate_pairs(self, pairs: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
+        """pairs: (reference, reconstruction) batches, each (B, 3, H, W) in [0, 1], aligned one-to-one;
+        together the N reference images, in the order their statistics were computed from."""
         t0 = time.perf_counter()
-        feats, psnr, ssim, lp = [], [], [], []
+        dim = self.inception.num_features
+        moments = _FeatureMoments(dim)
+        # The raw features while there are at most D of them: there the (N, N) route of
+        # frechet_distance_to_features is exact and cheaper than a (D, D) one; beyond, the moments.
+        kept: list[Tensor] | None = []
+        sums = torch.zeros(3, dtype=torch.float64)  # per-image PSNR, SSIM, LPIPS
         with tqdm(total=self.n, desc=f"eval {self.key}", unit="img", delay=PROGRESS_DELAY_S, leave=False) as bar:
-            for start in range(0, self.n, self.batch_size):
-                x = recon[start : start + self.batch_size].to(self.device).float().clamp(0, 1)  # (B, 3, H, W)
-                y = self.reference[start : start + self.batch_size].to(self.device)  # (B, 3, H, W)
-                feats.append(self.inception(x).double().cpu())  # (B, D)
-                psnr.append(peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3)).cpu())
-                ssim.append(structural_similarity_index_measure(x, y, data_range=1.0, reduction="none").cpu())
-                lp.append(self.lpips(x, y).cpu())
-                bar.update(x.shape[0])
-        rfid = frechet_distance_to_features(self.mu_real, self.sigma_real, torch.cat(feats))
+            for ref, recon in pairs:
+                if tuple(recon.shape) != tuple(ref.shape):
+                    raise ValueError(f"a reconstruction batch {tuple(recon.shape)} must match its reference "
+                                     f"batch {tuple(ref.shape)}")
+                for y, x in zip(ref.split(self.batch_size), recon.split(self.batch_size)):
+                    if moments.n + len(x) > self.n:
+                        raise ValueError(f"evaluation {self.key!r}: more than the n={self.n} reference images")
+                    x = x.to(self.device).float().clamp(0, 1)  # (B, 3, H, W)
+                    y = y.to(self.device).float()  # (B, 3, H, W)
+                    feats = self.inception(x)  # (B, D)
+                    moments.update(feats)
+                    if kept is not None:
+                        kept.append(feats.double().cpu())
+                        kept = kept if moments.n <= dim else None
+                    per_image = torch.stack([
+                        peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3)),
+                        structural_similarity_index_measure(x, y, data_range=1.0, reduction="none"),
+                        self.lpips(x, y),
+                    ])  # (3, B)
+                    sums += per_image.double().sum(1).cpu()
+                    bar.update(x.shape[0])
+        if moments.n != self.n:
+            raise ValueError(f"evaluation {self.key!r}: {moments.n} reconstructions for n={self.n} reference images")
+        if kept is not None:
+            rfid = frechet_distance_to_features(self.mu_real, self.sigma_real, torch.cat(kept))
+        else:
+            rfid = frechet_distance(self.mu_real, self.sigma_real, *moments.stats())
         seconds = time.perf_counter() - t0
         log.info("evaluated %d images in %.1fs (%.1f images/s): rFID %.3f", self.n, seconds, self.n / seconds, rfid)
+        psnr, ssim, lpips = (sums / self.n).tolist()
         return {
             "rfid": rfid,
-            "psnr": float(torch.cat(psnr).mean()),  # mean of per-image PSNR (dB)
-            "ssim": float(torch.cat(ssim).mean()),
-            "lpips": float(torch.cat(lp).mean()),
+            "psnr": psnr,  # mean of per-image PSNR (dB)
+            "ssim": ssim,
+            "lpips": lpips,
             "eval_seconds": seconds,
             "images_per_s": self.n / seconds,
         }

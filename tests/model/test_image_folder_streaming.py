@@ -10,9 +10,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.image.fid import _compute_fid
 
 from model import DECODER_PRESETS, ENCODER_PRESETS, DRoRAE, DRoRAEConfig, FeatureSet, PhaseConfig, run_phase
-from model.data import fashion_mnist, head, image_folder, loader_workers, make_loader, stack_images
+from model.data import ImageBatches, fashion_mnist, head, image_folder, loader_workers, make_loader, stack_images
 from model.train import _BatchSampler, _Batches, validation_l1
 
 N_TRAIN, N_VAL = 192, 72
@@ -164,3 +166,55 @@ def test_features_and_reconstructions_of_a_dataset_equal_the_stacked_ones(folder
     for name in ("images", "layers", "base"):
         torch.testing.assert_close(getattr(streamed, name), getattr(stacked, name), rtol=0, atol=0)
     assert validation_l1(tiny_model, val, 16) == pytest.approx(validation_l1(tiny_model, val_x, 16), rel=1e-6)
+
+
+# --- the streaming evaluator ------------------------------------------------------------------
+
+
+def _degrade(x):
+    """A deterministic, per-image 'reconstruction': blurred by 2x2 averaging."""
+    return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2)
+
+
+@pytest.fixture(scope="module")
+def weights():
+    from model import assets
+    from model.errors import AssetError
+
+    try:
+        assets.fid_inception_weights()
+        assets.lpips_weights("alex")
+    except AssetError:
+        assets.fetch(only={"fid", "lpips"})
+
+
+@pytest.mark.parametrize("n", [24, 72], ids=["features-route", "moments-route"])  # N <= D and N > D (D = 64)
+def test_streamed_evaluation_equals_the_stacked_one(folder, weights, tmp_path, n):
+    from model.metrics import ReconstructionEvaluator, load_fid_inception, load_lpips
+
+    _, val, _, val_x = folder
+    ds, ref = head(val, n), val_x[:n]
+    recon = _degrade(ref)
+
+    # stacked, computed independently: whole tensors through the Inception, torch.cov, torchmetrics' FID
+    inception = load_fid_inception(feature=64)
+    with torch.no_grad():
+        f_ref, f_rec = inception(ref).double(), inception(recon).double()
+        lpips = load_lpips("alex")(recon, ref).mean().item()
+    rfid = _compute_fid(f_ref.mean(0), torch.cov(f_ref.T), f_rec.mean(0), torch.cov(f_rec.T)).item()
+    psnr = peak_signal_noise_ratio(recon, ref, data_range=1.0, reduction="none", dim=(1, 2, 3)).mean().item()
+    ssim = structural_similarity_index_measure(recon, ref, data_range=1.0).item()
+
+    # streamed: the reference statistics and the (reference, reconstruction) pairs batch by batch from the folder
+    ev = ReconstructionEvaluator(ImageBatches(ds, 16), "folder", n=n, batch_size=16, cache_dir=tmp_path,
+                                 fid_feature=64)
+    assert ev.reference is None
+    got = ev.evaluate_pairs((x, _degrade(x)) for x in ImageBatches(ds, 20))  # other batches than the evaluator's
+    # FID is a small difference of large traces: float32 features from other batch sizes move it by ~1e-7 of those
+    scale = torch.cov(f_ref.T).trace().item() + torch.cov(f_rec.T).trace().item()
+    assert got["rfid"] == pytest.approx(rfid, abs=1e-6 * scale)
+    assert got["psnr"] == pytest.approx(psnr, rel=1e-6)
+    assert got["ssim"] == pytest.approx(ssim, rel=1e-5)
+    assert got["lpips"] == pytest.approx(lpips, rel=1e-5)
+    with pytest.raises(ValueError, match=f"2 reconstructions for n={n}"):
+        ev.evaluate_pairs([(ref[:2], recon[:2])])
