@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from model import DRoRAE, DRoRAEConfig, FeatureSet, ensure_encoder_weights, train_decoder
-from model.data import load_split, stack_images
+from model.data import ImageBatches, head, load_split
 from model.assets import atomic_path
 from model.train import save_atomic
 
@@ -68,8 +68,9 @@ def prepare(plan, device: str = "cpu") -> Shared:
     enc_all = replace(encoder, layers=None)
     rae = DRoRAE.from_config(DRoRAEConfig(encoder=enc_all, decoder=plan.decoder, image_size=spec.data.resolution))
     rae.to(device)
-    train_images = stack_images(load_split(plan.data, "train"))
-    val_images = stack_images(load_split(plan.data, "val"))
+    # Datasets, never stacked whole: an ImageFolder (ImageNet) streams through DataLoaders below.
+    train_images, val_images = load_split(plan.data, "train"), load_split(plan.data, "val")
+    eval_images = head(val_images, spec.eval.n_images)
 
     # Frozen-encoder features: when they fit the budget, computed once and memory-mapped by trials.
     data_id = _digest(encoder.hash(), plan.data.key, len(train_images), len(val_images))
@@ -95,7 +96,7 @@ def prepare(plan, device: str = "cpu") -> Shared:
     from model.metrics import reference_stats
 
     fid_key = plan.data.key
-    reference_stats(val_images[:spec.eval.n_images], fid_key, spec.eval.n_images,
+    reference_stats(ImageBatches(eval_images, spec.eval.batch_size), fid_key, spec.eval.n_images,
                     batch_size=spec.eval.batch_size, device=device)
     seconds["fid_stats"] = time.perf_counter() - t
 
@@ -105,11 +106,10 @@ def prepare(plan, device: str = "cpu") -> Shared:
     decoder_path = root / "decoders" / f"{p1_id}.pt"
     metrics_path = decoder_path.with_suffix(".json")
     if not decoder_path.exists():
-        train, val = train_images, val_images
+        train, val = train_images, eval_images
         if features_path is not None:
             feats = torch.load(features_path, mmap=True, weights_only=True)
-            train, val = FeatureSet(**feats["train"]), FeatureSet(**feats["val"])
-        val = val[:spec.eval.n_images] if isinstance(val, torch.Tensor) else val.head(spec.eval.n_images)
+            train, val = FeatureSet(**feats["train"]), FeatureSet(**feats["val"]).head(spec.eval.n_images)
 
         def report(m):
             if "loss" in m and m["step"] % (plan.phase1.log_every * 10) == 0:

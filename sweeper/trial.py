@@ -17,9 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.utils.data import TensorDataset
 
 from model import DRoRAE, DRoRAEConfig, FeatureSet, run_phase
-from model.data import load_split, stack_images
+from model.data import ImageBatches, head, load_split
 from model.train import reconstruct
 
 log = logging.getLogger(__name__)
@@ -40,38 +41,80 @@ def build_model(plan, shared, config: dict, device) -> DRoRAE:
     return model.to(device)
 
 
-def load_data(plan, shared, layers):
-    """(train, val) as FeatureSets from the cache, or as image tensors to encode on the fly."""
+def load_data(plan, shared, layers, with_train: bool = True):
+    """(train, val): FeatureSets from the cache, or Datasets of the images to encode on the fly.
+
+    val is the first ``eval.n_images`` of the validation split. The Datasets are never stacked: an
+    ImageFolder (ImageNet) streams through DataLoaders, Fashion-MNIST stays a TensorDataset.
+    ``with_train=False``: train is None (an evaluation need not list 1.28M training files).
+    """
     n_eval = plan.spec.eval.n_images
     if shared.features_path is not None:
         feats = torch.load(shared.features_path, mmap=True, weights_only=True)
         train, val = FeatureSet(**feats["train"]), FeatureSet(**feats["val"])
         if layers:
             train, val = train.select(layers), val.select(layers)
-        return train, val.head(n_eval)
-    train = stack_images(load_split(plan.data, "train"))
-    val = stack_images(load_split(plan.data, "val"))[:n_eval]
-    return train, val
+        return (train if with_train else None), val.head(n_eval)
+    train = load_split(plan.data, "train") if with_train else None
+    return train, head(load_split(plan.data, "val"), n_eval)
+
+
+GRID_IMAGES = 16  # originals and reconstructions kept for the PNG grid
 
 
 def evaluate(model: DRoRAE, val, plan, shared, device, out_dir: Path) -> dict:
-    """rFID, PSNR, SSIM, LPIPS on the sweep's fixed evaluation images; a reconstruction grid PNG."""
+    """rFID, PSNR, SSIM, LPIPS on the sweep's fixed evaluation images; a reconstruction grid PNG.
+
+    Reconstructions stream into the evaluator batch by batch; only the first ``GRID_IMAGES``
+    originals and reconstructions are kept, for the grid.
+    """
     from torchvision.utils import save_image
 
     from model.metrics import ReconstructionEvaluator
 
     ev = plan.spec.eval
     originals, recons = [], []
-    for images, recon in reconstruct(model, val, batch_size=ev.batch_size * 4):
-        originals.append(images.cpu())
-        recons.append(recon.cpu())
-    originals, recons = torch.cat(originals), torch.cat(recons)
-    evaluator = ReconstructionEvaluator(originals, shared.fid_key, batch_size=ev.batch_size, device=device,
-                                        lpips_net=ev.lpips_net)
-    metrics = evaluator.evaluate(recons)
-    k = min(16, len(originals))
-    save_image(torch.cat([originals[:k], recons[:k]]), out_dir / "reconstructions.png", nrow=k, padding=1)
+
+    def pairs():  # on the model's device, as the evaluator wants them; copies of the grid's few only
+        kept = 0
+        for images, recon in reconstruct(model, val, batch_size=ev.batch_size * 4):
+            if kept < GRID_IMAGES:
+                originals.append(images[:GRID_IMAGES - kept].to("cpu", copy=True))
+                recons.append(recon[:GRID_IMAGES - kept].to("cpu", copy=True))
+                kept += len(originals[-1])
+            yield images, recon
+
+    # The reference statistics are the shared work's (a cache hit reads one batch, for its resolution).
+    reference = ImageBatches(val.images if isinstance(val, FeatureSet) else val, ev.batch_size)
+    evaluator = ReconstructionEvaluator(reference, shared.fid_key, n=len(val), batch_size=ev.batch_size,
+                                        device=device, lpips_net=ev.lpips_net)
+    metrics = evaluator.evaluate_pairs(pairs())
+    k = sum(len(o) for o in originals)
+    save_image(torch.cat([*originals, *recons]), out_dir / "reconstructions.png", nrow=k, padding=1)
     return metrics
+
+
+class _FilledImages(torch.utils.data.Dataset):
+    """A Dataset of (image, label) whose images are all ``value`` (a fault injected into a streamed split)."""
+
+    def __init__(self, ds, value: float):
+        self.ds, self.value = ds, value
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        image, *rest = self.ds[i]
+        return (torch.full_like(image, self.value), *rest)
+
+
+def _filled(train, value: float):
+    """``train`` (a FeatureSet, a TensorDataset or another Dataset) with every image set to ``value``."""
+    if isinstance(train, FeatureSet):
+        return replace(train, images=torch.full_like(train.images, value))
+    if isinstance(train, TensorDataset):
+        return TensorDataset(torch.full_like(train.tensors[0], value), *train.tensors[1:])
+    return _FilledImages(train, value)
 
 
 def _phase_cfg(base, hp: dict, seed: int, lr_from=None):
@@ -96,9 +139,7 @@ def train_trial(config: dict, plan, shared, report, checkpoint_dir: Path, save_c
     faults = plan.spec.faults
     for bad, value in (("nan_loss", float("nan")), ("inf_loss", float("inf"))):
         if config["unit_id"] in getattr(faults, bad):  # deliberate fault (spec faults.*): real bad images
-            images = train.images if isinstance(train, FeatureSet) else train
-            filled = torch.full_like(images, value)
-            train = replace(train, images=filled) if isinstance(train, FeatureSet) else filled
+            train = _filled(train, value)
     if config["unit_id"] in faults.raise_error:
         raise RuntimeError(f"injected fault in {config['unit_id']} (spec faults.raise_error)")
     try:
@@ -228,7 +269,7 @@ def tune_evaluate_checkpoint(plan, shared, trial_id: str, unit, checkpoint) -> t
             state = torch.load(ckpt / "phase3.pt", map_location=device, weights_only=True)
             model.decoder.load_state_dict(state["module"])
     model.eval()
-    _, val = load_data(plan, shared, config["layers"])
+    _, val = load_data(plan, shared, config["layers"], with_train=False)
     out = Path(tempfile.mkdtemp(prefix="drorae-eval-"))
     try:
         metrics = evaluate(model, val, plan, shared, device, out)
