@@ -1,6 +1,6 @@
 """Orchestration overhead of a sweep: the same trials through the whole tool against a plain loop.
 
-Side by side in one run, with the shared work already cached:
+Side by side in one run, with the shared work already cached (B's trials split around A):
   A. ``run_sweep``: Ray start, shared-work lookup, Tune trials with checkpoints, MLflow tracking,
      the results table;
   B. the same trials called directly (``sweeper.trial.train_trial``) one after another in this
@@ -51,31 +51,42 @@ def main() -> None:
     plan = build_plan(load_spec(args.spec, overrides))
     prepare(plan)  # warm the shared caches so neither side pays for them
 
-    # B: the trials alone.
+    # B: the trials alone, half of them before A and half after (B A B), so that a drift of the
+    # machine's speed over the run hits both sides alike.
     torch.set_num_threads(cores)
-    t = time.perf_counter()
-    shared = prepare(plan)
-    direct_compute = 0.0
-    for unit in plan.units:
-        work = tmp / "direct" / unit.unit_id
-        work.mkdir(parents=True)
-        m = train_trial(trial_config(unit, {}, True, 0), plan, shared, lambda m: None, work, lambda step: None)
-        direct_compute += m["train_seconds"] + m.get("eval_seconds", 0.0)
-    direct = time.perf_counter() - t
+    direct_compute, direct, per_trial = 0.0, 0.0, {}
+
+    def plain_loop(units):
+        nonlocal direct_compute, direct
+        t = time.perf_counter()
+        shared = prepare(plan)
+        for unit in units:
+            work = tmp / "direct" / unit.unit_id
+            work.mkdir(parents=True)
+            m = train_trial(trial_config(unit, {}, True, 0), plan, shared, lambda m: None, work, lambda step: None)
+            direct_compute += m["train_seconds"] + m.get("eval_seconds", 0.0)
+            per_trial[unit.unit_id] = {"direct": m["train_seconds"] + m.get("eval_seconds", 0.0)}
+        direct += time.perf_counter() - t
+
+    plain_loop(plan.units[0::2])
 
     # A: the whole tool.
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     t = time.perf_counter()
     run_sweep(plan)
     sweep = time.perf_counter() - t
+    plain_loop(plan.units[1::2])
     timing = json.loads((tmp / "results" / plan.spec.name / "timing.json").read_text())
     import pandas as pd
 
     table = pd.read_parquet(tmp / "results" / plan.spec.name / "trials.parquet")
     compute = float((table.train_seconds.fillna(0) + table.eval_seconds.fillna(0)).sum())
     startup = float(table.startup_seconds.fillna(0).sum())
+    for row in table.itertuples():
+        per_trial.setdefault(row.unit_id, {})["ray"] = (row.train_seconds or 0.0) + (row.eval_seconds or 0.0)
     waits = float(table.report_seconds.fillna(0).sum())
     overhead = (sweep - direct) / sweep
+    outside = (sweep - compute) / sweep  # the tool's own time: immune to the trials' speed varying
     parts = {"Ray start": timing["ray_start_seconds"],
              "shared-work lookup (the MLflow parent run beside it)": timing["shared_seconds"],
              "Tune around the trials (actors, checkpoints, results)": timing["tune_seconds"] - compute,
@@ -90,11 +101,14 @@ def main() -> None:
     print(f"    {'(the MLflow parent run took':66s} {timing['mlflow_start_seconds']:6.1f} s)")
     print(f"  the same trial compute took {compute:.1f} s inside Ray, {direct_compute:.1f} s alone "
           f"({(compute / direct_compute - 1) * 100:+.1f}%: cores shared with Ray and the driver)")
-    print(f"  orchestration overhead {overhead * 100:.1f}% of the sweep's wall time (target <= 10%)")
+    print(f"  orchestration overhead {overhead * 100:.1f}% of the sweep's wall time (target <= 10%); "
+          f"time outside trial compute {outside * 100:.1f}%")
     if args.json:
         Path(args.json).write_text(json.dumps({"direct_s": direct, "sweep_s": sweep, "overhead": overhead,
+                                               "outside_compute": outside,
                                                "trial_compute_s": compute,
-                                               "direct_compute_s": direct_compute, "parts": parts, **timing}, indent=1))
+                                               "direct_compute_s": direct_compute,
+                                               "per_trial_compute_s": per_trial, "parts": parts, **timing}, indent=1))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ def _benchmarks(quick: bool) -> dict:
             slower = r["trial_compute_s"] / r["direct_compute_s"] - 1
             return (what, f"{r['sweep_s']:.0f} s vs {r['direct_s']:.0f} s: **{_pct(r['overhead'])}** "
                           f"(Ray start {r['ray_start_seconds']:.0f} s, shared-work lookup {r['shared_seconds']:.0f} s, "
-                          f"trial processes starting {starts:.0f} s; trial compute {slower * 100:+.1f}% inside Ray)",
+                          f"trial processes starting {starts:.0f} s; trial compute {slower * 100:+.1f}% inside Ray; "
+                          f"time outside trial compute {_pct(r['outside_compute'])})",
                     target, ok)
         return row
 
