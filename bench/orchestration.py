@@ -54,12 +54,12 @@ def main() -> None:
     # B: the trials alone, half of them before A and half after (B A B), so that a drift of the
     # machine's speed over the run hits both sides alike.
     torch.set_num_threads(cores)
-    direct_compute, direct, per_trial = 0.0, 0.0, {}
+    direct_compute, direct, per_trial, shared = 0.0, 0.0, {}, None
 
     def plain_loop(units):
-        nonlocal direct_compute, direct
+        nonlocal direct_compute, direct, shared
         t = time.perf_counter()
-        shared = prepare(plan)
+        shared = shared or prepare(plan)  # its lookup once, as the sweep's
         for unit in units:
             work = tmp / "direct" / unit.unit_id
             work.mkdir(parents=True)
