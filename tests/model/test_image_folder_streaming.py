@@ -176,20 +176,8 @@ def _degrade(x):
     return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2)
 
 
-@pytest.fixture(scope="module")
-def weights():
-    from model import assets
-    from model.errors import AssetError
-
-    try:
-        assets.fid_inception_weights()
-        assets.lpips_weights("alex")
-    except AssetError:
-        assets.fetch(only={"fid", "lpips"})
-
-
 @pytest.mark.parametrize("n", [24, 72], ids=["features-route", "moments-route"])  # N <= D and N > D (D = 64)
-def test_streamed_evaluation_equals_the_stacked_one(folder, weights, tmp_path, n):
+def test_streamed_evaluation_equals_the_stacked_one(folder, offline_weights, tmp_path, n):
     from model.metrics import ReconstructionEvaluator, load_fid_inception, load_lpips
 
     _, val, _, val_x = folder

