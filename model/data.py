@@ -157,6 +157,11 @@ def head(ds: Dataset, n: int) -> Dataset:
     return Subset(ds, range(min(n, len(ds))))
 
 
+def unwrap(data):
+    """A TensorDataset's image tensor (gathered from directly, in memory); anything else as it is."""
+    return data.tensors[0] if isinstance(data, TensorDataset) else data
+
+
 class ImageBatches:
     """The images of a tensor or a Dataset of (image, label), in order, batch by batch (B, 3, H, W).
 
@@ -165,7 +170,7 @@ class ImageBatches:
     """
 
     def __init__(self, data: torch.Tensor | Dataset, batch_size: int = 256, pin_memory: bool = False):
-        self.data = data.tensors[0] if isinstance(data, TensorDataset) else data
+        self.data = unwrap(data)
         self.batch_size, self.pin_memory = batch_size, pin_memory
 
     def __len__(self) -> int:
@@ -186,8 +191,9 @@ def images_of(batch) -> torch.Tensor:
 
 def stack_images(ds: Dataset, batch_size: int = 256) -> torch.Tensor:
     """All images of ``ds`` as one tensor (N, 3, H, W); only for sets that fit in memory (tests, benches)."""
-    if isinstance(ds, TensorDataset):
-        return ds.tensors[0]
+    images = unwrap(ds)
+    if isinstance(images, torch.Tensor):
+        return images
     # Decoded (JPEG, resize, crop) in worker processes; not pinned: the batches are concatenated
     # into pageable memory anyway.
     return torch.cat(list(ImageBatches(ds, batch_size)))

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
 from .assets import atomic_path
-from .data import ImageBatches, images_of, make_loader
+from .data import ImageBatches, images_of, make_loader, unwrap
 from .drorae import DRoRAE
 from .errors import ConfigError
 from .losses import LossConfig, ReconstructionLoss
@@ -107,7 +107,7 @@ class FeatureSet:
         The outputs are filled in place, so the peak is the cache itself plus one batch.
         """
         device = _device_of(model)
-        images = _unwrap(images)
+        images = unwrap(images)
         n = len(images)
         out = None
         start = 0
@@ -130,11 +130,6 @@ class FeatureSet:
 
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.decoder.parameters()).device
-
-
-def _unwrap(data):
-    """A TensorDataset's image tensor (gathered from directly); anything else as it is."""
-    return data.tensors[0] if isinstance(data, TensorDataset) else data
 
 
 def _streams(data) -> bool:
@@ -256,7 +251,7 @@ def _latent(model: DRoRAE, phase: int, layers, base):
 def _in_order(model: DRoRAE, data, batch_size: int):
     """(images, layers, base) batches over ``data`` in order: gathered, or decoded by a sequential DataLoader."""
     device = _device_of(model)
-    data = _unwrap(data)
+    data = unwrap(data)
     if _streams(data):
         for images in ImageBatches(data, batch_size, pin_memory=device.type == "cuda"):
             yield _encoded(model, images.to(device, non_blocking=True))
@@ -335,7 +330,7 @@ def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: R
     if loss_fn.discriminator is not None:
         disc_opt = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9),
                                      fused=fused_ok or None)
-    train, val = _unwrap(train), _unwrap(val)
+    train, val = unwrap(train), unwrap(val)
     batches = _Batches(train, cfg.batch_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     start_step, elapsed = 0, 0.0
