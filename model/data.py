@@ -11,43 +11,37 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, PositiveInt
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .config import BadValue, validated
 from .errors import AssetError, ConfigError
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("fashion-mnist", "imagefolder")
+DatasetName = Literal["fashion-mnist", "imagefolder"]
 
 
-@dataclass(frozen=True)
+@validated("data")
 class DataConfig:
     """Which images, at which resolution, how many for training and for validation."""
 
-    name: str = "fashion-mnist"
-    resolution: int = 32  # Fashion-MNIST 28 px padded by 2 on each side: a patch-4 ViT sees 8x8 tokens
+    name: DatasetName = "fashion-mnist"
+    resolution: Annotated[int, Field(ge=8)] = 32  # Fashion-MNIST 28 px padded by 2 a side: 8x8 patch-4 tokens
     root: str | None = None  # ImageFolder root (with train/ and val/), or a Fashion-MNIST dir override
-    num_train: int | None = None  # None: all
-    num_val: int = 1000  # also the rFID evaluation set: fixed for every trial of a sweep
+    num_train: PositiveInt | None = None  # None: all
+    num_val: PositiveInt = 1000  # also the rFID evaluation set: fixed for every trial of a sweep
 
     def __post_init__(self):
-        if self.name not in DATASETS:
-            raise ConfigError(f"data.name: expected one of {', '.join(DATASETS)}, got {self.name!r}")
-        if not isinstance(self.resolution, int) or self.resolution < 8:
-            raise ConfigError(f"data.resolution: expected an integer >= 8, got {self.resolution!r}")
         if self.name == "fashion-mnist" and self.resolution < 28:
-            raise ConfigError(f"data.resolution: Fashion-MNIST is 28 px; expected >= 28, got {self.resolution}")
+            raise BadValue("resolution", f"Fashion-MNIST is 28 px; expected >= 28, got {self.resolution}")
         if self.name == "imagefolder" and not self.root:
-            raise ConfigError("data.root: the imagefolder dataset needs a root directory with train/ and val/")
-        if self.num_train is not None and self.num_train < 1:
-            raise ConfigError(f"data.num_train: expected a positive integer or null, got {self.num_train!r}")
-        if self.num_val < 1:
-            raise ConfigError(f"data.num_val: expected a positive integer, got {self.num_val!r}")
+            raise BadValue("root", "the imagefolder dataset needs a root directory with train/ and val/")
 
     @property
     def key(self) -> str:

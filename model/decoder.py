@@ -6,35 +6,31 @@ The decoder maps N = g x g latent tokens of width d_enc to an image of side g * 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .config import BadValue, validated
 from .errors import ConfigError
 
 
-@dataclass(frozen=True)
+@validated("decoder")
 class DecoderConfig:
     """Width, depth and heads of the ViT decoder."""
 
-    dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    noise_tau: float = 0.0  # RAE trains its decoder on noise-augmented latents; 0 disables
+    dim: PositiveInt = 768
+    depth: PositiveInt = 12
+    num_heads: PositiveInt = 12
+    mlp_ratio: PositiveFloat = 4.0
+    noise_tau: NonNegativeFloat = 0.0  # RAE trains its decoder on noise-augmented latents; 0 disables
 
     def __post_init__(self):
-        for key in ("dim", "depth", "num_heads"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"decoder.{key}: expected a positive integer, got {value!r}")
         if self.dim % self.num_heads:
-            raise ConfigError(f"decoder.num_heads: {self.num_heads} does not divide decoder.dim {self.dim}")
-        if self.noise_tau < 0:
-            raise ConfigError(f"decoder.noise_tau: expected >= 0, got {self.noise_tau!r}")
+            raise BadValue("num_heads", f"{self.num_heads} does not divide decoder.dim {self.dim}")
 
 
 # Presets from one base (RAE's ViT-B decoder); `tiny` is the prototype's CPU decoder (424k params).

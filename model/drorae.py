@@ -5,32 +5,27 @@ With no fusion module it is a plain RAE: the decoder reads z_base.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import torch
+from pydantic import PositiveInt
 from torch import nn
 
+from .config import validated
 from .decoder import DECODER_PRESETS, DecoderConfig, ViTDecoder
 from .encoder import ENCODER_PRESETS, EncoderConfig, FrozenEncoder
-from .errors import ConfigError
-from .fusion import DepthRoutedFusion, FusionConfig
+from .fusion import BetaMax, DepthRoutedFusion, FusionConfig
 
 
-@dataclass(frozen=True)
+@validated(None)
 class DRoRAEConfig:
     """Encoder, decoder, image size and (optionally) the fusion width of one model."""
 
     encoder: EncoderConfig = field(default_factory=lambda: ENCODER_PRESETS["tiny"])
     decoder: DecoderConfig = field(default_factory=lambda: DECODER_PRESETS["tiny"])
-    image_size: int = 32  # decoder output side; the encoder input is resized to encoder.input_size
-    expert_hidden: int | None = None  # fusion expert width h; None: a plain RAE (no fusion)
-    beta_max: float = 1.0  # bound of the incremental correction (see fusion.py)
-
-    def __post_init__(self):
-        if not isinstance(self.image_size, int) or self.image_size < 1:
-            raise ConfigError(f"image_size: expected a positive integer, got {self.image_size!r}")
-        if self.expert_hidden is not None and (not isinstance(self.expert_hidden, int) or self.expert_hidden < 1):
-            raise ConfigError(f"expert_hidden: expected a positive integer or null, got {self.expert_hidden!r}")
+    image_size: PositiveInt = 32  # decoder output side; the encoder input is resized to encoder.input_size
+    expert_hidden: PositiveInt | None = None  # fusion expert width h; None: a plain RAE (no fusion)
+    beta_max: BetaMax = 1.0  # bound of the incremental correction (see fusion.py)
 
 
 class DRoRAE(nn.Module):
@@ -43,15 +38,12 @@ class DRoRAE(nn.Module):
     @classmethod
     def from_config(cls, cfg: DRoRAEConfig) -> "DRoRAE":
         encoder = FrozenEncoder(cfg.encoder)
-        grid = encoder.grid
-        if cfg.image_size % grid:
-            raise ConfigError(f"image_size: {cfg.image_size} px is not divisible by the encoder's token grid "
-                              f"{grid}x{grid} (decoder patches must tile the image)")
-        decoder = ViTDecoder(cfg.decoder, encoder.dim, grid, cfg.image_size // grid)
+        arch = encoder.arch
+        decoder = ViTDecoder(cfg.decoder, arch.dim, arch.grid, arch.decoder_patch(cfg.image_size))
         fusion = None
         if cfg.expert_hidden is not None:
             fusion = DepthRoutedFusion(config=FusionConfig(
-                dim=encoder.dim, num_layers=len(encoder.layers), hidden=cfg.expert_hidden, beta_max=cfg.beta_max))
+                dim=arch.dim, num_layers=len(encoder.layers), hidden=cfg.expert_hidden, beta_max=cfg.beta_max))
         return cls(encoder, decoder, fusion)
 
     def latent(self, layers: torch.Tensor, base: torch.Tensor) -> torch.Tensor:

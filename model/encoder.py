@@ -19,11 +19,14 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
+from .config import validated
 from .errors import AssetError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,36 +34,26 @@ log = logging.getLogger(__name__)
 SELF_PRETRAINED = "self-pretrained"  # weights source: the tool pretrains the encoder on the data
 
 
-@dataclass(frozen=True)
+@validated("encoder")
 class EncoderConfig:
     """Which timm ViT, from which weights, fusing which blocks."""
 
     name: str  # timm model name, optionally with a pretrained tag (".lvd142m")
-    weights: str = "hub"  # "hub" (timm's pretrained source), "none" (random), or "self-pretrained"
+    weights: Literal["hub", "none", "self-pretrained"] = "hub"  # timm's pretrained source, random, or our own
     checkpoint: str | None = None  # local weights file; wins over `weights` when set
-    input_size: int = 224  # encoder input resolution; images are resized to it when they differ
-    layers: tuple[int, ...] | None = None  # fused block indices (negative from the end); None: all
-    model_kwargs: dict = field(default_factory=dict)  # timm create_model overrides (sizes, patch)
+    input_size: PositiveInt = 224  # encoder input resolution; images are resized to it when they differ
+    layers: Annotated[tuple[int, ...], Field(min_length=1)] | None = None  # fused blocks (<0: from the end); None: all
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model overrides (sizes, patch)
     mean: tuple[float, float, float] | None = None  # input normalization; None: the model's own
     std: tuple[float, float, float] | None = None
     # Self-pretraining (only with weights="self-pretrained"): supervised, short, cached by hash.
-    pretrain_steps: int = 400  # 400 steps x 128: 73% test accuracy on Fashion-MNIST, ~3.5 min on 2 cores
-    pretrain_batch_size: int = 128
-    pretrain_lr: float = 1e-3
+    pretrain_steps: PositiveInt = 400  # 400 steps x 128: 73% test accuracy on Fashion-MNIST, ~3.5 min on 2 cores
+    pretrain_batch_size: PositiveInt = 128
+    pretrain_lr: PositiveFloat = 1e-3
 
     def __post_init__(self):
-        if self.weights not in ("hub", "none", SELF_PRETRAINED):
-            raise ConfigError(f"encoder.weights: expected hub, none or {SELF_PRETRAINED}, got {self.weights!r}")
-        if not isinstance(self.input_size, int) or self.input_size < 1:
-            raise ConfigError(f"encoder.input_size: expected a positive integer, got {self.input_size!r}")
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers))
-            if not self.layers:
-                raise ConfigError("encoder.layers: expected at least one block index, or null for all")
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().is_file():
             raise AssetError(f"encoder.checkpoint: no such file {self.checkpoint}")
-        if self.pretrain_steps < 1 or self.pretrain_batch_size < 1:
-            raise ConfigError("encoder.pretrain_steps / pretrain_batch_size: expected positive integers")
 
     @property
     def arch(self) -> str:
@@ -139,6 +132,55 @@ def _create_timm(cfg: EncoderConfig) -> nn.Module:
     return timm.create_model(cfg.name, pretrained=False, **kwargs)
 
 
+@dataclass(frozen=True)
+class EncoderArchitecture:
+    """What the rest of the model needs to know of an encoder's ViT, at the config's input size."""
+
+    dim: int  # token width d
+    depth: int  # blocks
+    patch_size: int
+    grid: int  # tokens per side: input_size / patch_size
+    params: int
+
+    @property
+    def tokens(self) -> int:
+        return self.grid * self.grid
+
+    def decoder_patch(self, image_size: int, key: str = "image_size") -> int:
+        """The decoder's patch size for images of ``image_size`` px (``key`` names that size in errors)."""
+        if image_size % self.grid:
+            raise ConfigError(f"{key}: {image_size} px is not divisible by the encoder's token grid "
+                              f"{self.grid}x{self.grid} (decoder patches must tile the image)")
+        return image_size // self.grid
+
+
+def architecture_of(vit: nn.Module, cfg: EncoderConfig) -> EncoderArchitecture:
+    """The architecture of ``vit``, a timm model built from ``cfg``; ConfigError where it cannot serve."""
+    if not hasattr(vit, "forward_intermediates") or not hasattr(vit, "patch_embed"):
+        raise ConfigError(f"encoder.name: {cfg.name} is not a ViT with forward_intermediates")
+    patch = vit.patch_embed.patch_size
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if cfg.input_size % patch:
+        raise ConfigError(f"encoder.input_size: {cfg.input_size} px is not divisible by the patch size {patch}")
+    return EncoderArchitecture(dim=vit.embed_dim, depth=len(vit.blocks), patch_size=patch,
+                               grid=cfg.input_size // patch, params=sum(p.numel() for p in vit.parameters()))
+
+
+def encoder_architecture(cfg: EncoderConfig) -> EncoderArchitecture:
+    """``cfg``'s architecture from timm's table, built on the meta device: no weights, nothing downloaded."""
+    import timm
+
+    check_model_name(cfg.name)
+    try:
+        with torch.device("meta"):
+            vit = timm.create_model(cfg.name, pretrained=False, num_classes=0, img_size=cfg.input_size,
+                                    **cfg.model_kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:  # e.g. a model_kwargs key the ViT does not take
+        raise ConfigError(f"encoder.model_kwargs: timm cannot build {cfg.name} with input_size={cfg.input_size} and "
+                          f"model_kwargs {cfg.model_kwargs} ({type(exc).__name__}: {exc})") from None
+    return architecture_of(vit, cfg)
+
+
 class FrozenEncoder(nn.Module):
     """A frozen timm ViT returning the fused blocks' tokens and z_base."""
 
@@ -146,39 +188,31 @@ class FrozenEncoder(nn.Module):
         super().__init__()
         self.config = cfg
         vit = _create_timm(cfg)
-        if not hasattr(vit, "forward_intermediates") or not hasattr(vit, "patch_embed"):
-            raise ConfigError(f"encoder.name: {cfg.name} is not a ViT with forward_intermediates")
-        patch = vit.patch_embed.patch_size
-        patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-        if cfg.input_size % patch:
-            raise ConfigError(f"encoder.input_size: {cfg.input_size} px is not divisible by the patch size {patch}")
+        self.arch = architecture_of(vit, cfg)
         self.vit = vit.eval().requires_grad_(False)
-        self.depth = len(vit.blocks)
-        self.dim = vit.embed_dim
-        self.patch_size = patch
-        self.grid = cfg.input_size // patch
         self.layers = self._resolve_layers(cfg.layers)
         mean = cfg.mean or vit.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
         std = cfg.std or vit.pretrained_cfg.get("std", (0.229, 0.224, 0.225))
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def num_tokens(self) -> int:
+        return self.arch.tokens
+
     def _resolve_layers(self, layers) -> tuple[int, ...]:
+        depth = self.arch.depth
         if layers is None:
-            return tuple(range(self.depth))
+            return tuple(range(depth))
         out = []
         for i in layers:
-            if not isinstance(i, int) or not -self.depth <= i < self.depth:
-                raise ConfigError(f"encoder.layers: block index {i!r} is out of range for a {self.depth}-block "
-                                  f"encoder (expected -{self.depth}..{self.depth - 1})")
-            out.append(i % self.depth)
+            if not isinstance(i, int) or not -depth <= i < depth:
+                raise ConfigError(f"encoder.layers: block index {i!r} is out of range for a {depth}-block "
+                                  f"encoder (expected -{depth}..{depth - 1})")
+            out.append(i % depth)
         if len(set(out)) != len(out):
             raise ConfigError(f"encoder.layers: repeated block index in {list(layers)}")
         return tuple(sorted(out))
-
-    @property
-    def num_tokens(self) -> int:
-        return self.grid * self.grid
 
     def train(self, mode: bool = True):
         """Always stays in eval mode: the encoder is frozen."""

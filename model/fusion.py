@@ -22,35 +22,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
-from .errors import ConfigError
+from .config import validated
+
+BetaMax = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # a bound of the correction: positive, finite
 
 
-@dataclass(frozen=True)
+@validated("fusion")
 class FusionConfig:
     """Size and bounds of the fusion module; validated at construction."""
 
-    dim: int  # encoder width d
-    num_layers: int  # fused layers L
-    hidden: int  # expert hidden width h (the capacity axis)
-    beta_max: float = 1.0  # bound of the per-channel correction; z_base is LayerNorm-scaled, so O(1)
-    eps: float = 1e-6  # keeps the energy normalization finite when every weight is ~0
+    dim: PositiveInt  # encoder width d
+    num_layers: PositiveInt  # fused layers L
+    hidden: PositiveInt  # expert hidden width h (the capacity axis)
+    beta_max: BetaMax = 1.0  # bound of the per-channel correction; z_base is LayerNorm-scaled, so O(1)
+    eps: PositiveFloat = 1e-6  # keeps the energy normalization finite when every weight is ~0
     router_init_std: float = 0.02  # small: the router starts near the uniform mix set by its bias
-
-    def __post_init__(self):
-        for key in ("dim", "num_layers", "hidden"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"fusion.{key}: expected a positive integer, got {value!r}")
-        if not (self.beta_max > 0 and math.isfinite(self.beta_max)):
-            raise ConfigError(f"fusion.beta_max: expected a positive number, got {self.beta_max!r}")
-        if not self.eps > 0:
-            raise ConfigError(f"fusion.eps: expected a positive number, got {self.eps!r}")
 
 
 def fusion_param_count(dim: int, num_layers: int, hidden: int) -> int:

@@ -7,35 +7,31 @@ the reconstruction is good before the discriminator can push on it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import NonNegativeFloat, NonNegativeInt
 from torch import nn
 
-from .errors import ConfigError
+from .config import validated
+
+LpipsNet = Literal["alex", "vgg"]  # torchmetrics' LPIPS backbones that model.assets fetches
 
 
-@dataclass(frozen=True)
+@validated("loss")
 class LossConfig:
     """Weights of the loss terms."""
 
-    l1: float = 1.0
-    lpips: float = 0.0  # off by default on CPU: LPIPS doubles a tiny step's cost
-    lpips_net: str = "alex"
-    adv: float = 0.0
-    adv_start_step: int = 0  # step of the phase at which the adversarial term switches on
+    l1: NonNegativeFloat = 1.0
+    lpips: NonNegativeFloat = 0.0  # off by default on CPU: LPIPS doubles a tiny step's cost
+    lpips_net: LpipsNet = "alex"
+    adv: NonNegativeFloat = 0.0
+    adv_start_step: NonNegativeInt = 0  # step of the phase at which the adversarial term switches on
 
     def __post_init__(self):
-        for key in ("l1", "lpips", "adv"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"loss.{key}: expected a weight >= 0, got {getattr(self, key)!r}")
         if self.l1 == 0 and self.lpips == 0 and self.adv == 0:
-            raise ConfigError("loss: every weight is 0; set loss.l1 (or lpips, adv) > 0")
-        if self.lpips_net not in ("alex", "vgg"):
-            raise ConfigError(f"loss.lpips_net: expected alex or vgg, got {self.lpips_net!r}")
-        if self.adv_start_step < 0:
-            raise ConfigError(f"loss.adv_start_step: expected >= 0, got {self.adv_start_step!r}")
+            raise ValueError("every loss weight is 0; set l1 (or lpips, adv) > 0")
 
 
 class PatchDiscriminator(nn.Module):

@@ -20,12 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch import nn
 from torch.utils.data import Dataset
 
 from .assets import atomic_path
+from .config import validated
 from .data import ImageBatches, images_of, make_loader, unwrap
 from .drorae import DRoRAE
 from .errors import ConfigError
@@ -37,38 +40,25 @@ Report = Callable[[dict], None]
 PHASES = {1: "decoder", 2: "fusion", 3: "finetune"}
 
 
-@dataclass(frozen=True)
+@validated("phase")
 class PhaseConfig:
     """Budget and optimizer of one training phase."""
 
-    steps: int
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0  # the fusion gate and experts start at a chosen point; no pull to zero
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
-    grad_clip: float = 1.0  # 0 disables
+    steps: PositiveInt
+    batch_size: PositiveInt = 64
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
+    weight_decay: NonNegativeFloat = 0.0  # the fusion gate and experts start at a chosen point; no pull to zero
+    warmup_steps: NonNegativeInt = 0
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine decay to lr * min_lr_ratio
+    grad_clip: NonNegativeFloat = 1.0  # 0 disables
     loss: LossConfig = field(default_factory=LossConfig)
-    log_every: int = 10
-    eval_every: int = 0  # 0: evaluate only at the end
-    checkpoint_every: int = 0  # 0: no periodic checkpoint
-    val_batch_size: int = 256
-    seed: int = 0
+    log_every: PositiveInt = 10
+    eval_every: NonNegativeInt = 0  # 0: evaluate only at the end
+    checkpoint_every: NonNegativeInt = 0  # 0: no periodic checkpoint
+    val_batch_size: PositiveInt = 256
+    seed: int = 0  # a sweep sets it: its own seed for phase 1, each unit's seed for phases 2 and 3
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the trainable module (CUDA)
-
-    def __post_init__(self):
-        if isinstance(self.loss, dict):
-            object.__setattr__(self, "loss", LossConfig(**self.loss))
-        for key in ("steps", "batch_size", "val_batch_size", "log_every"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"phase.{key}: expected a positive integer, got {value!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"phase.lr: expected a positive number, got {self.lr!r}")
-        for key in ("warmup_steps", "eval_every", "checkpoint_every"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"phase.{key}: expected >= 0, got {getattr(self, key)!r}")
 
 
 @dataclass

@@ -11,14 +11,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from model import (DECODER_PRESETS, ENCODER_PRESETS, DecoderConfig, EncoderConfig, LossConfig, PhaseConfig,
-                   fusion_param_count)
+from model import DecoderConfig, EncoderConfig, PhaseConfig, fusion_param_count
 from model.data import DataConfig
-from model.encoder import check_model_name
+from model.encoder import encoder_architecture
 from model.errors import UserError
 
 from .shared import feature_bytes
-from .spec import PhaseSpec, SpecError, SweepSpec
+from .spec import SpecError, SweepSpec
 
 # Rough sustained throughputs for the cost estimate (measured on this project's machines: the
 # tiny phase-2 step runs ~60 GFLOP/s on 2 CPU cores; the FID Inception ~6 images/s there).
@@ -75,73 +74,24 @@ class Plan:
         return "gpu" if self.spec.resources.gpu > 0 else "cpu"
 
 
-def phase_config(p: PhaseSpec, seed: int = 0, **changes) -> PhaseConfig:
-    values = p.model_dump()
-    values["loss"] = LossConfig(**values["loss"])
-    values.update(changes)
-    return PhaseConfig(seed=seed, **values)
-
-
-def encoder_config(spec: SweepSpec) -> EncoderConfig:
-    e = spec.encoder
-    # A timm name without an explicit preset starts from EncoderConfig's defaults, not the tiny preset's.
-    use_preset = e.preset is not None and (e.name is None or "preset" in e.model_fields_set)
-    base = ENCODER_PRESETS[e.preset] if use_preset else EncoderConfig(name=e.name)
-    changes = {k: v for k, v in e.model_dump().items() if k != "preset" and v is not None}
-    try:
-        cfg = replace(base, **changes)
-    except UserError as err:
-        raise SpecError(str(err)) from None
-    return cfg
-
-
-def _architecture(cfg: EncoderConfig) -> tuple[int, int, int, int]:
-    """(width, depth, patch size, parameters) of a timm ViT without building its weights."""
-    import timm
-
-    try:
-        check_model_name(cfg.name)
-    except UserError as err:
-        raise SpecError(str(err)) from None
-    try:
-        with torch.device("meta"):
-            vit = timm.create_model(cfg.name, pretrained=False, num_classes=0, img_size=cfg.input_size,
-                                    **cfg.model_kwargs)
-    except (TypeError, ValueError, AssertionError) as exc:  # e.g. a model_kwargs key the ViT does not take
-        raise SpecError(f"encoder.model_kwargs: timm cannot build {cfg.name} with input_size={cfg.input_size} and "
-                        f"model_kwargs {cfg.model_kwargs} ({type(exc).__name__}: {exc})") from None
-    patch = vit.patch_embed.patch_size
-    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-    return vit.embed_dim, len(vit.blocks), patch, sum(p.numel() for p in vit.parameters())
-
-
 def build_plan(spec: SweepSpec) -> Plan:
     """Resolve ``spec`` into units with parameter counts and costs; raises SpecError."""
-    enc = encoder_config(spec)
-    dim, depth, patch, enc_params = _architecture(enc)
-    if enc.input_size % patch:
-        raise SpecError(f"encoder.input_size: {enc.input_size} px is not divisible by the patch size {patch}")
-    grid = enc.input_size // patch
-    if spec.data.resolution % grid:
-        raise SpecError(f"data.resolution: {spec.data.resolution} px is not divisible by the encoder's token "
-                        f"grid {grid}x{grid}")
-    d = spec.decoder
+    enc, dec, data = spec.encoder.config, spec.decoder.config, spec.data
     try:
-        dec = replace(DECODER_PRESETS[d.preset], **{k: v for k, v in d.model_dump().items()
-                                                   if k != "preset" and v is not None})
-        data = DataConfig(**spec.data.model_dump())
+        arch = encoder_architecture(enc)
+        patch = arch.decoder_patch(data.resolution, key="data.resolution")
     except UserError as err:
         raise SpecError(str(err)) from None
+    dim, depth, tokens, enc_params = arch.dim, arch.depth, arch.tokens, arch.params
     from model import ViTDecoder
 
     with torch.device("meta"):
-        dec_params = sum(p.numel() for p in ViTDecoder(dec, dim, grid, spec.data.resolution // grid).parameters())
+        dec_params = sum(p.numel() for p in ViTDecoder(dec, dim, arch.grid, patch).parameters())
     layer_counts = spec.grid.fused_layers or [depth]
     for k in layer_counts:
         if k > depth:
             raise SpecError(f"grid.fused_layers: {k} layers asked, but the encoder ({enc.name}) has {depth} "
                             f"blocks; expected layer counts from 1 to {depth}")
-    tokens = grid * grid
     n_search = spec.search.n_trials if spec.search else 1
     p2, p3 = spec.phase2, spec.phase3
     device = "gpu" if spec.resources.gpu > 0 else "cpu"
@@ -187,10 +137,8 @@ def build_plan(spec: SweepSpec) -> Plan:
     ids = [u.unit_id for u in units]
     if len(set(ids)) != len(ids):
         raise SpecError("grid: duplicate points")
-    return Plan(spec=spec, encoder=enc, decoder=dec, data=data,
-                phase1=phase_config(spec.phase1, spec.seed), phase2=phase_config(spec.phase2),
-                phase3=phase_config(p3) if p3 is not None else None,
-                dim=dim, depth=depth, tokens=tokens, units=tuple(units))
+    return Plan(spec=spec, encoder=enc, decoder=dec, data=data, phase1=replace(spec.phase1, seed=spec.seed),
+                phase2=p2, phase3=p3, dim=dim, depth=depth, tokens=tokens, units=tuple(units))
 
 
 def _human(n: float) -> str:

@@ -6,17 +6,21 @@
 
 from __future__ import annotations
 
-import difflib
 import re
-import types
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, TypeAdapter, ValidationError,
+                      field_validator, model_serializer, model_validator)
 
-from model import DECODER_PRESETS, ENCODER_PRESETS
+from model import DECODER_PRESETS, ENCODER_PRESETS, DecoderConfig, EncoderConfig, FusionConfig, PhaseConfig
+from model.config import BadValue, check_keys, describe, did_you_mean, kind_of
+from model.data import DataConfig
 from model.errors import UserError
+from model.fusion import BetaMax
+from model.losses import LpipsNet
 
 CONTROLS = ("rae", "decoder_only", "last_layer")
 
@@ -25,93 +29,100 @@ class SpecError(UserError):
     """A sweep spec or override that cannot run."""
 
 
-def _did_you_mean(value: str, known) -> str:
-    close = difflib.get_close_matches(str(value), list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 class _Strict(BaseModel):
+    """A section of the sweep's own: frozen, and an unknown key is an error with a did-you-mean hint."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class EncoderSpec(_Strict):
-    """A preset, optionally with overrides of its fields (``model.EncoderConfig``)."""
-
-    preset: str | None = "tiny"
-    name: str | None = None
-    weights: Literal["hub", "none", "self-pretrained"] | None = None
-    checkpoint: str | None = None
-    input_size: int | None = Field(None, gt=0)
-    model_kwargs: dict[str, Any] | None = None
-    pretrain_steps: int | None = Field(None, gt=0)
-
-    @field_validator("preset")
+    @model_validator(mode="before")
     @classmethod
-    def _known_preset(cls, v):
-        if v is not None and v not in ENCODER_PRESETS:
-            raise ValueError(f"unknown encoder preset {v!r}{_did_you_mean(v, ENCODER_PRESETS)}; expected one of "
-                             f"{', '.join(ENCODER_PRESETS)}")
-        return v
-
-    @model_validator(mode="after")
-    def _preset_or_name(self):
-        if self.preset is None and self.name is None:
-            raise ValueError("give a preset or a timm model name")
-        return self
+    def _known_keys(cls, raw):
+        if isinstance(raw, dict):
+            check_keys(raw, cls.model_fields)
+        return raw
 
 
-class DecoderSpec(_Strict):
-    preset: str = "tiny"
-    dim: int | None = Field(None, gt=0)
-    depth: int | None = Field(None, gt=0)
-    num_heads: int | None = Field(None, gt=0)
-    noise_tau: float | None = Field(None, ge=0)
+# --- sections that are model configs ---------------------------------------------------------
+# The model's own configs validate these (model.config): their fields, defaults and bounds live there.
+# A few of their fields the sweep sets from keys of its own; a section that sets one is an error.
 
-    @field_validator("preset")
+
+def _not_set_here(raw, owned: dict[str, str]):
+    """``raw``, unless it sets a field that the sweep sets itself (``owned``: field -> the sweep's key for it)."""
+    for key, where in owned.items():
+        if isinstance(raw, dict) and key in raw:
+            raise BadValue(key, f"set by the sweep ({where}); remove it here")
+    return raw
+
+
+def _dump(cfg, owned: dict[str, str]) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in owned}
+
+
+_PHASE_OWNED = {"seed": "the top-level seed for phase 1, grid.seeds for phases 2-3"}
+Phase = Annotated[PhaseConfig, BeforeValidator(lambda raw: _not_set_here(raw, _PHASE_OWNED)),
+                  PlainSerializer(lambda cfg: _dump(cfg, _PHASE_OWNED))]
+
+
+class _PresetSection(BaseModel):
+    """A model config given as a preset (a name in ``PRESETS``) with any of the config's fields over it.
+
+    The spec file writes the section flat (``decoder: {preset: tiny, depth: 4}``); ``config`` is the
+    resolved model config, and the section dumps flat again, resolved.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    KIND: ClassVar[str]
+    PRESETS: ClassVar[dict]
+    OWNED: ClassVar[dict[str, str]] = {}  # config fields the sweep sets: the sweep's key for each
+
+    preset: str | None
+    config: Any
+
     @classmethod
-    def _known_preset(cls, v):
-        if v not in DECODER_PRESETS:
-            raise ValueError(f"unknown decoder preset {v!r}{_did_you_mean(v, DECODER_PRESETS)}; expected one of "
-                             f"{', '.join(DECODER_PRESETS)}")
-        return v
+    def default_preset(cls, raw: dict) -> str | None:
+        return "tiny"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, raw):
+        if not isinstance(raw, dict):
+            return raw  # a resolved section, or not a mapping (pydantic says so)
+        config_type = cls.model_fields["config"].annotation
+        check_keys(raw, ["preset", *config_type.__pydantic_fields__])
+        fields = dict(_not_set_here(raw, cls.OWNED))
+        preset = fields.pop("preset", cls.default_preset(raw))
+        if preset is not None and preset not in cls.PRESETS:
+            raise BadValue("preset", f"unknown {cls.KIND} preset {preset!r}{did_you_mean(preset, cls.PRESETS)}; "
+                                     f"expected one of {', '.join(cls.PRESETS)}")
+        base = asdict(cls.PRESETS[preset]) if preset is not None else {}
+        return {"preset": preset, "config": TypeAdapter(config_type).validate_python({**base, **fields})}
+
+    @model_serializer
+    def _flat(self) -> dict:
+        return {"preset": self.preset, **_dump(self.config, self.OWNED)}
 
 
-class DataSpec(_Strict):
-    name: Literal["fashion-mnist", "imagefolder"] = "fashion-mnist"
-    resolution: int = Field(32, ge=8)
-    root: str | None = None
-    num_train: int | None = Field(None, gt=0)
-    num_val: int = Field(1000, gt=0)
+class EncoderSection(_PresetSection):
+    """``encoder:`` a preset of ``model.ENCODER_PRESETS`` (or a timm ``name``), with EncoderConfig fields over it."""
+
+    KIND, PRESETS, OWNED = "encoder", ENCODER_PRESETS, {"layers": "grid.fused_layers"}
+    config: EncoderConfig
+
+    @classmethod
+    def default_preset(cls, raw: dict) -> str | None:
+        # A timm name without an explicit preset starts from EncoderConfig's defaults, not the tiny preset's.
+        return None if "name" in raw else "tiny"
 
 
-class LossSpec(_Strict):
-    l1: float = Field(1.0, ge=0)
-    lpips: float = Field(0.0, ge=0)
-    lpips_net: Literal["alex", "vgg"] = "alex"
-    adv: float = Field(0.0, ge=0)
-    adv_start_step: int = Field(0, ge=0)
+class DecoderSection(_PresetSection):
+    """``decoder:`` a preset of ``model.DECODER_PRESETS``, with DecoderConfig fields over it."""
 
-    @model_validator(mode="after")
-    def _some_weight(self):
-        if self.l1 == 0 and self.lpips == 0 and self.adv == 0:
-            raise ValueError("every loss weight is 0; set l1 (or lpips, adv) > 0")
-        return self
+    KIND, PRESETS = "decoder", DECODER_PRESETS
+    config: DecoderConfig
 
 
-class PhaseSpec(_Strict):
-    steps: int = Field(gt=0)
-    batch_size: int = Field(64, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    grad_clip: float = Field(1.0, ge=0)
-    loss: LossSpec = LossSpec()
-    log_every: int = Field(10, gt=0)
-    eval_every: int = Field(0, ge=0)
-    checkpoint_every: int = Field(0, ge=0)
-    amp: bool = True
-    compile: bool = False
+# --- the sweep's own sections ----------------------------------------------------------------
 
 
 class GridSpec(_Strict):
@@ -226,7 +237,7 @@ class ResourcesSpec(_Strict):
 class EvalSpec(_Strict):
     n_images: int = Field(gt=1)  # the same for every trial of a sweep: FID depends on it
     batch_size: int = Field(32, gt=0)
-    lpips_net: Literal["alex", "vgg"] = "alex"
+    lpips_net: LpipsNet = "alex"
 
 
 class FeatureCacheSpec(_Strict):
@@ -252,13 +263,13 @@ class SweepSpec(_Strict):
 
     name: str
     description: str = ""
-    encoder: EncoderSpec = EncoderSpec()
-    decoder: DecoderSpec = DecoderSpec()
-    data: DataSpec = DataSpec()
-    beta_max: float = Field(1.0, gt=0)
-    phase1: PhaseSpec
-    phase2: PhaseSpec
-    phase3: PhaseSpec | None = None
+    encoder: EncoderSection = Field({}, validate_default=True)
+    decoder: DecoderSection = Field({}, validate_default=True)
+    data: DataConfig = DataConfig()
+    beta_max: BetaMax = FusionConfig.beta_max  # the fusion's bound, unless searched
+    phase1: Phase
+    phase2: Phase
+    phase3: Phase | None = None
     grid: GridSpec
     search: SearchSpec | None = None
     controls: ControlsSpec = ControlsSpec()
@@ -356,102 +367,16 @@ def _deep_copy(d):
     return d
 
 
-def _kind(value) -> str:
-    """What a YAML value is, for 'expected X, got <kind>'."""
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"a boolean ({value})"
-    for types_, word in ((str, "a string"), ((int, float), "a number"), (list, "a list"), (dict, "a mapping")):
-        if isinstance(value, types_):
-            if len(repr(value)) <= 40:
-                return f"{word} {value!r}"
-            return f"{word} of {len(value)} items" if isinstance(value, (list, dict)) else word
-    return type(value).__name__
-
-
-def _section(annotation):
-    """The pydantic model (or dict / list type) that a field's annotation holds, without Optional."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        for arg in get_args(annotation):
-            if arg is not type(None):
-                return _section(arg)
-    return annotation
-
-
-def _known_keys(loc: tuple) -> list[str]:
-    """The keys the spec section at ``loc`` takes (for an unknown key's hint); [] if unknown."""
-    node = SweepSpec
-    for part in loc:
-        node = _section(node)
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            if part not in node.model_fields:
-                return []
-            node = node.model_fields[part].annotation
-        elif get_origin(node) is dict:
-            node = get_args(node)[1]
-        elif get_origin(node) is list:
-            node = get_args(node)[0]
-        else:
-            return []
-    node = _section(node)
-    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
-
-
-_BOUNDS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", "greater than or equal to"),
-           "less_than": ("lt", "less than"), "less_than_equal": ("le", "less than or equal to")}
-
-
-def _expected(e: dict) -> str:
-    """What pydantic expected, as 'expected ...' (its 'Input should be ...' without the parse detail)."""
-    kind, ctx = e["type"], e.get("ctx") or {}
-    if kind in _BOUNDS:
-        key, words = _BOUNDS[kind]
-        return f"expected a number {words} {ctx[key]:g}"
-    if kind in ("model_type", "dict_type"):
-        return "expected a mapping"
-    if kind == "too_short":
-        n = ctx["min_length"]
-        return f"expected at least {n} item{'s' if n != 1 else ''}"
-    msg = e["msg"]
-    if msg.startswith("Input should be "):
-        return "expected " + msg.removeprefix("Input should be ").split(", unable to")[0]
-    return msg
-
-
-def _one_line(err: ValidationError) -> str:
-    """The first problem, as 'dotted.key: what is wrong; what was expected, got what'."""
-    # An unknown key first: a misspelt key also makes its correct spelling "missing".
-    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    e, value = errors[0], errors[0].get("input")
-    loc = ".".join(str(p) for p in e["loc"])
-    if e["type"] == "extra_forbidden":
-        known = _known_keys(e["loc"][:-1])
-        close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1, cutoff=0.75)  # a typo, not a guess
-        if close:
-            msg = f"unknown key (did you mean {close[0]!r}?)"
-            # ... and the correct spelling, missing because of the typo, is no further problem
-            errors = [x for x in errors if not (x["type"] == "missing" and x["loc"] == (*e["loc"][:-1], close[0]))]
-        else:
-            msg = f"unknown key; expected one of {', '.join(known)}" if known else "unknown key"
-    elif e["type"] == "missing":
-        msg = "missing required key"
-    elif e["type"] == "value_error":  # our own validators say what they expected and got
-        msg = e["msg"].removeprefix("Value error, ")
-    else:
-        msg = f"{_expected(e)}, got {_kind(value)}"
-    extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{loc}: {msg}{extra}" if loc else f"{msg}{extra}"  # a cross-field check names its keys
-
-
 def parse_spec(raw: Any, source: str = "<spec>") -> SweepSpec:
     """Validate a parsed spec mapping into a ``SweepSpec``."""
     if not isinstance(raw, dict):
-        raise SpecError(f"{source}: expected a YAML mapping at the top level, got {_kind(raw)}")
+        raise SpecError(f"{source}: expected a YAML mapping at the top level, got {kind_of(raw)}")
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(f"{source}: {_one_line(err)}") from None
+        raise SpecError(f"{source}: {describe(err)}") from None
+    except UserError as err:  # a check that is not about the value's form, e.g. a missing checkpoint file
+        raise SpecError(f"{source}: {err}") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
@@ -477,7 +402,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
         required = [name for name, f in SweepSpec.model_fields.items() if f.is_required()]
         raise SpecError(f"{path}: the file holds no spec (missing the required keys {', '.join(required)})")
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a YAML mapping at the top level, got {_kind(raw)}")
+        raise SpecError(f"{path}: expected a YAML mapping at the top level, got {kind_of(raw)}")
     return parse_spec(apply_overrides(raw, overrides or []), str(path))
 
 

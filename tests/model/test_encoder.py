@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model import ENCODER_PRESETS, EncoderConfig, FrozenEncoder
+from model.encoder import EncoderArchitecture, encoder_architecture
 from model.errors import AssetError, ConfigError, UserError
 
 
@@ -21,10 +22,45 @@ def test_every_preset_yields_L_tensors_of_shape_B_N_D_without_nans(preset):
     enc = FrozenEncoder(_random(preset))
     size = enc.config.input_size
     layers, base = enc(torch.rand(2, 3, size, size))
-    L, N, D = enc.depth, enc.num_tokens, enc.dim
+    L, N, D = enc.arch.depth, enc.num_tokens, enc.arch.dim
     assert layers.shape == (L, 2, N, D)
     assert base.shape == (2, N, D)
     assert torch.isfinite(layers).all() and torch.isfinite(base).all()
+
+
+@pytest.mark.parametrize("preset, dim, depth, patch, grid", [
+    ("tiny", 96, 6, 4, 8), ("dinov2-s", 384, 12, 14, 16), ("dinov2-b", 768, 12, 14, 16), ("dinov2-l", 1024, 24, 14, 16),
+])
+def test_architecture_from_timms_table_without_weights(preset, dim, depth, patch, grid):
+    arch = encoder_architecture(ENCODER_PRESETS[preset])
+    assert (arch.dim, arch.depth, arch.patch_size, arch.grid, arch.tokens) == (dim, depth, patch, grid, grid * grid)
+    assert arch.params > 12 * depth * dim * dim  # attention + MLP weights of every block, at least
+
+
+@pytest.mark.parametrize("preset", ["tiny", "dinov2-s"])
+def test_the_built_encoder_has_the_architecture_the_plan_reads(preset):
+    enc = FrozenEncoder(_random(preset))
+    assert enc.arch == encoder_architecture(enc.config)
+    assert enc.arch.params == sum(p.numel() for p in enc.vit.parameters())
+    assert enc.num_tokens == enc.arch.tokens and len(enc.layers) == enc.arch.depth
+
+
+def test_the_decoder_patch_must_tile_the_image():
+    arch = EncoderArchitecture(dim=96, depth=6, patch_size=4, grid=8, params=1)
+    assert arch.decoder_patch(32) == 4 and arch.decoder_patch(256) == 32
+    with pytest.raises(ConfigError, match=r"^data\.resolution: 36 px is not divisible by the encoder's token grid 8x8"):
+        arch.decoder_patch(36, key="data.resolution")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(name="vit_tiny_patch16_22"), r"encoder\.name: timm has no model 'vit_tiny_patch16_22'; did you mean"),
+    (dict(model_kwargs={"depht": 4}), r"encoder\.model_kwargs: timm cannot build vit_tiny_patch16_224 .*depht"),
+    (dict(input_size=30), r"encoder\.input_size: 30 px is not divisible by the patch size 4"),
+    (dict(name="resnet18", model_kwargs={}), r"encoder\.model_kwargs: timm cannot build resnet18 .*img_size"),
+])
+def test_an_architecture_that_cannot_serve_is_a_config_error(change, message):
+    with pytest.raises(ConfigError, match=message):
+        encoder_architecture(replace(ENCODER_PRESETS["tiny"], **change))
 
 
 def test_z_base_is_the_last_block_after_the_final_norm():

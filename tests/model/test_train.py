@@ -136,5 +136,5 @@ def test_bad_loss_weights_name_the_key():
 
     with pytest.raises(ConfigError, match="loss.lpips"):
         LossConfig(lpips=-1)
-    with pytest.raises(ConfigError, match="every weight is 0"):
+    with pytest.raises(ConfigError, match="every loss weight is 0"):
         LossConfig(l1=0)

@@ -132,9 +132,9 @@ def test_meta_device_plan_leaves_default_device_alone(tiny_raw):
 
 
 def test_a_timm_name_without_a_preset_does_not_inherit_the_tiny_presets_sizes(tiny_raw):
-    from sweeper.plan import encoder_config
-    from sweeper.spec import parse_spec
-
     tiny_raw["encoder"] = {"name": "vit_small_patch16_224", "weights": "none"}
-    cfg = encoder_config(parse_spec(tiny_raw))
+    cfg = parse_spec(tiny_raw).encoder.config
     assert cfg.name == "vit_small_patch16_224" and cfg.model_kwargs == {} and cfg.input_size == 224
+    tiny_raw["encoder"]["preset"] = "tiny"  # an explicit preset is the base, even with a name
+    cfg = parse_spec(tiny_raw).encoder.config
+    assert cfg.name == "vit_small_patch16_224" and cfg.model_kwargs["embed_dim"] == 96 and cfg.input_size == 32

@@ -1,11 +1,16 @@
 """Sweep specs: every shipped spec validates and plans; overrides; one-line errors naming the key."""
 
+import copy
+import dataclasses
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from model import DECODER_PRESETS, ENCODER_PRESETS, DecoderConfig, EncoderConfig, LossConfig, PhaseConfig
+from model.data import DataConfig
 from sweeper.plan import build_plan
-from sweeper.spec import SpecError, load_spec
+from sweeper.spec import SpecError, load_spec, parse_spec
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
 
@@ -147,3 +152,70 @@ def test_what_only_the_model_knows_fails_in_build_plan(write_spec, tiny_raw, cha
     assert "\n" not in str(info.value)
     for word in words:
         assert word in str(info.value)
+
+
+# --- the model's configs as spec sections ------------------------------------------------------
+
+SECTIONS = [  # (section, its model config, fields the sweep sets itself, keys of the section's own)
+    ("encoder", EncoderConfig, {"layers"}, {"preset"}),
+    ("decoder", DecoderConfig, set(), {"preset"}),
+    ("data", DataConfig, set(), set()),
+    ("phase2", PhaseConfig, {"seed"}, set()),
+    ("phase2.loss", LossConfig, set(), set()),
+]
+
+
+def _resolved(spec, section: str):
+    node = spec
+    for part in section.split("."):
+        node = getattr(node, part)
+    return getattr(node, "config", node)  # a preset section holds its resolved config
+
+
+def _plain(value):
+    """A config field's value as YAML would give it."""
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("section, cls, owned, own", SECTIONS, ids=[s[0] for s in SECTIONS])
+def test_a_section_takes_exactly_its_model_configs_fields(write_spec, tiny_raw, section, cls, owned, own):
+    if "preset" in own:  # explicit: a timm name alone would start from EncoderConfig's defaults instead
+        _set(f"{section}.preset", "tiny")(tiny_raw)
+    resolved = _resolved(parse_spec(tiny_raw), section)
+    assert isinstance(resolved, cls)
+    for field in dataclasses.fields(cls):
+        raw = copy.deepcopy(tiny_raw)
+        _set(f"{section}.{field.name}", _plain(getattr(resolved, field.name)))(raw)
+        if field.name in owned:  # set by the sweep from a key of its own: an error that says where
+            with pytest.raises(SpecError, match=rf"^{write_spec(raw)}: {section}\.{field.name}: set by the sweep \("):
+                load_spec(write_spec(raw))
+        else:
+            assert _resolved(parse_spec(raw), section) == resolved, field.name
+    # ... and no other key: the hint lists exactly the config's fields and the section's own keys
+    _set(f"{section}.zzz", 1)(tiny_raw)
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(tiny_raw))
+    listed = str(info.value).split(f"{section}.zzz: unknown key; expected one of ")[1].split(", ")
+    assert set(listed) == {f.name for f in dataclasses.fields(cls)} | own
+
+
+def test_a_section_value_reaches_the_plans_config(tiny_raw):
+    tiny_raw.update(seed=7, phase2={"steps": 10, "val_batch_size": 64, "min_lr_ratio": 0.5},
+                    decoder={"preset": "small", "depth": 2}, encoder={"pretrain_steps": 9, "mean": [0.1, 0.2, 0.3]})
+    plan = build_plan(parse_spec(tiny_raw))
+    assert plan.phase2.val_batch_size == 64 and plan.phase2.min_lr_ratio == 0.5 and plan.phase2.seed == 0
+    assert plan.phase1.seed == 7  # the sweep's seed; phases 2-3 take each unit's seed in its trial
+    assert plan.decoder == replace(DECODER_PRESETS["small"], depth=2)
+    assert plan.encoder == replace(ENCODER_PRESETS["tiny"], pretrain_steps=9, mean=(0.1, 0.2, 0.3))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_the_specs_dump_reads_back_as_the_same_spec(path):
+    # the dump is what the sweep's MLflow run records as its params: resolved, and enough to rerun it
+    spec = load_spec(path)
+    dumped = spec.model_dump(mode="json")
+    assert parse_spec(dumped) == spec
+    assert dumped["encoder"]["preset"] == spec.encoder.preset and "layers" not in dumped["encoder"]
+    assert "seed" not in dumped["phase1"] and dumped["phase1"]["val_batch_size"] == spec.phase1.val_batch_size
