@@ -6,15 +6,13 @@ layer-count scaling, unified law over trainable parameters) as PDF and PNG sized
 column, plus one combined figure with the panels side by side.
 
 Figures are built as ``matplotlib.figure.Figure`` objects on the Agg canvas (no pyplot state, no
-display needed) and written atomically (a temporary file, then ``os.replace``).
+display needed) and written atomically (``drorae_io.atomic_path``: a temporary file, then ``os.replace``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +25,8 @@ if "matplotlib.pyplot" not in sys.modules:  # headless: figures are files; a not
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from drorae_io import atomic_path  # noqa: E402
 
 from analysis.errors import AnalysisError  # noqa: E402
 from analysis.fit import FitResults, fit  # noqa: E402
@@ -223,16 +223,8 @@ def scaling_panels(table, form: str = "log-linear", skipped: list | None = None)
 
 def _save(fig: Figure, path: Path) -> None:
     """Write ``fig`` to ``path`` atomically (a temporary file in the same folder, then os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=path.suffix[1:], dpi=DPI)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=DPI)
 
 
 def _save_both(fig: Figure, stem: Path) -> list[Path]:
