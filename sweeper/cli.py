@@ -108,7 +108,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(format_plan(plan))
         return 0
     from .run import run_sweep
-    from .tracking import summary
+    from .results import summary
 
     log.debug("plan:\n%s", format_plan(plan))
     df = run_sweep(plan, restart=args.restart, address=args.address)
