@@ -1,9 +1,13 @@
-"""Writing files so that a reader never sees half of one: ``atomic_path``.
+"""What ``model``, ``analysis`` and ``sweeper`` share though neither of the first two may import the other.
 
-A leaf package (standard library only) because both ``model`` and ``analysis`` write files this
-way and neither may import the other: ``model`` (asset downloads, caches, checkpoints), ``analysis``
-(figures, the report) and ``sweeper`` (the results table, the pending MLflow writes) all import it
-from here. ``model.assets.atomic_path`` is this same function.
+- ``atomic_path``: files written so that a reader never sees half of one; ``model`` (asset downloads,
+  caches, checkpoints; ``model.assets.atomic_path`` is this same function), ``analysis`` (figures,
+  the report) and ``sweeper`` (the results table, the pending MLflow writes) write through it.
+- ``UserInputError``: a mistake in what the user asked for, which every command prints as one line
+  and exit code 2 (``analysis.cli.run_command``); ``model.errors.UserError`` and
+  ``analysis.errors.AnalysisError`` are its kinds.
+
+A leaf package, standard library only, so that each of the three can import it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["UserInputError", "atomic_path"]
 
 
 @contextlib.contextmanager
@@ -29,3 +33,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class UserInputError(Exception):
+    """A mistake in what the user asked for: one line naming the file, key or column and what was expected.
+
+    A command prints it as ``PROG: error: <message>`` and exits with ``exit_code``, no traceback.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        # One line: a command prints it as-is.
+        super().__init__(" ".join(str(message).split()))
