@@ -30,6 +30,7 @@ from drorae_io import atomic_path  # noqa: E402
 
 from analysis.errors import AnalysisError  # noqa: E402
 from analysis.fit import FitResults, fit  # noqa: E402
+from analysis.points import seed_stats  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,6 @@ def _short(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _seed_stats(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Mean and std (ddof 1; 0 for a single seed) of y per capacity x."""
-    g = points.groupby(x)[y]
-    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.size()})
-    return out.sort_index()
-
-
 def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "params", y: str = "rfid",
                  alpha: float = 0.05, label: str | None = None):
     """Draw one scaling panel on ``ax``: points ± seed std, the fit line, its CI band and the controls.
@@ -95,7 +89,7 @@ def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "
     for col in (x, y):
         if col not in points_df.columns:
             raise AnalysisError(f"plot_scaling: the points have no column {col!r}")
-    stats_ = _seed_stats(points_df, x, y)
+    stats_ = seed_stats(points_df, x, y)
     caps = stats_.index.to_numpy(dtype=float)
     bars = ax.errorbar(caps, stats_["mean"].to_numpy(), yerr=stats_["std"].to_numpy(), fmt="o", color="C0",
                        ecolor="C0", capsize=2, elinewidth=0.8, zorder=3,

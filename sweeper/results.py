@@ -7,6 +7,7 @@ Its columns are ``analysis.schema``'s, the reader's too. The driver writes it (`
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -79,10 +80,59 @@ def error_line(trial) -> str:
     return lines[-1][:500] if lines else "unknown error"
 
 
-def summary(df: pd.DataFrame) -> str:
-    """The final table a user sees: each point's result row and every trial that did not complete."""
-    cols = ["trial_id", "status", "params", "val_l1", "rfid", "psnr", "train_seconds", "error"]
-    view = df[df.best.fillna(False).astype(bool) | (df.status != "completed")][cols].copy()
-    view["error"] = view["error"].fillna("").astype(str).str.slice(0, 60)
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        return view.to_string(index=False)
+def summary(df: pd.DataFrame, alpha: float = 0.05) -> str:
+    """The lines a user sees at the end of a sweep: each point's rFID with its interval, then every trial
+    that did not complete.
+
+    A point's interval (``analysis.points``) is the t-interval of its mean over its seeds when it has
+    several, else the log-linear law's interval of the mean at its capacity (``analysis.fit``, fitted to
+    the sweep's points; no interval while it cannot be fitted, e.g. under 3 capacities); each line
+    says which. Controls are listed without one: they are never fitted.
+    """
+    from analysis import AnalysisError, fit, load
+    from analysis.points import LAW, point_intervals
+
+    level = f"{1 - alpha:.0%}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dropped rows: the sweep's analysis names them once, after this
+        table = load(df)
+        try:
+            law = fit(table)
+        except AnalysisError:
+            law = None
+    rows = [["point", "params", "seeds", "val L1", "rFID", f"{level} interval", "the interval is"]]
+    for p in point_intervals(table, law, alpha).itertuples():
+        how = (f"the {law.form} law's CI of the mean at its params" if p.source == LAW else
+               f"the t-interval of the mean of its {p.n} seeds" if p.source else "none: one seed, and no law fitted")
+        rows.append([p.point_id, f"{p.params:,.0f}", str(p.n), _num(_mean(table.points, p.point_id, "val_l1")),
+                     _num(p.mean), _interval(p.lower, p.upper), how])
+    for point_id, c in table.controls.groupby("point_id", sort=False):
+        rows.append([point_id, f"{c.params.iloc[0]:,.0f}", str(len(c)), _num(c.val_l1.mean()), _num(c.rfid.mean()),
+                     "", "none: a control, never fitted"])
+    lines = [f"Each point's rFID (the mean over its seeds) with its {level} interval:"]
+    lines += _columns(rows) if len(rows) > 1 else ["(no point completed)"]
+    undone = df[df.status != "completed"]
+    if len(undone):
+        lines += ["", "Trials that did not complete:"]
+        lines += _columns([["trial", "status", "error"]] + [[r.trial_id, r.status, str(r.error or "")[:100]]
+                                                            for r in undone.itertuples()])
+    return "\n".join(lines)
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    """Aligned columns: numbers (a digit or sign first) to the right, text to the left."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = [all(r[i][:1].isdigit() or r[i][:1] in "-+" for r in rows[1:] if r[i]) for i in range(len(widths))]
+    return ["  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)).rstrip() for row in rows]
+
+
+def _num(v: float) -> str:
+    return f"{v:.4g}" if math.isfinite(v) else "-"
+
+
+def _mean(points: pd.DataFrame, point_id: str, column: str) -> float:
+    return float(points.loc[points.point_id == point_id, column].mean())
+
+
+def _interval(lower: float, upper: float) -> str:
+    return f"[{lower:.4g}, {upper:.4g}]" if math.isfinite(lower) and math.isfinite(upper) else ""
