@@ -4,6 +4,13 @@ Only the driver writes to MLflow. A sweep is one experiment (the spec's ``tracki
 its name) with one parent run that holds the whole spec as params; its trials are runs nested under
 that parent (``sweeper.tracking``). The parent run is created once and reused when the sweep resumes
 (its id is kept in ``results/<sweep>/sweep.json``).
+
+What the MLflow UI (3.17) shows first: the experiment is tagged as model training
+(``EXPERIMENT_KIND``), and it has a saved view of its runs table (``TRIALS_VIEW``: every trial of
+the sweep with its params, rFID and val L1, smallest capacity first); ``ui_url`` is the link that
+opens it. The UI otherwise lands on its GenAI overview (its own model-training / GenAI switch, kept
+in the browser, decides that; the tag alone does not) and shows the parent run only, its trials
+folded under it and no metric columns.
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import NamedTuple
+from urllib.parse import urlencode, urlparse
 
-from analysis.schema import GIT_COMMIT_TAG, RUN_NAME_TAG, SWEEP_TAG
+from analysis.schema import GIT_COMMIT_TAG, PARENT_RUN_TAG, RUN_NAME_TAG, SWEEP_TAG
 from drorae_io import atomic_path
 from model.errors import UserError
 
@@ -62,8 +71,24 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def parent_run(uri: str, experiment: str, sweep_dir: Path, spec) -> str:
-    """The sweep's MLflow parent run, created once and reused when the sweep resumes."""
+#: MLflow's experiment-kind tag, as the UI's experiment-type selector writes it: model training.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+#: The saved view of the runs table (an experiment tag ``mlflow.sharedViewState.<id>``, the UI's "Views").
+TRIALS_VIEW_ID, TRIALS_VIEW_NAME = "drorae-trials", "Trials: params, rFID, val L1"
+#: Its columns (the UI orders each group's alphabetically: the three metrics first, in this order).
+TRIALS_VIEW_COLUMNS = ("metrics.`params`", "metrics.`rfid`", "metrics.`val_l1`", "params.`expert_hidden`",
+                       "params.`fused_layers`", "params.`seed`")
+#: Where ``make mlflow-ui`` serves a SQLite store (its MLFLOW_PORT's default).
+MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+class ParentRun(NamedTuple):
+    run_id: str
+    experiment_id: str
+
+
+def parent_run(uri: str, experiment: str, sweep_dir: Path, spec) -> ParentRun:
+    """The sweep's MLflow parent run, created once and reused when the sweep resumes; the experiment's UI tags."""
     import mlflow
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
@@ -78,7 +103,8 @@ def parent_run(uri: str, experiment: str, sweep_dir: Path, spec) -> str:
             run = client.get_run(state["mlflow_parent_run_id"])
             if run.info.experiment_id == exp_id:
                 client.set_terminated(run.info.run_id, "RUNNING")
-                return run.info.run_id
+                tag_experiment(client, exp_id, run.info.run_id)
+                return ParentRun(run.info.run_id, exp_id)
         except mlflow.exceptions.MlflowException:
             pass
     tags = {RUN_NAME_TAG: spec.name, SWEEP_TAG: spec.name}
@@ -92,4 +118,22 @@ def parent_run(uri: str, experiment: str, sweep_dir: Path, spec) -> str:
     with atomic_path(state_path) as tmp:
         tmp.write_text(json.dumps({"mlflow_parent_run_id": run.info.run_id, "experiment": experiment,
                                    "tracking_uri": uri}))
-    return run.info.run_id
+    tag_experiment(client, exp_id, run.info.run_id)
+    return ParentRun(run.info.run_id, exp_id)
+
+
+def tag_experiment(client, experiment_id: str, parent_run_id: str) -> None:
+    """Mark the experiment as model training and save its trials view (the trials of ``parent_run_id``)."""
+    client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    state = {"searchFilter": f"tags.{PARENT_RUN_TAG} = '{parent_run_id}'", "orderByKey": TRIALS_VIEW_COLUMNS[0],
+             "orderByAsc": True, "selectedColumns": list(TRIALS_VIEW_COLUMNS)}
+    now = int(time.time() * 1000)
+    view = {"name": TRIALS_VIEW_NAME, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{TRIALS_VIEW_ID}", json.dumps(view))
+
+
+def ui_url(uri: str, experiment_id: str) -> str:
+    """The MLflow UI's page of the experiment's trials view: on the tracking server, else `make mlflow-ui`'s."""
+    base = uri.rstrip("/") if urlparse(uri).scheme in ("http", "https") else MLFLOW_UI
+    query = urlencode({"workflowType": "machine_learning", "viewStateShareKey": TRIALS_VIEW_ID})
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"

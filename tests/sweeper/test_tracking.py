@@ -294,8 +294,10 @@ def test_a_resumed_sweeps_tuner_reports_to_this_runs_tracker_and_the_restored_co
 
     live = SweepTracker(store, "restored", parent, str(tmp_path), {"sweep": "restored"}, None)  # this run's
     assert not (tmp_path / PENDING_FILE).exists()  # delivered first
-    tuner = resume_tuner(str(tmp_path / "ray" / "tune"), trainable, live)
-    assert tuner._local_tuner.get_run_config().callbacks == [live]
+    reporter = tune.CLIReporter()
+    tuner = resume_tuner(str(tmp_path / "ray" / "tune"), trainable, live, reporter)
+    run_config = tuner._local_tuner.get_run_config()
+    assert run_config.callbacks == [live] and run_config.progress_reporter is reporter
     live.setup()  # Tune's first call: nothing more to deliver
     assert [m.value for m in MlflowClient(store).get_metric_history(parent, "late")] == [1.0]
 
