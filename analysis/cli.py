@@ -24,9 +24,8 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from drorae_io import UserInputError
-
 from analysis import laws
+from drorae_io import UserInputError
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from drorae_io import atomic_path  # noqa: E402
-
 from analysis.errors import AnalysisError  # noqa: E402
 from analysis.fit import FitResults, fit  # noqa: E402
 from analysis.points import seed_stats  # noqa: E402
+from drorae_io import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from drorae_io import atomic_path
-
 from analysis.backtest import backtest
 from analysis.errors import AnalysisError
 from analysis.fit import FitResults, fit
+from drorae_io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -88,8 +88,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_plan(plan))
         return 0
-    from .run import run_sweep
     from .results import summary
+    from .run import run_sweep
 
     log.debug("plan:\n%s", format_plan(plan))
     df = run_sweep(plan, restart=args.restart, address=args.address)

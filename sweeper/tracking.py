@@ -21,8 +21,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from analysis.schema import (BEST_TAG, ERROR_TAG, FINAL_METRICS, GIT_COMMIT_TAG, HP_PREFIX, PARENT_RUN_TAG,
-                             RUN_NAME_TAG, RUN_STATUS, TRIAL_ID_TAG, TRIAL_TAGS)
+from analysis import schema
 from drorae_io import atomic_path
 from model.errors import UserError
 
@@ -113,12 +112,12 @@ class SweepTracker(Callback):
     # runs
 
     def _run_spec(self, config: dict) -> dict:
-        tags = {PARENT_RUN_TAG: self.parent, RUN_NAME_TAG: config["trial_id"],
-                **{k: config[k] for k in TRIAL_TAGS}}
+        tags = {schema.PARENT_RUN_TAG: self.parent, schema.RUN_NAME_TAG: config["trial_id"],
+                **{k: config[k] for k in schema.TRIAL_TAGS}}
         if self.commit:
-            tags[GIT_COMMIT_TAG] = self.commit
+            tags[schema.GIT_COMMIT_TAG] = self.commit
         params = {**self.base_params, **flatten({k: v for k, v in config.items() if k != "hp"}),
-                  **{f"{HP_PREFIX}{k}": v for k, v in config.get("hp", {}).items()}}
+                  **{f"{schema.HP_PREFIX}{k}": v for k, v in config.get("hp", {}).items()}}
         return {"tags": tags, "params": {k: str(v)[:6000] for k, v in params.items()}}
 
     def _row_spec(self, trial_id: str) -> dict:
@@ -127,7 +126,7 @@ class SweepTracker(Callback):
         config = {k: row.get(k) for k in ("trial_id", "point_id", "kind", "unit_id", "expert_hidden",
                                           "fused_layers", "seed", "params")}
         config["trial_id"] = trial_id
-        config["hp"] = {k[len(HP_PREFIX):]: v for k, v in row.items() if k.startswith(HP_PREFIX)}
+        config["hp"] = {k[len(schema.HP_PREFIX):]: v for k, v in row.items() if k.startswith(schema.HP_PREFIX)}
         return self._run_spec(config)
 
     def _experiment(self) -> str:
@@ -151,8 +150,8 @@ class SweepTracker(Callback):
             return self._run_ids[trial_id]
         spec = self._specs.get(trial_id) or self._row_spec(trial_id)
         exp_id = self._experiment()
-        found = self.client.search_runs([exp_id], f"tags.{TRIAL_ID_TAG} = '{trial_id}' and "
-                                                  f"tags.{PARENT_RUN_TAG} = '{self.parent}'", max_results=1)
+        found = self.client.search_runs([exp_id], f"tags.{schema.TRIAL_ID_TAG} = '{trial_id}' and "
+                                                  f"tags.{schema.PARENT_RUN_TAG} = '{self.parent}'", max_results=1)
         run = found[0] if found else self.client.create_run(exp_id, tags=spec["tags"])
         items = [Param(k, v) for k, v in spec["params"].items() if k not in run.data.params]
         for i in range(0, len(items), 100):
@@ -260,11 +259,11 @@ class SweepTracker(Callback):
             row["mlflow_run_id"] = self._run_ids[trial_id]
         self.table.upsert(row)
         now = int(time.time() * 1000)
-        final = [[k, row[k], now, 0] for k in FINAL_METRICS if math.isfinite(row[k])]
+        final = [[k, row[k], now, 0] for k in schema.FINAL_METRICS if math.isfinite(row[k])]
         final.append(["params", float(config["params"]), now, 0])
         self.outbox.submit({"op": "metrics", "trial": trial_id, "metrics": final})
         if error:
-            self.outbox.submit({"op": "tags", "trial": trial_id, "tags": {ERROR_TAG: error}})
+            self.outbox.submit({"op": "tags", "trial": trial_id, "tags": {schema.ERROR_TAG: error}})
         ckpt = trial.checkpoint
         if ckpt is not None:
             png = Path(ckpt.path) / "reconstructions.png"
@@ -288,7 +287,7 @@ class SweepTracker(Callback):
         now = int(time.time() * 1000)
         values = [[k, float(v), now, 0] for k, v in metrics.items() if _finite(v)]
         self.outbox.submit({"op": "metrics", **ref, "metrics": values})
-        self.outbox.submit({"op": "tags", **ref, "tags": {BEST_TAG: "true"}})
+        self.outbox.submit({"op": "tags", **ref, "tags": {schema.BEST_TAG: "true"}})
         if artifact and Path(artifact).exists():
             self.outbox.submit({"op": "artifact", **ref, "path": str(artifact)})
 
@@ -353,26 +352,26 @@ class SweepTracker(Callback):
         """
         runs = {}
         for run in self._trial_runs():
-            runs.setdefault(run.data.tags.get(TRIAL_ID_TAG), run)
+            runs.setdefault(run.data.tags.get(schema.TRIAL_ID_TAG), run)
         now = int(time.time() * 1000)
         writes, trials = 0, []
         for trial_id, row in table.rows.items():
-            status = RUN_STATUS.get(row.get("status"))
+            status = schema.RUN_STATUS.get(row.get("status"))
             if status is None:
                 continue
             run = runs.get(trial_id)
             if run is not None:
                 self._run_ids.setdefault(trial_id, run.info.run_id)
             ref = {"run": run.info.run_id} if run is not None else {"trial": trial_id}
-            want = {k: float(row[k]) for k in (*FINAL_METRICS, "params") if _finite(row.get(k))}
+            want = {k: float(row[k]) for k in (*schema.FINAL_METRICS, "params") if _finite(row.get(k))}
             ops = [] if run is not None else [{"op": "run", **ref}]
             stale = [[k, v, now, 0] for k, v in want.items() if run is None or not self._has_final(run, k, v)]
             if stale:
                 ops.append({"op": "metrics", **ref, "metrics": stale})
             error = row.get("error")
             if status == "FAILED" and isinstance(error, str) and error and (
-                    run is None or run.data.tags.get(ERROR_TAG) != error):
-                ops.append({"op": "tags", **ref, "tags": {ERROR_TAG: error}})
+                    run is None or run.data.tags.get(schema.ERROR_TAG) != error):
+                ops.append({"op": "tags", **ref, "tags": {schema.ERROR_TAG: error}})
             if run is None or run.info.status != status:
                 ops.append({"op": "status", **ref, "status": status})
             if ops:
@@ -389,7 +388,7 @@ class SweepTracker(Callback):
     def _trial_runs(self):
         exp_id, token = self._experiment(), None
         while True:
-            page = self.client.search_runs([exp_id], f"tags.{PARENT_RUN_TAG} = '{self.parent}'",
+            page = self.client.search_runs([exp_id], f"tags.{schema.PARENT_RUN_TAG} = '{self.parent}'",
                                            max_results=1000, page_token=token)
             yield from page
             token = page.token

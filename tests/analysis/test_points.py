@@ -15,7 +15,8 @@ T_975 = {2: 4.302652729749464, 3: 3.182446305284263, 4: 2.7764451051977934}  # S
 def table(seeds_per_point: dict, controls=()):
     """A results table: point h<k> at params 1000 k with the given rfid per seed; controls never fitted."""
     rows = [{"trial_id": f"h{k}-s{s}", "point_id": f"h{k}", "kind": "grid", "status": "completed",
-             "params": 1000 * k, "rfid": v, "seed": s} for k, vals in seeds_per_point.items() for s, v in enumerate(vals)]
+             "params": 1000 * k, "rfid": v, "seed": s}
+            for k, vals in seeds_per_point.items() for s, v in enumerate(vals)]
     rows += [{"trial_id": f"{c}-s0", "point_id": c, "kind": "control", "status": "completed", "params": 0,
               "rfid": 50.0, "seed": 0} for c in controls]
     return load(pd.DataFrame(rows))
