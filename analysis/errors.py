@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
+from drorae_io import UserInputError
 
-class AnalysisError(ValueError):
+
+class AnalysisError(UserInputError, ValueError):
     """A mistake in what the user asked the analysis for (bad table, column, form); exit code 2."""
-
-    exit_code = 2
-
-    def __init__(self, message: str):
-        # One line: a CLI prints it as-is, without a traceback.
-        super().__init__(" ".join(str(message).split()))

@@ -1,11 +1,12 @@
 """The rows a scaling law is fitted to, from a results directory, a table file or MLflow.
 
-A sweep's table (``results/<sweep>/trials.parquet``, written by ``sweeper.tracking``) has one row
-per trial. The rows fitted are the grid's completed trials, and where a ``best`` column exists only
-the best trial of each point (a searched point has several trials; only the best was evaluated).
-Control runs (``kind == 'control'``, e.g. the RAE baseline) are returned apart: never fitted.
-Any other table with a capacity and a metric column works too (published points): without
-``kind`` / ``status`` / ``best`` columns every row is a point.
+A sweep's table (``results/<sweep>/trials.parquet``, written by ``sweeper.results``; its columns
+and the MLflow names are ``analysis.schema``) has one row per trial. The rows fitted are the grid's
+completed trials, and where a ``best`` column exists only the best trial of each point (a searched
+point has several trials; only the best was evaluated). Control runs (``kind == 'control'``, e.g.
+the RAE baseline) are returned apart: never fitted. Any other table with a capacity and a metric
+column works too (published points): without ``kind`` / ``status`` / ``best`` columns every row is
+a point.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis import schema
 from analysis.errors import AnalysisError
 
 
@@ -102,13 +104,14 @@ def _read_mlflow(experiment: str) -> pd.DataFrame:
         page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
         for run in page:
             tags = run.data.tags
-            if "mlflow.parentRunId" not in tags:
+            if schema.PARENT_RUN_TAG not in tags:
                 continue                                   # the sweep's parent run
             row = {**run.data.params, **run.data.metrics}  # metrics win (params is logged as both)
-            row.update({k: tags[k] for k in ("trial_id", "point_id", "kind") if k in tags})
-            row["status"] = {"FINISHED": "completed", "FAILED": "failed"}.get(run.info.status, "running")
-            if "n_trials" in row or "best" in tags:
-                row["best"] = tags.get("best") == "true" or str(row.get("n_trials", "")).strip() in ("0", "1")
+            row.update({k: tags[k] for k in schema.TRIAL_TAGS if k in tags})
+            row["status"] = schema.TABLE_STATUS.get(run.info.status, "running")
+            if "n_trials" in row or schema.BEST_TAG in tags:
+                row["best"] = (tags.get(schema.BEST_TAG) == "true"
+                               or str(row.get("n_trials", "")).strip() in ("0", "1"))
             rows.append(row)
         token = page.token
         if not token:

@@ -6,15 +6,13 @@ layer-count scaling, unified law over trainable parameters) as PDF and PNG sized
 column, plus one combined figure with the panels side by side.
 
 Figures are built as ``matplotlib.figure.Figure`` objects on the Agg canvas (no pyplot state, no
-display needed) and written atomically (a temporary file, then ``os.replace``).
+display needed) and written atomically (``drorae_io.atomic_path``: a temporary file, then ``os.replace``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from analysis.errors import AnalysisError  # noqa: E402
 from analysis.fit import FitResults, fit  # noqa: E402
+from analysis.points import seed_stats  # noqa: E402
+from drorae_io import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,6 @@ def _short(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _seed_stats(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Mean and std (ddof 1; 0 for a single seed) of y per capacity x."""
-    g = points.groupby(x)[y]
-    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.size()})
-    return out.sort_index()
-
-
 def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "params", y: str = "rfid",
                  alpha: float = 0.05, label: str | None = None):
     """Draw one scaling panel on ``ax``: points ± seed std, the fit line, its CI band and the controls.
@@ -95,7 +88,7 @@ def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "
     for col in (x, y):
         if col not in points_df.columns:
             raise AnalysisError(f"plot_scaling: the points have no column {col!r}")
-    stats_ = _seed_stats(points_df, x, y)
+    stats_ = seed_stats(points_df, x, y)
     caps = stats_.index.to_numpy(dtype=float)
     bars = ax.errorbar(caps, stats_["mean"].to_numpy(), yerr=stats_["std"].to_numpy(), fmt="o", color="C0",
                        ecolor="C0", capsize=2, elinewidth=0.8, zorder=3,
@@ -223,16 +216,8 @@ def scaling_panels(table, form: str = "log-linear", skipped: list | None = None)
 
 def _save(fig: Figure, path: Path) -> None:
     """Write ``fig`` to ``path`` atomically (a temporary file in the same folder, then os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=path.suffix[1:], dpi=DPI)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=DPI)
 
 
 def _save_both(fig: Figure, stem: Path) -> list[Path]:

@@ -4,7 +4,8 @@
     from analysis.report import write_report
     write_report(load("results/default"), "results/default/report.md", figures_dir="results/default/figures")
 
-The report is written atomically (a temporary file in the same folder, then ``os.replace``).
+The report is written atomically (``drorae_io.atomic_path``: a temporary file in the same folder, then
+``os.replace``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from analysis.backtest import backtest
 from analysis.errors import AnalysisError
 from analysis.fit import FitResults, fit
+from drorae_io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -202,19 +203,7 @@ def write_report(table, out_path, figures_dir=None, capacities=None, holdout: in
             lines += ["## Figures", "", f"None: {exc}", ""]
         else:
             lines += _figures_section(paths, out_path.parent)
-    _write_atomic(out_path, "\n".join(lines).rstrip() + "\n")
+    with atomic_path(out_path) as tmp:
+        tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     log.info("wrote %s", out_path)
     return out_path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -19,7 +19,6 @@ interrupted fetch leaves either the old state or the finished file, never half a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
 import logging
@@ -30,11 +29,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import uuid
 import warnings
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
+
+from drorae_io import atomic_path
 
 from .errors import AssetError, UserError
 
@@ -155,22 +154,9 @@ def weights_fingerprint(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Safe writing
+# Safe writing: atomic_path lives in the leaf package drorae_io (analysis writes files the same way
+# and may not import model); it is importable from here too, as model.assets.atomic_path.
 # --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success rename it onto ``target``, else delete it."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh unique name rather than mkstemp, so the file gets the usual umask permissions, not 0600.
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _atomic_copy(src: Path, target: Path) -> None:

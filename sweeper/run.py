@@ -21,12 +21,14 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from model.assets import atomic_path
+from drorae_io import atomic_path
 from model.errors import UserError
 
+from .experiment import check_tracking, git_commit, parent_run, tracking_uri, ui_url
 from .lock import SweepLock, lock_path
+from .results import ResultsTable
 from .storage import check_shared_storage, cluster_hosts
-from .tracking import ResultsTable, SweepTracker, check_tracking, flatten, git_commit, tracking_uri
+from .tracking import SweepTracker
 
 log = logging.getLogger(__name__)
 
@@ -69,40 +71,6 @@ def _archive(sweep_dir: Path) -> Path | None:
     shutil.move(str(sweep_dir), dest)
     log.info("restart: moved the earlier results to %s", dest)
     return dest
-
-
-def _parent_run(uri: str, experiment: str, sweep_dir: Path, spec) -> str:
-    """The sweep's MLflow parent run, created once and reused when the sweep resumes."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    state_path = sweep_dir / "sweep.json"
-    if state_path.exists():
-        state = json.loads(state_path.read_text())
-        try:
-            run = client.get_run(state["mlflow_parent_run_id"])
-            if run.info.experiment_id == exp_id:
-                client.set_terminated(run.info.run_id, "RUNNING")
-                return run.info.run_id
-        except mlflow.exceptions.MlflowException:
-            pass
-    tags = {"mlflow.runName": spec.name, "sweep": spec.name}
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    run = client.create_run(exp_id, tags=tags)
-    from mlflow.entities import Param
-
-    params = [Param(k, str(v)[:6000]) for k, v in flatten(spec.model_dump(mode="json")).items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[i:i + 100])
-    with atomic_path(state_path) as tmp:
-        tmp.write_text(json.dumps({"mlflow_parent_run_id": run.info.run_id, "experiment": experiment,
-                                   "tracking_uri": uri}))
-    return run.info.run_id
 
 
 def _prepare_remote(plan, device):
@@ -166,6 +134,45 @@ def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, res
         tracker.log_final(table.rows[trial_id].get("mlflow_run_id"), metrics, str(image), trial_id=trial_id)
 
 
+#: Tune's table: each trial's params, step, val L1 and rFID (a column once some trial has it), at most
+#: every 30 s (Ray's own heartbeat; the reporter's 5 s default floods a long sweep's terminal) and at the end.
+TABLE_METRICS = {"step": "step", "val_l1": "val L1", "rfid": "rFID"}
+TABLE_PARAMS = {"params": "params"}
+TABLE_EVERY_S = 30
+
+
+def progress_reporter():
+    """Tune's progress table (see ``TABLE_METRICS``)."""
+    from ray import tune
+
+    # The reporter takes effect in Tune's classic output (RAY_AIR_NEW_OUTPUT=0): the newer one, Ray's
+    # default, takes no reporter and picks its table's metrics itself, once, from the trials' first
+    # results (the training curve's first four keys: never rFID).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    return tune.CLIReporter(metric_columns=TABLE_METRICS, parameter_columns=TABLE_PARAMS,
+                            max_report_frequency=TABLE_EVERY_S, print_intermediate_tables=True)
+
+
+def resume_tuner(experiment_path: str, trainable, tracker: SweepTracker, reporter):
+    """``Tuner.restore`` of the sweep's Tune experiment, its errored trials resumed, with this run's
+    ``tracker`` and progress ``reporter``.
+
+    Tune restores the RunConfig that the sweep's first run pickled into the experiment, callbacks
+    included: a copy of that run's tracker (``SweepTracker.__reduce__``). This run's live tracker takes
+    its place, so that Tune's events and the end of the sweep (the evaluation of searched points,
+    ``finish``) share one outbox and one map of MLflow runs. Under Ray Client the Tuner runs on the
+    cluster (there is no local one to hand them to) and uses its own copies, as a fresh sweep's does.
+    """
+    from ray import tune
+
+    tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
+    local = tuner._local_tuner  # Ray 2.60's Tuner: its TunerInternal in this process, None under Ray Client
+    if local is not None:
+        run_config = local.get_run_config()
+        run_config.callbacks, run_config.progress_reporter = [tracker], reporter
+    return tuner
+
+
 def trial_resources(res, config: dict) -> dict:
     """What one trial asks Ray for: the spec's CPUs, and its GPU share (``resources.gpu_share``)."""
     return {"cpu": res.cpu, "gpu": res.gpu_for(config.get("expert_hidden"))}
@@ -214,16 +221,16 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
     experiment = spec.tracking.experiment or spec.name
     device = "cuda" if spec.resources.gpu > 0 else "cpu"
 
-    def parent_run():  # MLflow's parent run (a new store's schema takes seconds) beside the shared work
+    def start_parent_run():  # MLflow's parent run (a new store's schema takes seconds) beside the shared work
         t = time.perf_counter()
-        return _parent_run(uri, experiment, sweep_dir, spec), time.perf_counter() - t
+        return parent_run(uri, experiment, sweep_dir, spec), time.perf_counter() - t
 
     log.info("shared work: encoder, feature cache, FID statistics, phase-1 decoder")
     t = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        parent_future = pool.submit(parent_run)
+        parent_future = pool.submit(start_parent_run)
         shared = _prepare_remote(plan, device)
-        parent, mlflow_seconds = parent_future.result()
+        (parent, experiment_id), mlflow_seconds = parent_future.result()
     shared_seconds = time.perf_counter() - t
     log.info("shared work done in %.0f s (%s)", shared_seconds,
              ", ".join(f"{k} {v:.0f}s" for k, v in shared.seconds.items()))
@@ -235,9 +242,10 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
     tracker = SweepTracker(uri, experiment, parent, str(sweep_dir),
                            {"sweep": spec.name, "shared.decoder": shared.decoder_path,
                             "shared.phase1_val_l1": shared.phase1.get("val_l1")}, git_commit())
+    reporter = progress_reporter()
     if tune.Tuner.can_restore(experiment_path):
         log.info("resuming the sweep from %s", experiment_path)
-        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
+        tuner = resume_tuner(experiment_path, trainable, tracker, reporter)
     else:
         searcher = UnitSearcher(plan.units, spec.search, storage=f"sqlite:///{sweep_dir / 'optuna.db'}",
                                 study_prefix=f"{spec.name}/", seed=spec.seed)
@@ -253,7 +261,7 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
                                         reuse_actors=res.reuse_actors, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
-                name="tune", storage_path=storage, callbacks=[tracker],
+                name="tune", storage_path=storage, callbacks=[tracker], progress_reporter=reporter,
                 failure_config=tune.FailureConfig(max_failures=res.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 verbose=1))
@@ -275,6 +283,7 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
               "mlflow_start_seconds": mlflow_seconds, "shared_seconds": shared_seconds,
               "tune_seconds": trials_seconds, "end_seconds": time.perf_counter() - t, "shared": shared.seconds}
     (sweep_dir / "timing.json").write_text(json.dumps(timing, indent=1))
-    log.info("sweep %s: %d trials (%d failed) in %.1f min; results: %s; MLflow: %s (experiment %s)",
-             spec.name, len(df), failed, wall / 60, sweep_dir / "trials.parquet", uri, experiment)
+    log.info("sweep %s: %d trials (%d failed) in %.1f min; results: %s; MLflow: %s (experiment %s); its trials "
+             "in the MLflow UI%s: %s", spec.name, len(df), failed, wall / 60, sweep_dir / "trials.parquet", uri,
+             experiment, "" if uri.startswith("http") else " (make mlflow-ui)", ui_url(uri, experiment_id))
     return df

@@ -1,340 +1,45 @@
-"""Tracking: one MLflow parent run per sweep with a nested run per trial, and the results table.
+"""The sweep's tracker: a Ray Tune callback that records every trial in the results table and in MLflow.
 
-Only the driver writes to MLflow (a Ray Tune ``Callback``), so a SQLite store is safe with any
-number of trials and a cluster needs the tracking server only on the driver's side. The results
-table ``results/<sweep>/trials.parquet`` (and ``.csv``) is rewritten atomically as trials finish,
-before and without waiting for MLflow: a tracking server that goes away mid-sweep only delays the
-MLflow writes (``Outbox``), which are delivered when it is back, reconciled with the table at the
-end, or kept in ``results/<sweep>/mlflow-pending.json`` for the sweep's next run.
+Only the driver writes to MLflow (this callback), so a SQLite store is safe with any number of
+trials and a cluster needs the tracking server only on the driver's side. Each trial gets a row of
+the results table (``sweeper.results``), rewritten as it starts and ends before and without waiting
+for MLflow, and a run nested under the sweep's parent run (``sweeper.experiment``) with its config as
+params, its curve and final metrics, its reconstruction grid and its status. A tracking server that
+goes away mid-sweep only delays the MLflow writes (``sweeper.outbox``): they are delivered when it
+is back, reconciled with the table at the end (``SweepTracker.finish``), or kept in
+``results/<sweep>/mlflow-pending.json`` and delivered first by the sweep's next run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import re
-import socket
-import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
-import pandas as pd
 from ray.tune import Callback
 
-from model.assets import atomic_path
+from analysis import schema
+from drorae_io import atomic_path
 from model.errors import UserError
+
+from .experiment import flatten
+from .outbox import Outbox, bound_http_retries, server_unreachable
+from .results import ResultsTable, error_line, row_from
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["trial_id", "point_id", "kind", "status", "expert_hidden", "fused_layers", "seed", "params",
-           "rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds", "report_seconds",
-           "startup_seconds", "error", "best", "retries", "unit_id", "node_id", "mlflow_run_id"]
-
-
-def tracking_uri(spec) -> str:
-    """MLFLOW_TRACKING_URI, else the spec's, else a SQLite file beside the results."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or spec.tracking.uri
-    if uri:
-        return uri
-    return f"sqlite:///{Path(spec.results_dir).resolve() / 'mlflow.db'}"
-
-
-def check_tracking(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast, before any trial, when an http(s) tracking server does not answer."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
-        return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise UserError(f"MLflow tracking URI {uri}: no server answers ({exc.strerror or exc}); start one "
-                        "(make mlflow-server) or unset MLFLOW_TRACKING_URI") from None
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-# --- results table ---------------------------------------------------------------------------
-
-# Numeric columns; report_seconds and startup_seconds are what orchestration cost the trial (trial.py).
-NUMERIC = ("rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds", "report_seconds",
-           "startup_seconds")
-
-
-class ResultsTable:
-    """One row per trial, keyed by trial_id; every write replaces the files atomically."""
-
-    def __init__(self, sweep_dir: Path):
-        self.dir = Path(sweep_dir)
-        self.path = self.dir / "trials.parquet"
-        self.rows: dict[str, dict] = {}
-        if self.path.exists():
-            for row in pd.read_parquet(self.path).to_dict("records"):
-                self.rows[row["trial_id"]] = row
-
-    def upsert(self, row: dict) -> None:
-        self.rows[row["trial_id"]] = {**self.rows.get(row["trial_id"], {}), **row}
-        self.write()
-
-    def frame(self) -> pd.DataFrame:
-        df = pd.DataFrame(list(self.rows.values()))
-        for col in COLUMNS:
-            if col not in df.columns:
-                df[col] = None
-        extra = sorted(c for c in df.columns if c not in COLUMNS)
-        df = df[COLUMNS + extra]
-        for col in NUMERIC:
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-        return df.sort_values(["kind", "fused_layers", "params", "seed", "trial_id"], na_position="last",
-                              ignore_index=True)
-
-    def write(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        df = self.frame()
-        with atomic_path(self.dir / "trials.parquet") as tmp:
-            df.to_parquet(tmp, index=False)
-        with atomic_path(self.dir / "trials.csv") as tmp:
-            df.to_csv(tmp, index=False)
-
-
-def row_from(config: dict, result: dict | None, status: str, error: str | None = None) -> dict:
-    result = result or {}
-    row = {k: config.get(k) for k in ("trial_id", "unit_id", "point_id", "kind", "expert_hidden",
-                                      "fused_layers", "seed", "params")}
-    row.update(status=status, error=error, node_id=result.get("node_id"),
-               best=config.get("n_trials", 1) == 1 and status == "completed")
-    for key in NUMERIC:
-        value = result.get(key)
-        row[key] = float(value) if isinstance(value, (int, float)) else math.nan
-    for k, v in config.get("hp", {}).items():
-        row[f"hp.{k}"] = v
-    return row
-
-
-def error_line(trial) -> str:
-    """The last line of a failed trial's traceback (the exception and its message)."""
-    text = ""
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).exists():
-        text = Path(path).read_text()
-    text = text or str(getattr(trial, "error_msg", "") or "")
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ":" in ln and not ln.startswith(("File ", "^", "~")):
-            return ln[:500]
-    return lines[-1][:500] if lines else "unknown error"
-
-
-def summary(df: pd.DataFrame) -> str:
-    """The final table a user sees: each point's result row and every trial that did not complete."""
-    cols = ["trial_id", "status", "params", "val_l1", "rfid", "psnr", "train_seconds", "error"]
-    view = df[df.best.fillna(False).astype(bool) | (df.status != "completed")][cols].copy()
-    view["error"] = view["error"].fillna("").astype(str).str.slice(0, 60)
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        return view.to_string(index=False)
-
-
-# --- MLflow ----------------------------------------------------------------------------------
-
-#: MLflow's HTTP client retries a failed request 7 times with backoff factor 2 and waits up to
-#: 120 s for an answer: about 4 minutes per write to a server that is down, while Tune's event loop
-#: (where the tracker runs) stands still. A sweep's process bounds that to seconds (a value already
-#: in the environment wins) and leaves the patient retrying to the tracker's ``Outbox``.
-HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",  # one immediate retry (a stale pooled connection)
-                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 #: Seconds the end of a sweep keeps retrying writes that an unreachable server has not taken.
 FLUSH_TIMEOUT_ENV, FLUSH_TIMEOUT_S = "DRORAE_MLFLOW_FLUSH_TIMEOUT", 60.0
 #: Writes still undelivered when a sweep ends: in results/<sweep>/, delivered first by its next run.
 PENDING_FILE = "mlflow-pending.json"
-FINAL_METRICS = ("rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds")
+#: The training curve's terms, logged at their step as the trial reports them.
 CURVE_METRICS = ("loss", "l1", "lpips", "adv_g", "adv_d", "lr", "val_l1", "phase")
 # Curve terms logged under another name in MLflow, where a final metric has theirs: the training
 # LPIPS loss would otherwise hide the evaluated LPIPS as the run's latest "lpips".
 CURVE_NAMES = {"lpips": "lpips_loss"}
-RUN_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}  # terminal table statuses
-
-
-def bound_http_retries() -> None:
-    """Short MLflow HTTP retries and timeout for this process, unless the environment sets them."""
-    for key, value in HTTP_RETRY_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-
-
-def server_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) says the tracking server did not answer or failed (5xx).
-
-    Such a write is worth retrying later; a write the server refused (4xx) or a bug is not.
-    """
-    import requests
-    import urllib3
-    from mlflow.exceptions import MlflowException, RestException
-
-    transient = (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
-                 requests.exceptions.ChunkedEncodingError, urllib3.exceptions.MaxRetryError,
-                 urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProtocolError,
-                 urllib3.exceptions.TimeoutError, ConnectionError, TimeoutError)
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, transient):
-            return True
-        response = getattr(exc, "response", None)
-        if isinstance(exc, requests.HTTPError) and response is not None and response.status_code >= 500:
-            return True  # the artifact proxy's answer
-        if isinstance(exc, RestException) and exc.get_http_status_code() >= 500:
-            return True
-        if isinstance(exc, MlflowException) and re.search(r"failed with error code 5\d\d", exc.message):
-            return True  # a 5xx answer that was not JSON (a proxy in front of the server)
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _first_line(exc: BaseException) -> str:
-    """What went wrong, in one short line: the root cause (e.g. 'Connection refused'), not the wrappers."""
-    import urllib3
-
-    seen = set()
-    while id(exc) not in seen:  # MlflowException <- requests' ConnectionError <- urllib3's MaxRetryError
-        seen.add(id(exc))
-        if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-            exc = exc.reason
-            break
-        cause = exc.__cause__ or exc.__context__
-        if cause is None:
-            break
-        exc = cause
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
-class Outbox:
-    """MLflow writes, in order; while the tracking server cannot be reached they wait and are retried.
-
-    ``apply(op)`` makes one write (``op`` is a JSON-able dict). A write that fails because the server
-    is unreachable (``server_unreachable``) stays at the head of the queue and every later one queues
-    behind it, so the order holds. The queue is retried by ``flush`` at most every ``wait`` seconds
-    (doubling from ``min_wait`` to ``max_wait``), so that a down server is not asked on every Tune
-    event and costs the caller one short attempt at a time. One warning when the server becomes
-    unreachable, one when the backlog has been delivered. A write the server refuses is logged as an
-    error, dropped and counted in ``rejected``; any other exception is a bug and propagates.
-    """
-
-    def __init__(self, apply, name: str, min_wait: float = 2.0, max_wait: float = 30.0):
-        self.apply, self.name = apply, name
-        self.queue: list[dict] = []
-        self.rejected: list[str] = []
-        self.tries = 0  # flushes that tried the queue
-        self.min_wait, self.max_wait = min_wait, max_wait
-        self._wait, self._next_try = min_wait, 0.0
-        self._down_since: float | None = None
-        self._late = 0  # writes delivered since the server became unreachable
-
-    @property
-    def down(self) -> bool:
-        return self._down_since is not None
-
-    def submit(self, op: dict) -> None:
-        """Write ``op`` now, or queue it behind the writes that wait."""
-        self.queue.append(op)
-        self.flush()
-
-    def flush(self, force: bool = False) -> bool:
-        """Deliver the queue in order when a retry is due (always with ``force``); True once it is empty."""
-        from mlflow.exceptions import MlflowException
-
-        if not self.queue:
-            return True
-        if not force and time.monotonic() < self._next_try:
-            return False
-        self.tries += 1
-        while self.queue:
-            op = self.queue[0]
-            try:
-                with _quiet("urllib3.connectionpool", self.down):  # its "Retrying ..." once per try
-                    self.apply(op)
-            except Exception as exc:
-                if server_unreachable(exc):
-                    self.note_unreachable(exc)
-                    return False
-                self.queue.pop(0)
-                if not isinstance(exc, MlflowException):
-                    raise
-                log.error("MLflow refused %s: %s", describe(op), _first_line(exc))
-                self.rejected.append(f"{describe(op)}: {_first_line(exc)}")
-                continue
-            self.queue.pop(0)
-            if self.down:
-                self._late += 1
-        if self.down:
-            log.warning("MLflow tracking server %s answers again: delivered the %d writes queued during %.0f s",
-                        self.name, self._late, time.monotonic() - self._down_since)
-            self._down_since, self._late = None, 0
-        self._wait, self._next_try = self.min_wait, 0.0
-        return True
-
-    def drain(self, timeout: float, poll: float = 5.0) -> bool:
-        """Retry the queue until it is empty (True) or ``timeout`` seconds have passed (one try at least)."""
-        deadline = time.monotonic() + timeout
-        while not self.flush(force=True):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(poll, left))
-        return True
-
-    def note_unreachable(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if not self.down:
-            self._down_since = now
-            log.warning("MLflow tracking server %s unreachable (%s): its writes wait, in order, and are retried "
-                        "(the results table does not wait for them)", self.name, _first_line(exc))
-        self._next_try = now + self._wait
-        self._wait = min(2 * self._wait, self.max_wait)
-
-
-@contextlib.contextmanager
-def _quiet(logger: str, quiet: bool):
-    """Only errors from ``logger`` meanwhile, when ``quiet``."""
-    lg = logging.getLogger(logger)
-    level = lg.level
-    if quiet:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        lg.setLevel(level)
-
-
-def describe(op: dict) -> str:
-    """One op in words, for logs: 'metrics of trial h16-k6-s0-t0'."""
-    target = f"trial {op['trial']}" if "trial" in op else f"run {op.get('run')}"
-    return f"{op['op']} of {target}"
-
-
-_LIVE: dict[str, SweepTracker] = {}  # sweep dir -> the tracker of the run of that sweep in this process
 
 
 class SweepTracker(Callback):
@@ -350,7 +55,7 @@ class SweepTracker(Callback):
     """
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, sweep_dir: str, base_params: dict,
-                 commit: str | None):
+                 commit: str | None, start: bool = True):
         self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
         self.sweep_dir, self.base_params, self.commit = sweep_dir, base_params, commit
         self._client = None
@@ -358,25 +63,33 @@ class SweepTracker(Callback):
         self._experiment_id = None
         self._specs: dict[str, dict] = {}  # trial_id -> the tags and params its run is created with
         self._run_ids: dict[str, str] = {}  # trial_id -> its MLflow run, once found or created
+        self._started = False  # whether the pending file of an earlier run has been taken up (start)
         self._pending_saved = False  # whether results/<sweep>/mlflow-pending.json holds writes
         self._saved_at = 0  # the outbox's tries when the pending file was last written
         self.outbox = Outbox(self._apply, uri)
         bound_http_retries()
-        _LIVE[str(Path(sweep_dir).resolve())] = self
-        self._load_pending()
+        if start:
+            self.start()
 
-    def __getstate__(self):
-        return {k: self.__dict__[k] for k in ("uri", "experiment", "parent", "sweep_dir", "base_params", "commit")}
+    def __reduce__(self):
+        # Tune pickles its callbacks with the experiment (tuner.pkl, which Tuner.restore reads back) and,
+        # under Ray Client, into the Tuner that runs on the cluster. A tracker travels as the arguments
+        # that build it, never with its queue or clients, and its copy is built unstarted: it writes
+        # nothing unless Tune sets it up (a Tuner on the cluster). In this process run_sweep gives a
+        # restored Tuner its live tracker instead (run.resume_tuner), and the copy is dropped unused.
+        return (SweepTracker, (self.uri, self.experiment, self.parent, self.sweep_dir, self.base_params,
+                               self.commit, False))
 
-    def __setstate__(self, state):
-        # Tuner.restore unpickles the callback of the sweep's first run: it becomes the tracker that
-        # this run built (run_sweep's), so that Tune and the end of the sweep share one outbox.
-        live = _LIVE.get(str(Path(state["sweep_dir"]).resolve()))
-        if live is not None:
-            self.__dict__ = live.__dict__
-        else:
-            self.__init__(state["uri"], state["experiment"], state["parent"], state["sweep_dir"],
-                          state["base_params"], state["commit"])
+    def setup(self, **info):
+        """Tune's first call on a callback: start a tracker built unstarted (a pickled copy)."""
+        self.start()
+
+    def start(self) -> None:
+        """Deliver first the writes an earlier run of this sweep could not (its pending file); once,
+        before this tracker writes anything (it would otherwise read back its own pending file)."""
+        if not self._started:
+            self._started = True
+            self._load_pending()
 
     @property
     def client(self):
@@ -399,12 +112,12 @@ class SweepTracker(Callback):
     # runs
 
     def _run_spec(self, config: dict) -> dict:
-        tags = {"mlflow.parentRunId": self.parent, "mlflow.runName": config["trial_id"],
-                "trial_id": config["trial_id"], "point_id": config["point_id"], "kind": config["kind"]}
+        tags = {schema.PARENT_RUN_TAG: self.parent, schema.RUN_NAME_TAG: config["trial_id"],
+                **{k: config[k] for k in schema.TRIAL_TAGS}}
         if self.commit:
-            tags["mlflow.source.git.commit"] = self.commit
+            tags[schema.GIT_COMMIT_TAG] = self.commit
         params = {**self.base_params, **flatten({k: v for k, v in config.items() if k != "hp"}),
-                  **{f"hp.{k}": v for k, v in config.get("hp", {}).items()}}
+                  **{f"{schema.HP_PREFIX}{k}": v for k, v in config.get("hp", {}).items()}}
         return {"tags": tags, "params": {k: str(v)[:6000] for k, v in params.items()}}
 
     def _row_spec(self, trial_id: str) -> dict:
@@ -413,7 +126,7 @@ class SweepTracker(Callback):
         config = {k: row.get(k) for k in ("trial_id", "point_id", "kind", "unit_id", "expert_hidden",
                                           "fused_layers", "seed", "params")}
         config["trial_id"] = trial_id
-        config["hp"] = {k[3:]: v for k, v in row.items() if k.startswith("hp.")}
+        config["hp"] = {k[len(schema.HP_PREFIX):]: v for k, v in row.items() if k.startswith(schema.HP_PREFIX)}
         return self._run_spec(config)
 
     def _experiment(self) -> str:
@@ -437,8 +150,8 @@ class SweepTracker(Callback):
             return self._run_ids[trial_id]
         spec = self._specs.get(trial_id) or self._row_spec(trial_id)
         exp_id = self._experiment()
-        found = self.client.search_runs([exp_id], f"tags.trial_id = '{trial_id}' and "
-                                                  f"tags.mlflow.parentRunId = '{self.parent}'", max_results=1)
+        found = self.client.search_runs([exp_id], f"tags.{schema.TRIAL_ID_TAG} = '{trial_id}' and "
+                                                  f"tags.{schema.PARENT_RUN_TAG} = '{self.parent}'", max_results=1)
         run = found[0] if found else self.client.create_run(exp_id, tags=spec["tags"])
         items = [Param(k, v) for k, v in spec["params"].items() if k not in run.data.params]
         for i in range(0, len(items), 100):
@@ -517,8 +230,7 @@ class SweepTracker(Callback):
         step = int(result.get("step", 0) or 0)
         now = int(time.time() * 1000)
         metrics = [[CURVE_NAMES.get(k, k), float(v), now, step] for k, v in result.items()
-                   if k in CURVE_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and math.isfinite(float(v))]
+                   if k in CURVE_METRICS and _finite(v)]
         if metrics:
             self.outbox.submit({"op": "metrics", "trial": trial.config["trial_id"], "metrics": metrics})
         self._pump()
@@ -547,11 +259,11 @@ class SweepTracker(Callback):
             row["mlflow_run_id"] = self._run_ids[trial_id]
         self.table.upsert(row)
         now = int(time.time() * 1000)
-        final = [[k, row[k], now, 0] for k in FINAL_METRICS if math.isfinite(row[k])]
+        final = [[k, row[k], now, 0] for k in schema.FINAL_METRICS if math.isfinite(row[k])]
         final.append(["params", float(config["params"]), now, 0])
         self.outbox.submit({"op": "metrics", "trial": trial_id, "metrics": final})
         if error:
-            self.outbox.submit({"op": "tags", "trial": trial_id, "tags": {"error": error}})
+            self.outbox.submit({"op": "tags", "trial": trial_id, "tags": {schema.ERROR_TAG: error}})
         ckpt = trial.checkpoint
         if ckpt is not None:
             png = Path(ckpt.path) / "reconstructions.png"
@@ -573,10 +285,9 @@ class SweepTracker(Callback):
                         "table at the end of the sweep")
             return
         now = int(time.time() * 1000)
-        values = [[k, float(v), now, 0] for k, v in metrics.items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        values = [[k, float(v), now, 0] for k, v in metrics.items() if _finite(v)]
         self.outbox.submit({"op": "metrics", **ref, "metrics": values})
-        self.outbox.submit({"op": "tags", **ref, "tags": {"best": "true"}})
+        self.outbox.submit({"op": "tags", **ref, "tags": {schema.BEST_TAG: "true"}})
         if artifact and Path(artifact).exists():
             self.outbox.submit({"op": "artifact", **ref, "path": str(artifact)})
 
@@ -620,7 +331,6 @@ class SweepTracker(Callback):
         if self.outbox.rejected:
             log.warning("MLflow: %d writes were refused by %s (see the errors above); MLflow lacks them",
                         len(self.outbox.rejected), self.uri)
-        _LIVE.pop(str(Path(self.sweep_dir).resolve()), None)
         return {"pending": pending, "reconciled": reconciled, "rejected": len(self.outbox.rejected)}
 
     def _reconcile(self, table: ResultsTable) -> int | None:
@@ -642,26 +352,26 @@ class SweepTracker(Callback):
         """
         runs = {}
         for run in self._trial_runs():
-            runs.setdefault(run.data.tags.get("trial_id"), run)
+            runs.setdefault(run.data.tags.get(schema.TRIAL_ID_TAG), run)
         now = int(time.time() * 1000)
         writes, trials = 0, []
         for trial_id, row in table.rows.items():
-            status = RUN_STATUS.get(row.get("status"))
+            status = schema.RUN_STATUS.get(row.get("status"))
             if status is None:
                 continue
             run = runs.get(trial_id)
             if run is not None:
                 self._run_ids.setdefault(trial_id, run.info.run_id)
             ref = {"run": run.info.run_id} if run is not None else {"trial": trial_id}
-            want = {k: float(row[k]) for k in (*FINAL_METRICS, "params") if _finite(row.get(k))}
+            want = {k: float(row[k]) for k in (*schema.FINAL_METRICS, "params") if _finite(row.get(k))}
             ops = [] if run is not None else [{"op": "run", **ref}]
             stale = [[k, v, now, 0] for k, v in want.items() if run is None or not self._has_final(run, k, v)]
             if stale:
                 ops.append({"op": "metrics", **ref, "metrics": stale})
             error = row.get("error")
             if status == "FAILED" and isinstance(error, str) and error and (
-                    run is None or run.data.tags.get("error") != error):
-                ops.append({"op": "tags", **ref, "tags": {"error": error}})
+                    run is None or run.data.tags.get(schema.ERROR_TAG) != error):
+                ops.append({"op": "tags", **ref, "tags": {schema.ERROR_TAG: error}})
             if run is None or run.info.status != status:
                 ops.append({"op": "status", **ref, "status": status})
             if ops:
@@ -678,7 +388,7 @@ class SweepTracker(Callback):
     def _trial_runs(self):
         exp_id, token = self._experiment(), None
         while True:
-            page = self.client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{self.parent}'",
+            page = self.client.search_runs([exp_id], f"tags.{schema.PARENT_RUN_TAG} = '{self.parent}'",
                                            max_results=1000, page_token=token)
             yield from page
             token = page.token

@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 import requests
 
-from sweeper.tracking import PENDING_FILE, Outbox, ResultsTable, SweepTracker, server_unreachable
+from sweeper.outbox import HTTP_RETRY_DEFAULTS, Outbox, bound_http_retries, server_unreachable
+from sweeper.results import ResultsTable
+from sweeper.tracking import PENDING_FILE, SweepTracker
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +109,7 @@ class Flaky:
 def test_outbox_keeps_the_order_backs_off_and_warns_once_each_way(caplog):
     apply = Flaky()
     box = Outbox(apply, "http://mlflow", min_wait=0.2, max_wait=0.4)
-    with caplog.at_level(logging.WARNING, logger="sweeper.tracking"):
+    with caplog.at_level(logging.WARNING, logger="sweeper"):
         box.submit({"op": "metrics", "n": 0})
         apply.down = True
         for n in range(1, 5):
@@ -160,7 +162,7 @@ def test_a_trial_that_runs_while_the_server_is_down_gets_one_complete_run_when_i
     tracker.on_trial_result(0, [], trial(2), {"step": 4, "loss": 0.5, "phase": 2})
     up = tracker._client
     tracker._client = down_client()  # the server stops
-    with caplog.at_level(logging.WARNING, logger="sweeper.tracking"):
+    with caplog.at_level(logging.WARNING, logger="sweeper"):
         tracker.on_trial_result(0, [], trial(2), {"step": 8, "loss": 0.4, "phase": 2})
         tracker.on_trial_complete(0, [], trial(2, FINAL))
         tracker.on_trial_start(0, [], trial(16))  # starts during the outage
@@ -214,7 +216,7 @@ def test_finish_saves_what_a_down_server_did_not_take_and_the_next_run_delivers_
     tracker.on_trial_complete(0, [], trial(4, FINAL, SimpleNamespace(path=str(png.parent))))
     tracker.on_experiment_end([])
     table = ResultsTable(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="sweeper.tracking"):
+    with caplog.at_level(logging.WARNING, logger="sweeper"):
         t = time.monotonic()
         out = tracker.finish(table, {"wall_seconds": 12.0, "failed_trials": 0}, "FINISHED", timeout=0.5)
         assert time.monotonic() - t < 10
@@ -250,7 +252,7 @@ def test_reconcile_logs_what_mlflow_lacks_from_the_table(store, tmp_path, caplog
     table = ResultsTable(tmp_path)
     # Its end never reached MLflow (e.g. a backlog lost with its process): the table has it.
     table.upsert({**table.rows["h32-k6-s0-t0"], "status": "failed", "error": "RuntimeError: boom", "rfid": 40.0})
-    with caplog.at_level(logging.WARNING, logger="sweeper.tracking"):
+    with caplog.at_level(logging.WARNING, logger="sweeper"):
         out = tracker.finish(table, {"wall_seconds": 1.0, "failed_trials": 1}, "FAILED", timeout=5)
     assert out == {"pending": 0, "reconciled": 3, "rejected": 0}  # metrics, error tag, status
     assert any("for 1 trials (h32-k6-s0-t0)" in r.getMessage() for r in caplog.records)
@@ -265,21 +267,42 @@ def test_reconcile_logs_what_mlflow_lacks_from_the_table(store, tmp_path, caplog
     assert tracker.reconcile(table) == 0
 
 
-def test_the_callback_tune_restores_from_its_pickle_is_the_live_tracker(store, tmp_path):
-    """Tuner.restore unpickles the first run's callback: it must share this run's outbox and runs."""
-    import ray.cloudpickle as pickle
+def test_a_resumed_sweeps_tuner_reports_to_this_runs_tracker_and_the_restored_copy_delivers_nothing(
+        store, tmp_path):
+    """Tuner.restore unpickles the first run's tracker: a copy that writes nothing; this run's takes its place."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from sweeper.run import resume_tuner
 
     _, _, parent = new_sweep(store, tmp_path, "restored")
-    live = SweepTracker(store, "restored", parent, str(tmp_path), {"sweep": "restored"}, None)
-    live._client = down_client()
-    restored = pickle.loads(pickle.dumps(live))
-    restored.on_trial_start(0, [], trial(2))
-    assert restored.outbox is live.outbox and [op["op"] for op in live.outbox.queue] == ["run"]
+    # A write the sweep's last run could not deliver: the live tracker delivers it, once, when Tune starts.
+    (tmp_path / PENDING_FILE).write_text(json.dumps(
+        {"version": 1, "tracking_uri": store, "runs": {},
+         "ops": [{"op": "metrics", "run": parent, "metrics": [["late", 1.0, 0, 0]]}]}))
+
+    def trainable(config):
+        pass
+
+    first = SweepTracker(store, "restored", parent, str(tmp_path), {"sweep": "restored"}, None, start=False)
+    tune.Tuner(trainable, run_config=tune.RunConfig(name="tune", storage_path=str(tmp_path / "ray"),
+                                                    callbacks=[first]))
+    assert (tmp_path / PENDING_FILE).exists()
+    tuner = tune.Tuner.restore(str(tmp_path / "ray" / "tune"), trainable=trainable)
+    (copy,) = tuner._local_tuner.get_run_config().callbacks
+    assert copy is not first and copy.parent == parent and (tmp_path / PENDING_FILE).exists()  # it took up nothing
+
+    live = SweepTracker(store, "restored", parent, str(tmp_path), {"sweep": "restored"}, None)  # this run's
+    assert not (tmp_path / PENDING_FILE).exists()  # delivered first
+    reporter = tune.CLIReporter()
+    tuner = resume_tuner(str(tmp_path / "ray" / "tune"), trainable, live, reporter)
+    run_config = tuner._local_tuner.get_run_config()
+    assert run_config.callbacks == [live] and run_config.progress_reporter is reporter
+    live.setup()  # Tune's first call: nothing more to deliver
+    assert [m.value for m in MlflowClient(store).get_metric_history(parent, "late")] == [1.0]
 
 
 def test_the_sweeps_http_bounds_do_not_override_the_users(monkeypatch):
-    from sweeper.tracking import HTTP_RETRY_DEFAULTS, bound_http_retries
-
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
     bound_http_retries()

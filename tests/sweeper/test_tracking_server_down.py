@@ -130,7 +130,7 @@ def test_server_stopped_mid_sweep_and_restarted_leaves_nothing_missing(tmp_path)
     try:
         log = sweep_log.read_text()
         # One warning when the server went away, one when the backlog was delivered; none per write.
-        assert log.count("sweeper.tracking: MLflow tracking server") == 2, log[-3000:]
+        assert log.count("sweeper.outbox: MLflow tracking server") == 2, log[-3000:]
         assert log.count(f"MLflow tracking server {server.uri} unreachable") == 1
         assert log.count(f"MLflow tracking server {server.uri} answers again: delivered the") == 1
         table = pd.read_parquet(table_path).set_index("trial_id")
@@ -173,7 +173,9 @@ def test_server_down_for_the_whole_end_of_a_sweep_leaves_a_pending_file_that_the
 
     from mlflow.tracking import MlflowClient
 
-    from sweeper.tracking import HTTP_RETRY_DEFAULTS, PENDING_FILE, ResultsTable, SweepTracker
+    from sweeper.outbox import HTTP_RETRY_DEFAULTS
+    from sweeper.results import ResultsTable
+    from sweeper.tracking import PENDING_FILE, SweepTracker
 
     for key, value in HTTP_RETRY_DEFAULTS.items():  # the sweep's own bounds, undone after the test
         monkeypatch.setenv(key, value)
@@ -198,7 +200,7 @@ def test_server_down_for_the_whole_end_of_a_sweep_leaves_a_pending_file_that_the
     table = ResultsTable(sweep_dir)
     assert table.rows["h4-k6-s0-t0"]["status"] == "completed"  # the table did not wait
     t = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="sweeper.tracking"):
+    with caplog.at_level(logging.WARNING, logger="sweeper"):
         out = tracker.finish(table, {"wall_seconds": 12.0, "failed_trials": 0}, "FINISHED", timeout=3)
     finish_seconds = time.monotonic() - t
     assert out["pending"] == 7 and out["reconciled"] is None

@@ -1,5 +1,5 @@
-"""The analysis subcommands of `drorae` (fit, predict, backtest): JSON checked against numpy least
-squares, one-line exit-2 errors, and no torch in the process."""
+"""The analysis commands (`drorae fit|predict|backtest|figures|report`, also `python -m analysis ...`):
+JSON checked against numpy least squares, one-line exit-2 errors, and no torch in the process."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweeper.cli import FORMS, main
+from analysis.cli import FORMS, build_parser, run_command
 
 A, B = 40.0, -2.0                                    # the synthetic law: rfid = A + B log10(params)
 CAPS = [1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7]
@@ -52,6 +52,11 @@ def reference(df: pd.DataFrame):
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     r2 = 1 - ((y - X @ coef) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     return coef, r2, len(y)
+
+
+def main(argv):
+    """The commands as `drorae` runs them."""
+    return run_command(build_parser(prog="drorae"), argv)
 
 
 def run(capsys, *argv):
@@ -173,27 +178,28 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, words):
     assert sorted(os.listdir(tmp_path)) == ["trials.parquet"]                # nothing written
 
 
-def test_analysis_commands_never_import_torch(results_dir):
-    """`python -m sweeper fit|predict|backtest` in a fresh interpreter: torch, ray and model stay out."""
+@pytest.mark.parametrize("module, prog", [("sweeper", "drorae"), ("analysis", "python -m analysis")])
+def test_analysis_commands_never_import_torch(results_dir, module, prog):
+    """`python -m sweeper|analysis fit|predict|backtest` in a fresh interpreter: torch, ray and model stay out."""
     code = (
         "import runpy, sys\n"
-        "codes = []\n"
-        "for argv in sys.argv[1:]:\n"
-        "    sys.argv = ['drorae', *argv.split('|')]\n"
+        "module, calls, codes = sys.argv[1], sys.argv[2:], []\n"
+        "for argv in calls:\n"
+        "    sys.argv = ['-m', *argv.split('|')]\n"
         "    try:\n"
-        "        runpy.run_module('sweeper', run_name='__main__', alter_sys=True)\n"
+        "        runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
         "    except SystemExit as exc:\n"
         "        codes.append(exc.code)\n"
         "print('MODULES', codes, sorted(m for m in ('torch', 'ray', 'model', 'timm') if m in sys.modules))\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     calls = [f"fit|{results_dir}|--json", f"predict|{results_dir}|--capacity|2e8",
              f"backtest|{results_dir}|--holdout|2", f"fit|{results_dir}|--y|nope"]
-    out = subprocess.run([sys.executable, "-c", code, *calls], capture_output=True, text=True, env=env,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", code, module, *calls],
+                         capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "MODULES [0, 0, 0, 2] []"
     assert "Traceback" not in out.stderr
-    assert out.stderr.splitlines()[-1].startswith("drorae: error: ") and "'nope'" in out.stderr
+    assert out.stderr.splitlines()[-1].startswith(f"{prog}: error: ") and "'nope'" in out.stderr
 
 
 def test_figures_and_report(results_dir, tmp_path, capsys):

@@ -1,0 +1,450 @@
+"""The analysis commands of ``drorae`` (fit, predict, backtest, figures, report) and the command-line rules.
+
+``drorae fit ...`` (``sweeper.cli`` adds these commands to ``drorae``) and ``python -m analysis fit ...``
+run the same code. Each command is a pair ``add_<name>(subparsers)`` / ``_cmd_<name>(args) -> int``,
+listed in ``COMMANDS``; they read a results table or MLflow and never import torch, Ray or ``model``.
+
+The rules every ``drorae`` command follows live here too (``sweeper.cli`` uses them): the help layout
+(``HelpFormatter``), ``-v`` (``common_options``), warnings (dropped rows, failed trials) as one
+``PROG: warning: ...`` line each (``warnings_as_lines``), and ``run_command``: a ``UserInputError``
+(``model.errors.UserError``: a bad spec, override, path or asset; ``analysis.errors.AnalysisError``:
+a bad table, column, capacity or form) becomes one line ``PROG: error: <message>`` on stderr and its
+exit code (2), with no traceback; Ctrl-C exits 130 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+from collections.abc import Callable
+
+from analysis import laws
+from drorae_io import UserInputError
+
+log = logging.getLogger(__name__)
+
+
+# --- the command-line rules ------------------------------------------------------------------
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's example lines as written; wider help column."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32)
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging (default: info)")
+    return p
+
+
+@contextlib.contextmanager
+def warnings_as_lines(prog: str):
+    """Warnings (dropped rows, failed trials) as one ``PROG: warning: ...`` line each on stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        for quiet in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", quiet)
+        warnings.showwarning = lambda message, *_a, **_k: print(
+            f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        yield
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, letting a command's trailing positionals follow its options.
+
+    argparse stops filling ``nargs="*"`` positionals at the first option, and its intermixed
+    parser refuses subcommands; so leftovers that are not options go to the command's
+    ``intermixed`` destination (`drorae sweep SPEC --dry-run a.b=1` keeps `a.b=1`).
+    """
+    args, extra = parser.parse_known_args(argv)
+    dest = getattr(args, "intermixed", None)
+    bad = [a for a in extra if a.startswith("-") or dest is None]
+    if bad:
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        setattr(args, dest, [*getattr(args, dest), *extra])
+    return args
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if verbose:  # our own debug lines, not every library's
+        for noisy in ("matplotlib", "PIL", "urllib3", "filelock", "fsspec", "git"):
+            logging.getLogger(noisy).setLevel(logging.INFO)
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # matplotlib's PDF font subsetting logs each glyph
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the chosen command (its ``func``) and return the exit code (see the module)."""
+    args = parse_args(parser, argv)
+    args.prog = parser.prog
+    configure_logging(args.verbose)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: {getattr(args, 'interrupted', 'interrupted')}", file=sys.stderr)
+        return 130
+    except UserInputError as err:
+        message = " ".join(str(err).split())  # one line, whatever the message held
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return err.exit_code
+
+
+# --- the analysis commands: shared options ------------------------------------------------------------------
+
+# The forms of the law: analysis.laws.FORMS, plus "auto".
+FORMS = (*laws.FORMS, "auto")
+
+RESULTS_HELP = ("a results directory (its trials.parquet or trials.csv), a .parquet / .csv table, or "
+                "mlflow:EXPERIMENT (the store is $MLFLOW_TRACKING_URI, else results/mlflow.db)")
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def _fit_options(*, weights: bool = True) -> argparse.ArgumentParser:
+    """The options that choose the rows and the law: every analysis command takes them."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("results", metavar="RESULTS", help=RESULTS_HELP)
+    p.add_argument("--x", metavar="COLUMN", default="params",
+                   help="capacity column (default: params, the trainable parameters; e.g. expert_hidden, "
+                        "fused_layers)")
+    p.add_argument("--y", metavar="COLUMN", default="rfid", help="metric column (default: rfid)")
+    p.add_argument("--form", choices=FORMS, default="log-linear",
+                   help="the law: log-linear (y = a + b log10 C, the paper's; default), linear (y = a + b C), "
+                        "power (ln y = a + b ln C), saturating (y = E + A C^-alpha) or auto (the best by "
+                        "leave-one-capacity-out error)")
+    p.add_argument("--where", metavar="KEY=VALUE", action="append", default=[],
+                   help="fit only the rows whose column KEY equals VALUE, e.g. --where fused_layers=6; "
+                        "repeat (or join with commas) for several")
+    if weights:
+        p.add_argument("--weights", choices=("seed-variance",), default=None,
+                       help="seed-variance: weighted least squares by 1 / the per-capacity variance over "
+                            "seeds (needs 2+ seeds per capacity; default: unweighted)")
+    p.add_argument("--alpha", type=_alpha, default=0.05, metavar="A",
+                   help="intervals at level 1 - A (default: 0.05, i.e. 95%%)")
+    return p
+
+
+def _command(sub, name: str, func: Callable, epilog: str, *, weights: bool = True, **kwargs):
+    """The parser of analysis command ``name``: the shared options, ``epilog``'s examples, ``func`` to run."""
+    p = sub.add_parser(name, parents=[common_options(), _fit_options(weights=weights)], formatter_class=HelpFormatter,
+                       epilog=epilog, **kwargs)
+    p.set_defaults(func=func, parser=p)
+    return p
+
+
+def _json_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout (warnings stay on stderr)")
+
+
+def _load(args: argparse.Namespace):
+    from analysis import load
+
+    return load(args.results, x=args.x, y=args.y, where=args.where or None)
+
+
+def _fit(args: argparse.Namespace):
+    """The table and the law fitted to it, as the shared options ask."""
+    from analysis import fit
+
+    table = _load(args)
+    return table, fit(table, form=args.form, weights=getattr(args, "weights", None))
+
+
+def _finite(obj):
+    """obj with NaN / inf floats as None: stdout stays strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy scalars
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(_finite(obj), indent=2, allow_nan=False))
+
+
+# --- drorae fit ------------------------------------------------------------------------------
+
+FIT_EPILOG = """\
+examples:
+  drorae fit results/default                         # law, params with CIs, R², lack of fit
+  drorae fit results/default --x fused_layers --form linear --where expert_hidden=512
+  drorae fit published.csv --where panel=capacity    # select the rows of one panel of a table
+  drorae fit results/default --ci bootstrap          # studentized residual-bootstrap intervals
+  drorae fit results/default --form auto             # the form with the lowest leave-one-out error
+  drorae fit mlflow:default --json                   # straight from the tracking store, as JSON
+  drorae fit published.csv --x params --y rfid       # any table with a capacity and a metric column
+  make fit RESULTS_DIR=results/default
+
+Only completed grid trials are fitted (the best trial of each searched point); control runs
+(kind=control) never are. Failed trials and rows with NaN/inf are dropped with a warning that
+lists them. Fewer than 3 distinct capacities, a non-positive capacity for a log form, or a
+missing column stop with one line naming it, exit code 2.
+"""
+
+
+def add_fit(sub) -> argparse.ArgumentParser:
+    p = _command(
+        sub, "fit", _cmd_fit, FIT_EPILOG,
+        help="fit a scaling law to a sweep's results: params with CIs, R², diagnostics",
+        description="Fit a scaling law y = f(C) to the completed trials of RESULTS (seeds kept as rows, not\n"
+                    "averaged) and print the law, its parameters with intervals, R², AIC/BIC and a\n"
+                    "lack-of-fit F-test when seeds repeat a capacity.")
+    p.add_argument("--ci", choices=("analytic", "bootstrap"), default="analytic",
+                   help="parameter intervals: analytic (t-based; default) or bootstrap (studentized "
+                        "residual bootstrap, 10,000 resamples; linear-in-parameter forms only)")
+    _json_option(p, "one object: form, x, y, n, params, bse, conf_int, ci_method, r2, r2_adj, aic, bic, ...")
+    return p
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    with warnings_as_lines(args.prog):
+        table, res = _fit(args)
+        if args.json:
+            out = res.to_dict(alpha=args.alpha, ci_method=args.ci)
+            out["dropped"] = [str(d) for d in table.dropped]
+            _print_json(out)
+            return 0
+        text = res.summary(alpha=args.alpha)
+        if args.ci == "bootstrap":
+            ci = res.conf_int(args.alpha, method="bootstrap")
+            text += f"\n\nBootstrap {1 - args.alpha:.0%} intervals (studentized residual, 10,000 resamples):\n" + \
+                "\n".join(f"{name:>8}  [{ci.loc[name, 'lower']:.5g}, {ci.loc[name, 'upper']:.5g}]"
+                          for name in ci.index)
+    print(text)
+    return 0
+
+
+# --- drorae predict --------------------------------------------------------------------------
+
+PREDICT_EPILOG = """\
+examples:
+  drorae predict results/default --capacity 2e8 --capacity 5e8
+  drorae predict results/default --capacity 1e7 --form power --alpha 0.1
+  drorae predict results/default --capacity 4096 --x expert_hidden --where fused_layers=6 --json
+  make predict CAPACITY=2e8
+
+For each capacity: the law's mean, the (1 - alpha) interval of that mean (ci) and the prediction
+interval for one new trial at that capacity (pi), which also holds the seed-to-seed noise.
+"""
+
+
+def add_predict(sub) -> argparse.ArgumentParser:
+    p = _command(
+        sub, "predict", _cmd_predict, PREDICT_EPILOG,
+        help="predict the metric at untried capacities, with the mean's CI and a prediction interval",
+        description="Fit the law to RESULTS (as `drorae fit` does) and predict the metric at each --capacity.")
+    p.add_argument("--capacity", metavar="C", type=float, action="append", required=True,
+                   help="a capacity in the units of --x, e.g. 2e8 trainable parameters; repeat for several")
+    _json_option(p, "a list with one entry per capacity: capacity, mean, mean_se, ci [low, high], pi [low, high]")
+    return p
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    with warnings_as_lines(args.prog):
+        _table, res = _fit(args)
+        sf = res.get_prediction(args.capacity).summary_frame(args.alpha)
+    rows = [{"capacity": float(c), "mean": float(r["mean"]), "mean_se": float(r["mean_se"]),
+             "ci": [float(r["mean_ci_lower"]), float(r["mean_ci_upper"])],
+             "pi": [float(r["obs_ci_lower"]), float(r["obs_ci_upper"])]}
+            for c, (_, r) in zip(args.capacity, sf.iterrows())]
+    if args.json:
+        _print_json(rows)
+        return 0
+    level = f"{1 - args.alpha:.0%}"
+    ps = ", ".join(f"{k} = {v:.5g}" for k, v in res.params.items())
+    print(f"{res.law.equation}   ({ps}; C = {res.x}, y = {res.y}, n = {res.nobs}, R² = {res.rsquared:.4f})")
+    head = f"{'capacity':>12}{'mean':>12}{level + ' CI':>26}{level + ' PI':>26}"
+    print(head)
+    for r in rows:
+        ci, pi = (f"[{lo:.5g}, {hi:.5g}]" for lo, hi in (r["ci"], r["pi"]))
+        print(f"{r['capacity']:>12.4g}{r['mean']:>12.5g}{ci:>26}{pi:>26}")
+    return 0
+
+
+# --- drorae backtest -------------------------------------------------------------------------
+
+BACKTEST_EPILOG = """\
+examples:
+  drorae backtest results/default --holdout 2       # fit without the 2 largest capacities, predict them
+  drorae backtest results/default --holdout 1 --form power --json
+
+Each held-out trial gets the prediction, its (1 - alpha) prediction interval, the error
+(predicted - truth, and relative to the truth) and whether the truth fell inside the interval.
+At least 3 distinct capacities must remain to fit.
+"""
+
+
+def add_backtest(sub) -> argparse.ArgumentParser:
+    p = _command(
+        sub, "backtest", _cmd_backtest, BACKTEST_EPILOG,
+        help="fit on all but the largest capacities, predict those, check the intervals",
+        description="Backtest the law on RESULTS: fit it without the --holdout largest distinct capacities and\n"
+                    "compare its predictions there with the trials that were run.")
+    p.add_argument("--holdout", metavar="K", type=int, default=1,
+                   help="how many of the largest distinct capacities to hold out (default: 1)")
+    _json_option(p, "one object: form, holdout, alpha, mae, coverage and rows (capacity, truth, mean, pi, "
+                    "error, rel_error, covered)")
+    return p
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from analysis import backtest
+
+    with warnings_as_lines(args.prog):
+        table = _load(args)
+        bt = backtest(table, holdout=args.holdout, form=args.form, alpha=args.alpha, weights=args.weights)
+    rows = [{"capacity": float(r.capacity), "truth": float(r.truth), "mean": float(r.mean),
+             "pi": [float(r.pi_lower), float(r.pi_upper)], "error": float(r.error),
+             "rel_error": float(r.rel_error), "covered": bool(r.covered)} for r in bt.itertuples()]
+    summary = {"form": bt.attrs.get("form", args.form), "x": table.x, "y": table.y, "holdout": args.holdout,
+               "alpha": args.alpha, "mae": float(bt["error"].abs().mean()),
+               "mean_rel_error": float(bt["rel_error"].abs().mean()), "coverage": float(bt["covered"].mean()),
+               "rows": rows}
+    if args.json:
+        _print_json(summary)
+        return 0
+    level = f"{1 - args.alpha:.0%}"
+    print(f"Backtest of {summary['form']!r} ({table.y} over {table.x}): fitted without the {args.holdout} "
+          f"largest capacit{'y' if args.holdout == 1 else 'ies'}")
+    print(f"{'capacity':>12}{'truth':>12}{'predicted':>12}{level + ' PI':>26}{'error':>11}{'rel':>9}  inside")
+    for r in rows:
+        pi = f"[{r['pi'][0]:.5g}, {r['pi'][1]:.5g}]"
+        print(f"{r['capacity']:>12.4g}{r['truth']:>12.5g}{r['mean']:>12.5g}{pi:>26}{r['error']:>11.4g}"
+              f"{r['rel_error']:>9.2%}  {'yes' if r['covered'] else 'NO'}")
+    print(f"mean |error| {summary['mae']:.4g}, mean |relative error| {summary['mean_rel_error']:.2%}, "
+          f"{sum(r['covered'] for r in rows)}/{len(rows)} inside their {level} prediction interval")
+    return 0
+
+
+# --- drorae figures --------------------------------------------------------------------------
+
+FIGURES_EPILOG = """\
+examples:
+  drorae figures results/default --out figures/     # the paper's panels, PDF + PNG
+  drorae figures results/default --out figures/ --form power --alpha 0.1
+  make figures RESULTS_DIR=results/default
+
+The panels: expert-capacity scaling, layer-count scaling and the unified law over trainable
+parameters; points with error bars over seeds, the fitted line with its CI band, R² and slope in
+the legend, the control runs (the RAE baseline) as horizontal lines, never fitted.
+"""
+
+
+def add_figures(sub) -> argparse.ArgumentParser:
+    p = _command(
+        sub, "figures", _cmd_figures, FIGURES_EPILOG, weights=False,
+        help="draw the paper's scaling panels (PDF + PNG) from a sweep's results",
+        description="Fit the law to each panel of RESULTS and draw the scaling figures into DIR, each as\n"
+                    "PDF and PNG (the fits are the ones `drorae fit` prints; --alpha sets the CI band).")
+    p.add_argument("--out", metavar="DIR", required=True, help="the folder for the figures (created if missing)")
+    return p
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from analysis.plots import scaling_figures
+
+    with warnings_as_lines(args.prog):
+        paths = scaling_figures(_load(args), args.out, alpha=args.alpha, form=args.form)
+    for path in paths:
+        print(path)
+    return 0
+
+
+# --- drorae report ---------------------------------------------------------------------------
+
+REPORT_EPILOG = """\
+examples:
+  drorae report results/default                     # results/default/report.md, figures in results/default/figures/
+  drorae report results/default --capacity 2e8 --capacity 5e8 --holdout 2
+  drorae report results/default --out paper/report.md --figures paper/figures
+  make report RESULTS_DIR=results/default
+"""
+
+
+def add_report(sub) -> argparse.ArgumentParser:
+    p = _command(
+        sub, "report", _cmd_report, REPORT_EPILOG, weights=False,
+        description="Write a Markdown report of RESULTS: the trials, the fitted law with its intervals,\n"
+                    "predictions at the --capacity values, a backtest, and the figures.",
+        help="write a Markdown report: results table, fits, predictions, backtest, figures")
+    p.add_argument("--out", metavar="PATH", default=None,
+                   help="the report file (default: RESULTS/report.md for a results directory, else ./report.md)")
+    p.add_argument("--figures", metavar="DIR", default=None,
+                   help="where the figures go (default: figures/ next to the report)")
+    p.add_argument("--capacity", metavar="C", type=float, action="append", default=[],
+                   help="a capacity to predict in the report; repeat for several (default: 10x and 100x "
+                        "the largest trained capacity)")
+    p.add_argument("--holdout", metavar="K", type=int, default=1,
+                   help="largest capacities held out in the report's backtest (default: 1)")
+    return p
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from analysis.report import write_report
+
+    if args.out is not None:
+        out = Path(args.out)
+    elif os.path.isdir(args.results):
+        out = Path(args.results) / "report.md"
+    else:
+        out = Path("report.md")
+    figures = Path(args.figures) if args.figures is not None else out.parent / "figures"
+    with warnings_as_lines(args.prog):
+        path = write_report(_load(args), out, figures_dir=figures, capacities=tuple(args.capacity) or None,
+                            holdout=args.holdout, alpha=args.alpha, form=args.form)
+    print(path)
+    return 0
+
+
+# --- the command line ------------------------------------------------------------------------
+
+# The analysis commands, in the order `drorae --help` lists them; each adds its parser and sets `func`.
+COMMANDS: tuple[Callable, ...] = (add_fit, add_predict, add_backtest, add_figures, add_report)
+
+
+def build_parser(prog: str = "python -m analysis") -> argparse.ArgumentParser:
+    """The analysis commands alone (``drorae`` has them too, beside ``sweep``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=HelpFormatter,
+        description="Scaling-law analysis of a sweep's results (the same commands as `drorae fit` etc.).",
+        epilog="examples:\n"
+               f"  {prog} fit results/default\n"
+               f"  {prog} predict results/default --capacity 2e8\n"
+               f"  {prog} report results/default\n\n"
+               f"'{prog} COMMAND --help' explains a command's options.")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m analysis``; returns the exit code."""
+    return run_command(build_parser(), argv)

@@ -1,0 +1,44 @@
+"""The results table's schema and the MLflow names of a sweep's runs: one definition for writer and readers.
+
+A sweep writes one row per trial to ``results/<sweep>/trials.parquet`` (``sweeper.results``) and one
+MLflow run per trial, nested under the sweep's parent run (``sweeper.tracking``); the analysis reads
+either (``analysis.load``). Both sides import the names below. Pure Python: importing it costs nothing.
+"""
+
+from __future__ import annotations
+
+# --- the results table -----------------------------------------------------------------------
+
+#: The table's columns, in order; a trial's searched hyperparameters follow as ``hp.<name>`` columns.
+#: ``status`` is running, completed, pruned or failed (the last three terminal); ``kind`` is grid (a
+#: point of the law) or control (e.g. the RAE baseline: never fitted).
+COLUMNS = ("trial_id", "point_id", "kind", "status", "expert_hidden", "fused_layers", "seed", "params",
+           "rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds", "report_seconds",
+           "startup_seconds", "error", "best", "retries", "unit_id", "node_id", "mlflow_run_id")
+#: Float columns (NaN where unknown); report_seconds and startup_seconds are what orchestration cost the
+#: trial (the time training waited in tune.report, and a new actor process's age when the trial began).
+NUMERIC = ("rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds", "report_seconds",
+           "startup_seconds")
+#: The rows' order in the written table.
+SORT_BY = ("kind", "fused_layers", "params", "seed", "trial_id")
+HP_PREFIX = "hp."  # a searched hyperparameter's column (and MLflow param): hp.<name>
+
+# --- MLflow ----------------------------------------------------------------------------------
+# A sweep is an MLflow experiment with one parent run (the whole spec as params); each trial is a
+# run nested under it, tagged with its ids, its params the trial's config, its metrics the table's.
+
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag for a nested run
+RUN_NAME_TAG = "mlflow.runName"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+SWEEP_TAG = "sweep"  # on the parent run: the sweep's name
+#: The tags of a trial's run that are table columns; a trial's run is found by its trial_id tag.
+TRIAL_ID_TAG = "trial_id"
+TRIAL_TAGS = (TRIAL_ID_TAG, "point_id", "kind")
+BEST_TAG = "best"  # "true" on a searched point's evaluated (best) trial
+ERROR_TAG = "error"  # a failed trial's error line
+#: A trial's final metrics on its run (at step 0, besides the curves); ``params`` is logged as a metric too.
+FINAL_METRICS = ("rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds")
+#: The run status of a trial in a terminal state, and the table status a run's status reads back as (a
+#: pruned trial's run is FINISHED, and reads back as completed).
+RUN_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
+TABLE_STATUS = {"FINISHED": "completed", "FAILED": "failed"}
