@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from model import assets
+from model.__main__ import main as model_cli
 from model.errors import AssetError, UserError
 
 ENV_VARS = (
@@ -49,7 +50,7 @@ def test_missing_fid_weights_names_where_it_looked(empty_env):
         assets.fid_inception_weights()
     msg = _one_line_error(e)
     assert str(empty_env / "cache" / "weights" / assets.FID_WEIGHTS_NAME) in msg
-    assert "DRORAE_FID_WEIGHTS" in msg and "make install" in msg and "python -m model.assets fetch" in msg
+    assert "DRORAE_FID_WEIGHTS" in msg and "make install" in msg and "python -m model fetch" in msg
 
 
 def test_fid_env_var_pointing_at_missing_file_is_an_error(empty_env, monkeypatch):
@@ -125,7 +126,7 @@ def test_fetch_skips_what_is_present(empty_env, monkeypatch):
 def test_fetch_and_cli_reject_unknown_assets(empty_env, capsys):
     with pytest.raises(AssetError, match="bogus"):
         assets.fetch(only={"bogus"})
-    assert assets.main(["fetch", "--only", "fid,bogus"]) == 2
+    assert model_cli(["fetch", "--only", "fid,bogus"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and "bogus" in err
 
@@ -174,3 +175,17 @@ def test_lpips_weights_load_strictly_with_the_packaged_heads(real_weights, net):
     model.load_state_dict(sd, strict=True)
     for key, head in packaged.items():
         assert torch.equal(sd[key], head), key
+
+
+def test_fetch_command_runs_without_warnings(empty_env):
+    """`python -m model fetch` (what `make install` runs) in a fresh interpreter, warnings as errors:
+    runpy's 'found in sys.modules' warning would turn into a traceback instead of the one-line error."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-W", "error", "-m", "model", "fetch", "--only", "bogus"], cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: unknown asset(s) bogus") and proc.stderr.count("\n") == 1, proc.stderr
