@@ -12,7 +12,8 @@ from model.__main__ import main as model_cli
 from model.errors import AssetError, UserError
 
 ENV_VARS = (
-    "DRORAE_CACHE", "DRORAE_FID_WEIGHTS", "DRORAE_LPIPS_ALEX_WEIGHTS", "DRORAE_LPIPS_VGG_WEIGHTS", "DRORAE_FASHION_MNIST",
+    "DRORAE_CACHE", "DRORAE_FID_WEIGHTS", "DRORAE_LPIPS_ALEX_WEIGHTS", "DRORAE_LPIPS_VGG_WEIGHTS",
+    "DRORAE_FASHION_MNIST",
 )
 
 
@@ -178,14 +179,15 @@ def test_lpips_weights_load_strictly_with_the_packaged_heads(real_weights, net):
 
 
 def test_fetch_command_runs_without_warnings(empty_env):
-    """`python -m model fetch` (what `make install` runs) in a fresh interpreter, warnings as errors:
-    runpy's 'found in sys.modules' warning would turn into a traceback instead of the one-line error."""
+    """`python -m model fetch` (what `make install` runs) in a fresh interpreter, RuntimeWarnings as errors:
+    runpy's 'found in sys.modules' RuntimeWarning would turn into a traceback instead of the one-line error."""
     import os
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-W", "error", "-m", "model", "fetch", "--only", "bogus"], cwd=repo,
-                          env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-W", "error::RuntimeWarning", "-m", "model", "fetch", "--only", "bogus"]
+    proc = subprocess.run(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: unknown asset(s) bogus") and proc.stderr.count("\n") == 1, proc.stderr

@@ -5,8 +5,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model import (DECODER_PRESETS, ENCODER_PRESETS, DecoderConfig, DRoRAE, DRoRAEConfig, ViTDecoder,
-                   fusion_param_count, pretrain_tiny_encoder)
+from model import (
+    DECODER_PRESETS,
+    ENCODER_PRESETS,
+    DecoderConfig,
+    DRoRAE,
+    DRoRAEConfig,
+    ViTDecoder,
+    fusion_param_count,
+    pretrain_tiny_encoder,
+)
 from model.errors import ConfigError
 
 TINY = replace(ENCODER_PRESETS["tiny"], weights="none")

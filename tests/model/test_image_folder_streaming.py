@@ -15,7 +15,7 @@ from torchmetrics.image.fid import _compute_fid
 
 from model import DECODER_PRESETS, ENCODER_PRESETS, DRoRAE, DRoRAEConfig, FeatureSet, PhaseConfig, run_phase
 from model.data import ImageBatches, fashion_mnist, head, image_folder, loader_workers, make_loader, stack_images
-from model.train import _BatchSampler, _Batches, validation_l1
+from model.train import _Batches, _BatchSampler, validation_l1
 
 N_TRAIN, N_VAL = 192, 72
 

@@ -20,7 +20,6 @@ from model.metrics import (
     reference_stats,
 )
 
-
 pytestmark = pytest.mark.usefixtures("offline_weights")  # tests/model/conftest.py
 
 
@@ -156,7 +155,10 @@ def test_reference_stats_rejects_bad_input(tmp_path, inception64):
 def test_lpips_identical_zero_different_positive_and_differentiable():
     lp = load_lpips("alex")
     g = torch.Generator().manual_seed(3)
-    smooth = lambda: torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=64, mode="bilinear")
+
+    def smooth():
+        return torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=64, mode="bilinear")
+
     x, y = smooth(), smooth()
     assert lp(x, x).abs().max().item() < 1e-6
     d = lp(x, y)

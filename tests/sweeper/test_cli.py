@@ -152,7 +152,7 @@ def test_usage_errors_exit_2(capsys):
 def test_unreachable_ray_or_mlflow_fails_fast_before_any_trial(tmp_path, env, words):
     import time
 
-    from conftest import SMOKE
+    from helpers import SMOKE
 
     results = tmp_path / "results"
     full_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
