@@ -71,9 +71,12 @@ test-fast: install
 # platform, with the torch build of TORCH_SPEC (fed on stdin: the lock's `-r -`). Indexes come
 # from pip's own configuration and are not written into the lock. LOCK_ARGS= (empty) keeps the
 # current pins where pyproject.toml still allows them (e.g. after adding a dependency). Run
-# `make test` before committing the new lock.
+# `make test` before committing the new lock. It needs only pip-tools, not the whole venv: a
+# pyproject.toml that the old lock no longer satisfies could not be installed.
 LOCK_ARGS ?= --upgrade
-lock: venv
+lock:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c $(LOCK) pip-tools
 	printf '%s\n' $(TORCH_SPEC) | CUSTOM_COMPILE_COMMAND="make lock" $(PY) -m piptools compile --quiet \
 		$(LOCK_ARGS) --allow-unsafe --strip-extras --extra dev --no-emit-index-url --no-emit-find-links \
 		--output-file $(LOCK) pyproject.toml -
