@@ -22,6 +22,19 @@ SMOKE = REPO / "sweeps" / "smoke.yaml"
 DEFAULT_TRIALS = REPO / "results" / "default" / "trials.parquet"
 
 
+# --- marks -----------------------------------------------------------------------------------
+
+# Encoder presets whose random ViT takes seconds to build and run on CPU (ViT-B, ViT-L).
+LARGE_ENCODERS = ("dinov2-b", "dinov2-l")
+
+
+def encoder_presets() -> list:
+    """Every encoder preset's name, for ``parametrize``; the large ones marked slow (make test-fast skips them)."""
+    from model import ENCODER_PRESETS
+
+    return [pytest.param(p, marks=pytest.mark.slow) if p in LARGE_ENCODERS else p for p in sorted(ENCODER_PRESETS)]
+
+
 # --- sweeps ----------------------------------------------------------------------------------
 
 

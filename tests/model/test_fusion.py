@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from helpers import encoder_presets
 from model import ENCODER_PRESETS, DepthRoutedFusion, energy_aggregate, fusion_param_count
 from model.errors import ConfigError
 
@@ -99,7 +100,7 @@ def test_param_count_formula_equals_the_modules_parameters(dim, num_layers, hidd
     assert all(p.requires_grad for p in fusion.parameters())
 
 
-@pytest.mark.parametrize("preset", sorted(ENCODER_PRESETS))
+@pytest.mark.parametrize("preset", encoder_presets())
 def test_param_count_formula_for_every_encoder_preset(preset):
     import timm
 

@@ -42,7 +42,8 @@ def folder(tmp_path_factory):
     return train, val, stack_images(train), stack_images(val)
 
 
-@pytest.fixture(params=[1, 2], ids=["no-workers", "2-workers"])
+# Two DataLoader worker processes (each imports torch) are slow: make test-fast runs the no-worker path only.
+@pytest.fixture(params=[1, pytest.param(2, marks=pytest.mark.slow)], ids=["no-workers", "2-workers"])
 def threads(request):
     """torch threads, which set ``loader_workers()``: 1 -> none, 2 -> two worker processes."""
     before = torch.get_num_threads()
@@ -176,7 +177,8 @@ def _degrade(x):
     return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2)
 
 
-@pytest.mark.parametrize("n", [24, 72], ids=["features-route", "moments-route"])  # N <= D and N > D (D = 64)
+@pytest.mark.parametrize("n", [24, pytest.param(72, marks=pytest.mark.slow)],  # N <= D and N > D (D = 64)
+                         ids=["features-route", "moments-route"])
 def test_streamed_evaluation_equals_the_stacked_one(folder, offline_weights, tmp_path, n):
     from model.metrics import ReconstructionEvaluator, load_fid_inception, load_lpips
 

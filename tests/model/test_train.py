@@ -17,6 +17,7 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # three phases on 320 real images: up to a minute on 2 CPU cores
 def test_three_phases_on_default_images_in_under_a_minute_and_fusion_beats_the_rae(default_images, tiny_model):
     xtr, _, xva = default_images
     model = tiny_model
