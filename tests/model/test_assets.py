@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import runpy
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -178,16 +181,15 @@ def test_lpips_weights_load_strictly_with_the_packaged_heads(real_weights, net):
         assert torch.equal(sd[key], head), key
 
 
-def test_fetch_command_runs_without_warnings(empty_env):
-    """`python -m model fetch` (what `make install` runs) in a fresh interpreter, RuntimeWarnings as errors:
-    runpy's 'found in sys.modules' RuntimeWarning would turn into a traceback instead of the one-line error."""
-    import os
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[2]
-    cmd = [sys.executable, "-W", "error::RuntimeWarning", "-m", "model", "fetch", "--only", "bogus"]
-    proc = subprocess.run(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: unknown asset(s) bogus") and proc.stderr.count("\n") == 1, proc.stderr
+def test_fetch_command_runs_without_runpy_warnings(empty_env, monkeypatch, capsys):
+    """`python -m model fetch` (what `make install` runs), as runpy runs it, RuntimeWarnings as errors: runpy
+    warns when importing the package already imported the module it is asked to run (as `model.assets` was)."""
+    monkeypatch.delitem(sys.modules, "model.__main__", raising=False)  # this module imported it: a fresh start
+    monkeypatch.setattr(sys, "argv", ["python -m model", "fetch", "--only", "bogus"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_module("model", run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown asset(s) bogus") and err.count("\n") == 1, err

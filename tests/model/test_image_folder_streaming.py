@@ -161,6 +161,7 @@ def test_a_streamed_phase_fetches_only_the_images_it_trains_on(folder, tiny_mode
     assert counted_val.calls.value == 20
 
 
+@pytest.mark.slow  # encodes and reconstructs the folder twice, streamed and stacked
 def test_features_and_reconstructions_of_a_dataset_equal_the_stacked_ones(folder, tiny_model):
     _, val, _, val_x = folder
     streamed, stacked = FeatureSet.encode(tiny_model, val, batch_size=32), FeatureSet.encode(tiny_model, val_x)
@@ -177,8 +178,8 @@ def _degrade(x):
     return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2)
 
 
-@pytest.mark.parametrize("n", [24, pytest.param(72, marks=pytest.mark.slow)],  # N <= D and N > D (D = 64)
-                         ids=["features-route", "moments-route"])
+@pytest.mark.slow  # two evaluations through the FID Inception and LPIPS
+@pytest.mark.parametrize("n", [24, 72], ids=["features-route", "moments-route"])  # N <= D and N > D (D = 64)
 def test_streamed_evaluation_equals_the_stacked_one(folder, offline_weights, tmp_path, n):
     from model.metrics import ReconstructionEvaluator, load_fid_inception, load_lpips
 

@@ -31,6 +31,7 @@ def inception64():
 # --- torchmetrics' documented examples, with our weight loading ------------------------------
 
 
+@pytest.mark.slow  # 200 images at 299 px through the Inception's first block: ~10 s on 2 CPU cores
 def test_fid_reproduces_torchmetrics_example():
     # torchmetrics 1.9 FrechetInceptionDistance docstring, run (as its doctests are) after seed 42.
     torch.manual_seed(42)
@@ -174,6 +175,7 @@ def test_lpips_identical_zero_different_positive_and_differentiable():
 # --- the evaluator ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # loads the full Inception and LPIPS and evaluates three times
 def test_reconstruction_evaluator(tmp_path):
     g = torch.Generator().manual_seed(4)
     ref = torch.rand(4, 3, 32, 32, generator=g)

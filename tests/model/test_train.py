@@ -58,6 +58,7 @@ def test_report_receives_the_training_curve(default_images, tiny_model):
     assert seen[-1]["final"] is True
 
 
+@pytest.mark.slow  # trains the phase twice (make test-fast keeps the streamed resume, test_image_folder_streaming.py)
 def test_interrupted_phase_resumes_from_its_checkpoint_to_the_same_weights(default_images, tiny_model, tmp_path):
     xtr, _, xva = default_images
     cfg = PhaseConfig(steps=8, batch_size=16, lr=3e-3, checkpoint_every=4, log_every=1)
