@@ -97,6 +97,7 @@ def test_local_checkpoint_loads_through_timms_loader(tmp_path):
     assert torch.equal(src(x)[1], dst(x)[1])
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_hub_weights_unreachable_offline_give_an_asset_error():
     # In a subprocess with the hub switched off: the same path a user without internet takes.
     code = ("from model import FrozenEncoder, ENCODER_PRESETS\n"

@@ -119,6 +119,7 @@ def test_bad_phase_config_names_the_key(key, value):
         PhaseConfig(**kwargs)
 
 
+@pytest.mark.slow  # LPIPS-VGG and a discriminator over a phase
 def test_lpips_and_delayed_adversarial_terms_join_the_loss_at_their_step(default_images, tiny_model):
     from model import LossConfig
 
