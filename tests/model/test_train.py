@@ -47,6 +47,7 @@ def test_phase_2_starts_exactly_at_the_phase_1_reconstruction(default_images, ti
     assert validation_l1(tiny_model, xva[:32], phase=1) == validation_l1(tiny_model, xva[:32], phase=2)
 
 
+@pytest.mark.slow  # a phase with evaluations (make test-fast trains phases in test_image_folder_streaming.py)
 def test_report_receives_the_training_curve(default_images, tiny_model):
     xtr, _, xva = default_images
     seen = []
@@ -83,6 +84,7 @@ def test_interrupted_phase_resumes_from_its_checkpoint_to_the_same_weights(defau
     assert _same(resumed, _snapshot(tiny_model.fusion))
 
 
+@pytest.mark.slow  # trains a phase, then restores it
 def test_a_finished_phase_returns_at_once_from_its_checkpoint(default_images, tiny_model, tmp_path):
     xtr, _, xva = default_images
     cfg = PhaseConfig(steps=3, batch_size=8)
