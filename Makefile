@@ -24,7 +24,7 @@ SPEC ?= sweeps/default.yaml
 help:
 	@echo "make install   virtual environment ($(VENV)) + offline assets (FID Inception, LPIPS, Fashion-MNIST)"
 	@echo "make test      ruff, then the whole test suite (what CI runs)"
-	@echo "make test-fast ruff, then the tests not marked slow (the edit-test loop, ~2 min)"
+	@echo "make test-fast ruff, then the tests not marked slow (the edit-test loop: under 2 min)"
 	@echo "make lint      ruff on the packages and tests"
 	@echo "make lock      re-resolve $(LOCK), the exact versions installs use (then make test)"
 	@echo "make sweep     the embedded default sweep (SPEC=$(SPEC)); rerun to resume"
