@@ -36,9 +36,10 @@ def write_spec(tmp_path):
 
 @pytest.fixture
 def local_ray():
-    """A real local one-node Ray (dashboard off, 127.0.0.1), shut down after the test."""
+    """A real local one-node Ray (dashboard off, 127.0.0.1), shut down after the test; a new one even where
+    another Ray runs on this machine (ray.init() would join that one)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     yield ray
     ray.shutdown()
