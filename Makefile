@@ -5,8 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The torch build to install first (this machine serves 2.14.1 + 0.29.1 from local disk; see README).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
+# The exact versions the tests passed with (pip-compile's output; `make lock` refreshes it): every
+# install is constrained by it, so a fresh venv gets the tested set, not whatever is newest today.
+LOCK := requirements.lock
+DEPS_HASH := $(shell { cat pyproject.toml $(LOCK); echo '$(TORCH_SPEC)'; } | sha256sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
+# What ruff checks (its rules: [tool.ruff] in pyproject.toml).
+LINT_PATHS := model sweeper analysis bench tests
 PYTEST_ARGS ?=
 RESULTS ?= results
 MLFLOW_PORT ?= 5000
@@ -14,11 +19,14 @@ MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
 SPEC ?= sweeps/default.yaml
 
-.PHONY: install venv assets test sweep bench clean help
+.PHONY: install venv assets lint test test-fast lock sweep bench clean help
 
 help:
 	@echo "make install   virtual environment ($(VENV)) + offline assets (FID Inception, LPIPS, Fashion-MNIST)"
-	@echo "make test      the test suite"
+	@echo "make test      ruff, then the whole test suite (what CI runs)"
+	@echo "make test-fast ruff, then the tests not marked slow (the edit-test loop: under 2 min)"
+	@echo "make lint      ruff on the packages and tests"
+	@echo "make lock      re-resolve $(LOCK), the exact versions installs use (then make test)"
 	@echo "make sweep     the embedded default sweep (SPEC=$(SPEC)); rerun to resume"
 	@echo "make plan      what make sweep would run, and its cost"
 	@echo "make bench     every benchmark of bench/ into bench/results.md (ARGS=--quick: ~15 min less)"
@@ -29,11 +37,11 @@ help:
 	@echo "make figures   the paper's panels into RESULTS_DIR/figures/"
 	@echo "make report    RESULTS_DIR/report.md: table, fits, predictions, figures"
 
-$(DEPS_STAMP): pyproject.toml
+$(DEPS_STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) --upgrade pip
+	$(PY) -m pip install -q -c $(LOCK) $(TORCH_SPEC)
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	@rm -f $(VENV)/.deps-* && touch $@
 
 # The project itself is installed editable on every run: cheap, and a cached venv shared by
@@ -43,12 +51,35 @@ venv: $(DEPS_STAMP)
 		|| { cat $(VENV)/.editable.log; exit 1; }
 
 assets: venv
-	$(PY) -m model.assets fetch
+	$(PY) -m model fetch
 
 install: venv assets
 
+lint: venv
+	$(PY) -m ruff check $(LINT_PATHS)
+
 test: install
+	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit-test loop: what `make test` runs less the end-to-end tests marked slow.
+test-fast: install
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Re-resolve every dependency to the newest release pyproject.toml allows, for this Python and
+# platform, with the torch build of TORCH_SPEC (fed on stdin: the lock's `-r -`). Indexes come
+# from pip's own configuration and are not written into the lock. LOCK_ARGS= (empty) keeps the
+# current pins where pyproject.toml still allows them (e.g. after adding a dependency). Run
+# `make test` before committing the new lock. It needs only pip-tools, not the whole venv: a
+# pyproject.toml that the old lock no longer satisfies could not be installed.
+LOCK_ARGS ?= --upgrade
+lock:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c $(LOCK) pip-tools
+	printf '%s\n' $(TORCH_SPEC) | CUSTOM_COMPILE_COMMAND="make lock" $(PY) -m piptools compile --quiet \
+		$(LOCK_ARGS) --allow-unsafe --strip-extras --extra dev --no-emit-index-url --no-emit-find-links \
+		--output-file $(LOCK) pyproject.toml -
 
 # The main job: the spec's sweep on local Ray (or RAY_ADDRESS), results under $(RESULTS)/.
 sweep: install

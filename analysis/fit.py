@@ -118,7 +118,7 @@ def _seed_variance_weights(C: np.ndarray, y: np.ndarray, x: str) -> np.ndarray:
 class PredictionResults:
     """Predictions at new capacities: ``summary_frame(alpha)`` with the mean's CI and the observation PI."""
 
-    def __init__(self, res: "FitResults", C):
+    def __init__(self, res: FitResults, C):
         self._res = res
         self.C = np.atleast_1d(np.asarray(C, dtype=float))
         res.law.check(self.C, x_name=res.x)

@@ -12,8 +12,8 @@ The first three are linear in their parameters: a design matrix ``design(C)`` an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

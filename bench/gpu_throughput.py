@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from model import DRoRAE, DRoRAEConfig, FeatureSet, run_phase
+from model import DRoRAE, DRoRAEConfig, FeatureSet, run_phase  # noqa: E402  (after the sys.path set-up)
 
 log = logging.getLogger("gpu_throughput")
 

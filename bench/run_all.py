@@ -39,7 +39,8 @@ def _machine() -> str:
         pass
     mem = ""
     try:
-        kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")).split()[1])
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        kb = int(next(ln for ln in meminfo if ln.startswith("MemTotal")).split()[1])
         mem = f", {kb / 2**20:.0f} GiB"
     except (OSError, StopIteration, ValueError):
         pass
@@ -122,7 +123,7 @@ def main() -> int:
         print(f"bench/run_all.py: error: --only: unknown benchmark {', '.join(unknown)}; expected some of "
               f"{', '.join(benches)}", file=sys.stderr)
         return 2
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     rows, failed = [], []
     tmp = Path(tempfile.mkdtemp(prefix="drorae-bench-"))
     for name in names:

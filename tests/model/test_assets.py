@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import runpy
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from model import assets
+from model.__main__ import main as model_cli
 from model.errors import AssetError, UserError
 
 ENV_VARS = (
-    "DRORAE_CACHE", "DRORAE_FID_WEIGHTS", "DRORAE_LPIPS_ALEX_WEIGHTS", "DRORAE_LPIPS_VGG_WEIGHTS", "DRORAE_FASHION_MNIST",
+    "DRORAE_CACHE", "DRORAE_FID_WEIGHTS", "DRORAE_LPIPS_ALEX_WEIGHTS", "DRORAE_LPIPS_VGG_WEIGHTS",
+    "DRORAE_FASHION_MNIST",
 )
 
 
@@ -49,7 +54,7 @@ def test_missing_fid_weights_names_where_it_looked(empty_env):
         assets.fid_inception_weights()
     msg = _one_line_error(e)
     assert str(empty_env / "cache" / "weights" / assets.FID_WEIGHTS_NAME) in msg
-    assert "DRORAE_FID_WEIGHTS" in msg and "make install" in msg and "python -m model.assets fetch" in msg
+    assert "DRORAE_FID_WEIGHTS" in msg and "make install" in msg and "python -m model fetch" in msg
 
 
 def test_fid_env_var_pointing_at_missing_file_is_an_error(empty_env, monkeypatch):
@@ -125,7 +130,7 @@ def test_fetch_skips_what_is_present(empty_env, monkeypatch):
 def test_fetch_and_cli_reject_unknown_assets(empty_env, capsys):
     with pytest.raises(AssetError, match="bogus"):
         assets.fetch(only={"bogus"})
-    assert assets.main(["fetch", "--only", "fid,bogus"]) == 2
+    assert model_cli(["fetch", "--only", "fid,bogus"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and "bogus" in err
 
@@ -174,3 +179,17 @@ def test_lpips_weights_load_strictly_with_the_packaged_heads(real_weights, net):
     model.load_state_dict(sd, strict=True)
     for key, head in packaged.items():
         assert torch.equal(sd[key], head), key
+
+
+def test_fetch_command_runs_without_runpy_warnings(empty_env, monkeypatch, capsys):
+    """`python -m model fetch` (what `make install` runs), as runpy runs it, RuntimeWarnings as errors: runpy
+    warns when importing the package already imported the module it is asked to run (as `model.assets` was)."""
+    monkeypatch.delitem(sys.modules, "model.__main__", raising=False)  # this module imported it: a fresh start
+    monkeypatch.setattr(sys, "argv", ["python -m model", "fetch", "--only", "bogus"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_module("model", run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown asset(s) bogus") and err.count("\n") == 1, err

@@ -5,8 +5,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model import (DECODER_PRESETS, ENCODER_PRESETS, DecoderConfig, DRoRAE, DRoRAEConfig, ViTDecoder,
-                   fusion_param_count, pretrain_tiny_encoder)
+from model import (
+    DECODER_PRESETS,
+    ENCODER_PRESETS,
+    DecoderConfig,
+    DRoRAE,
+    DRoRAEConfig,
+    ViTDecoder,
+    fusion_param_count,
+    pretrain_tiny_encoder,
+)
 from model.errors import ConfigError
 
 TINY = replace(ENCODER_PRESETS["tiny"], weights="none")
@@ -67,6 +75,7 @@ def test_fused_layer_subset_sets_the_fusion_width(default_images):
     assert model.fusion_params() == fusion_param_count(96, 1, 4)
 
 
+@pytest.mark.slow  # pretrains the tiny encoder
 def test_tiny_encoder_is_pretrained_once_and_then_reused(default_images, tmp_path):
     xtr, ytr, _ = default_images
     cfg = replace(ENCODER_PRESETS["tiny"], pretrain_steps=3, pretrain_batch_size=16)

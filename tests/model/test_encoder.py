@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from helpers import encoder_presets
 from model import ENCODER_PRESETS, EncoderConfig, FrozenEncoder
 from model.encoder import EncoderArchitecture, encoder_architecture
 from model.errors import AssetError, ConfigError, UserError
@@ -17,7 +18,7 @@ def _random(preset: str, **kw) -> EncoderConfig:
     return replace(ENCODER_PRESETS[preset], weights="none", **kw)
 
 
-@pytest.mark.parametrize("preset", sorted(ENCODER_PRESETS))
+@pytest.mark.parametrize("preset", encoder_presets())
 def test_every_preset_yields_L_tensors_of_shape_B_N_D_without_nans(preset):
     enc = FrozenEncoder(_random(preset))
     size = enc.config.input_size
@@ -132,6 +133,7 @@ def test_local_checkpoint_loads_through_timms_loader(tmp_path):
     assert torch.equal(src(x)[1], dst(x)[1])
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_hub_weights_unreachable_offline_give_an_asset_error():
     # In a subprocess with the hub switched off: the same path a user without internet takes.
     code = ("from model import FrozenEncoder, ENCODER_PRESETS\n"

@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from helpers import encoder_presets
 from model import ENCODER_PRESETS, DepthRoutedFusion, energy_aggregate, fusion_param_count
 from model.errors import ConfigError
 
@@ -78,7 +79,7 @@ def test_negative_weight_is_reachable_and_flips_its_layers_contribution():
 def test_energy_aggregation_matches_its_formula_against_a_loop():
     g = torch.Generator().manual_seed(1)
     experts, w = torch.randn(3, 7, 5, generator=g), torch.randn(7, 3, generator=g)
-    ref = torch.stack([sum(w[t, l] * experts[l, t] for l in range(3)) / (w[t].pow(2).sum() + 1e-6).sqrt()
+    ref = torch.stack([sum(w[t, k] * experts[k, t] for k in range(3)) / (w[t].pow(2).sum() + 1e-6).sqrt()
                        for t in range(7)])
     assert torch.allclose(energy_aggregate(experts, w, 1e-6), ref, atol=1e-6)
 
@@ -99,7 +100,7 @@ def test_param_count_formula_equals_the_modules_parameters(dim, num_layers, hidd
     assert all(p.requires_grad for p in fusion.parameters())
 
 
-@pytest.mark.parametrize("preset", sorted(ENCODER_PRESETS))
+@pytest.mark.parametrize("preset", encoder_presets())
 def test_param_count_formula_for_every_encoder_preset(preset):
     import timm
 

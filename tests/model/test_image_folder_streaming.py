@@ -15,7 +15,7 @@ from torchmetrics.image.fid import _compute_fid
 
 from model import DECODER_PRESETS, ENCODER_PRESETS, DRoRAE, DRoRAEConfig, FeatureSet, PhaseConfig, run_phase
 from model.data import ImageBatches, fashion_mnist, head, image_folder, loader_workers, make_loader, stack_images
-from model.train import _BatchSampler, _Batches, validation_l1
+from model.train import _Batches, _BatchSampler, validation_l1
 
 N_TRAIN, N_VAL = 192, 72
 
@@ -42,7 +42,8 @@ def folder(tmp_path_factory):
     return train, val, stack_images(train), stack_images(val)
 
 
-@pytest.fixture(params=[1, 2], ids=["no-workers", "2-workers"])
+# Two DataLoader worker processes (each imports torch) are slow: make test-fast runs the no-worker path only.
+@pytest.fixture(params=[1, pytest.param(2, marks=pytest.mark.slow)], ids=["no-workers", "2-workers"])
 def threads(request):
     """torch threads, which set ``loader_workers()``: 1 -> none, 2 -> two worker processes."""
     before = torch.get_num_threads()
@@ -160,6 +161,7 @@ def test_a_streamed_phase_fetches_only_the_images_it_trains_on(folder, tiny_mode
     assert counted_val.calls.value == 20
 
 
+@pytest.mark.slow  # encodes and reconstructs the folder twice, streamed and stacked
 def test_features_and_reconstructions_of_a_dataset_equal_the_stacked_ones(folder, tiny_model):
     _, val, _, val_x = folder
     streamed, stacked = FeatureSet.encode(tiny_model, val, batch_size=32), FeatureSet.encode(tiny_model, val_x)
@@ -176,6 +178,7 @@ def _degrade(x):
     return torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), scale_factor=2)
 
 
+@pytest.mark.slow  # two evaluations through the FID Inception and LPIPS
 @pytest.mark.parametrize("n", [24, 72], ids=["features-route", "moments-route"])  # N <= D and N > D (D = 64)
 def test_streamed_evaluation_equals_the_stacked_one(folder, offline_weights, tmp_path, n):
     from model.metrics import ReconstructionEvaluator, load_fid_inception, load_lpips

@@ -20,7 +20,6 @@ from model.metrics import (
     reference_stats,
 )
 
-
 pytestmark = pytest.mark.usefixtures("offline_weights")  # tests/model/conftest.py
 
 
@@ -32,6 +31,7 @@ def inception64():
 # --- torchmetrics' documented examples, with our weight loading ------------------------------
 
 
+@pytest.mark.slow  # 200 images at 299 px through the Inception's first block: ~10 s on 2 CPU cores
 def test_fid_reproduces_torchmetrics_example():
     # torchmetrics 1.9 FrechetInceptionDistance docstring, run (as its doctests are) after seed 42.
     torch.manual_seed(42)
@@ -156,7 +156,10 @@ def test_reference_stats_rejects_bad_input(tmp_path, inception64):
 def test_lpips_identical_zero_different_positive_and_differentiable():
     lp = load_lpips("alex")
     g = torch.Generator().manual_seed(3)
-    smooth = lambda: torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=64, mode="bilinear")
+
+    def smooth():
+        return torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8, generator=g), size=64, mode="bilinear")
+
     x, y = smooth(), smooth()
     assert lp(x, x).abs().max().item() < 1e-6
     d = lp(x, y)
@@ -172,6 +175,7 @@ def test_lpips_identical_zero_different_positive_and_differentiable():
 # --- the evaluator ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # loads the full Inception and LPIPS and evaluates three times
 def test_reconstruction_evaluator(tmp_path):
     g = torch.Generator().manual_seed(4)
     ref = torch.rand(4, 3, 32, 32, generator=g)

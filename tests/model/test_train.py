@@ -17,6 +17,7 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # three phases on 320 real images: up to a minute on 2 CPU cores
 def test_three_phases_on_default_images_in_under_a_minute_and_fusion_beats_the_rae(default_images, tiny_model):
     xtr, _, xva = default_images
     model = tiny_model
@@ -46,6 +47,7 @@ def test_phase_2_starts_exactly_at_the_phase_1_reconstruction(default_images, ti
     assert validation_l1(tiny_model, xva[:32], phase=1) == validation_l1(tiny_model, xva[:32], phase=2)
 
 
+@pytest.mark.slow  # a phase with evaluations (make test-fast trains phases in test_image_folder_streaming.py)
 def test_report_receives_the_training_curve(default_images, tiny_model):
     xtr, _, xva = default_images
     seen = []
@@ -57,6 +59,7 @@ def test_report_receives_the_training_curve(default_images, tiny_model):
     assert seen[-1]["final"] is True
 
 
+@pytest.mark.slow  # trains the phase twice (make test-fast keeps the streamed resume, test_image_folder_streaming.py)
 def test_interrupted_phase_resumes_from_its_checkpoint_to_the_same_weights(default_images, tiny_model, tmp_path):
     xtr, _, xva = default_images
     cfg = PhaseConfig(steps=8, batch_size=16, lr=3e-3, checkpoint_every=4, log_every=1)
@@ -81,6 +84,7 @@ def test_interrupted_phase_resumes_from_its_checkpoint_to_the_same_weights(defau
     assert _same(resumed, _snapshot(tiny_model.fusion))
 
 
+@pytest.mark.slow  # trains a phase, then restores it
 def test_a_finished_phase_returns_at_once_from_its_checkpoint(default_images, tiny_model, tmp_path):
     xtr, _, xva = default_images
     cfg = PhaseConfig(steps=3, batch_size=8)
@@ -117,6 +121,7 @@ def test_bad_phase_config_names_the_key(key, value):
         PhaseConfig(**kwargs)
 
 
+@pytest.mark.slow  # LPIPS-VGG and a discriminator over a phase
 def test_lpips_and_delayed_adversarial_terms_join_the_loss_at_their_step(default_images, tiny_model):
     from model import LossConfig
 

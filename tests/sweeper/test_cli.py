@@ -43,6 +43,7 @@ def test_help_explains_every_option():
         assert example in sweep
 
 
+@pytest.mark.slow  # a fresh interpreter (torch, timm) per command, like the two tests below
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, write_spec, tiny_raw):
     spec = write_spec(tiny_raw)
     results = tmp_path / "results"
@@ -54,6 +55,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, write_spec, tiny_r
     assert sorted(os.listdir(tmp_path)) == ["spec.yaml"]  # nothing else, not even in the working directory
 
 
+@pytest.mark.slow  # make test-fast runs the in-process variants (test_user_errors_in_process)
 @pytest.mark.parametrize("case", ["bad-spec", "bad-override"])
 def test_user_error_is_one_line_exit_2(tmp_path, write_spec, tiny_raw, case):
     if case == "bad-spec":
@@ -149,10 +151,11 @@ def test_usage_errors_exit_2(capsys):
     ({"RAY_ADDRESS": "127.0.0.1:1"}, "RAY_ADDRESS 127.0.0.1:1: no Ray cluster answers"),
     ({"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}, "MLflow tracking URI http://127.0.0.1:1: no server answers"),
 ])
+@pytest.mark.slow  # a sweep in a fresh interpreter, up to its connection checks
 def test_unreachable_ray_or_mlflow_fails_fast_before_any_trial(tmp_path, env, words):
     import time
 
-    from conftest import SMOKE
+    from helpers import SMOKE
 
     results = tmp_path / "results"
     full_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}

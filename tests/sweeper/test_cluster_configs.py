@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from conftest import REPO
+
+from helpers import REPO
 
 CLUSTER = REPO / "sweeps" / "cluster"
 LAUNCHER = CLUSTER / "gpu-cluster.yaml"

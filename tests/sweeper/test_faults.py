@@ -12,7 +12,8 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import REPO, SMOKE, mlflow_trial_runs, smoke_plan
+
+from helpers import REPO, SMOKE, mlflow_trial_runs, smoke_plan
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, stop_group, wait_healthy
+
+from helpers import REPO, stop_group, wait_healthy
 
 pytestmark = [
     pytest.mark.slow,

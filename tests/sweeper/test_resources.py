@@ -3,8 +3,8 @@
 import re
 
 import pytest
-from conftest import SMOKE
 
+from helpers import SMOKE
 from model.errors import UserError
 from sweeper.plan import build_plan
 from sweeper.run import trial_resources

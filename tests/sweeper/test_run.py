@@ -4,7 +4,8 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import mlflow_trial_runs, smoke_plan
+
+from helpers import mlflow_trial_runs, smoke_plan
 
 pytestmark = pytest.mark.slow
 

@@ -77,6 +77,7 @@ def test_load_data_without_a_feature_cache_returns_the_folders_datasets(folder_p
     assert val[0][0].shape == (3, 32, 32)
 
 
+@pytest.mark.slow  # evaluates twice (streamed and stacked) through the FID Inception
 def test_evaluate_streams_reconstructions_and_equals_the_stacked_evaluation(folder_plan, tmp_path, monkeypatch):
     from model.metrics import ReconstructionEvaluator
     from model.train import reconstruct
@@ -104,6 +105,7 @@ def test_evaluate_streams_reconstructions_and_equals_the_stacked_evaluation(fold
         assert grid.size == (N_EVAL * 33 + 1, 2 * 33 + 1)
 
 
+@pytest.mark.slow  # the shared work of a sweep: FID statistics and phase 1
 def test_prepare_streams_the_fid_statistics_and_phase_1(folder_plan, no_stacking, monkeypatch):
     import sweeper.shared
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import REPO, SMOKE, stop_group, wait_healthy
+
+from helpers import REPO, SMOKE, stop_group, wait_healthy
 
 pytestmark = pytest.mark.slow
 

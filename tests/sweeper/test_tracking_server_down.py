@@ -19,7 +19,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import REPO, SMOKE, stop_group, wait_healthy
+
+from helpers import REPO, SMOKE, stop_group, wait_healthy
 
 pytestmark = pytest.mark.slow
 

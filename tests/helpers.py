@@ -1,0 +1,142 @@
+"""Helpers that several test modules share (conftest.py files hold only fixtures).
+
+Imported explicitly, ``from helpers import ...``: pytest puts tests/ on sys.path (``pythonpath`` in
+pyproject.toml). Heavy imports (the sweeper, MLflow) stay inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "sweeps" / "smoke.yaml"
+# The default sweep's results table, where `make sweep` has run in this clone.
+DEFAULT_TRIALS = REPO / "results" / "default" / "trials.parquet"
+
+
+# --- marks -----------------------------------------------------------------------------------
+
+# Encoder presets whose random ViT takes seconds to build and run on CPU (ViT-B, ViT-L).
+LARGE_ENCODERS = ("dinov2-b", "dinov2-l")
+
+
+def encoder_presets() -> list:
+    """Every encoder preset's name, for ``parametrize``; the large ones marked slow (make test-fast skips them)."""
+    from model import ENCODER_PRESETS
+
+    return [pytest.param(p, marks=pytest.mark.slow) if p in LARGE_ENCODERS else p for p in sorted(ENCODER_PRESETS)]
+
+
+# --- sweeps ----------------------------------------------------------------------------------
+
+
+def smoke_plan(tmp_path, *overrides):
+    """The smoke spec with its results (table, Ray storage, MLflow db) under tmp_path."""
+    from sweeper.plan import build_plan
+    from sweeper.spec import load_spec
+
+    return build_plan(load_spec(SMOKE, [f"results_dir={tmp_path / 'results'}", *overrides]))
+
+
+def mlflow_trial_runs(tmp_path, experiment: str):
+    """The nested (trial) runs of the experiment in the test's SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def wait_healthy(proc, url: str, timeout: float, log_tail, what: str) -> None:
+    """Wait until the server that ``proc`` started answers ``url``/health; fail with its log if it dies or
+    never does."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"no /health answer on {url} within {timeout} s:\n{log_tail()}")
+
+
+def stop_group(proc, grace: float = 30) -> None:
+    """Stop exactly the process group that ``proc`` leads (started with start_new_session=True):
+    SIGTERM, then SIGKILL if any of it lingers past ``grace`` seconds."""
+    pgid = proc.pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        proc.poll()  # reap the leader
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=10)
+
+
+# --- results tables --------------------------------------------------------------------------
+
+
+def sweep_table(layers=(2, 4, 8), widths=(8, 32, 128, 512), seeds=(0, 1), failed=True) -> pd.DataFrame:
+    """A sweep's trials table: a width scan at the middle layer count, a layer scan at one width,
+    controls (RAE baseline without params, decoder-only) and one failed trial."""
+    rng = np.random.default_rng(0)
+    mid = layers[len(layers) // 2]
+    cells = {(mid, w) for w in widths} | {(k, widths[1]) for k in layers}
+    rows = []
+    for k, w in sorted(cells):
+        for s in seeds:
+            params = k * (w * 1000 + 5000)
+            rows.append({"trial_id": f"h{w}-k{k}-s{s}-t0", "point_id": f"h{w}-k{k}", "kind": "grid",
+                         "status": "completed", "expert_hidden": float(w), "fused_layers": k, "seed": s,
+                         "params": params, "rfid": 40 - 2.0 * np.log10(params) + rng.normal(0, 0.1),
+                         "psnr": 30.0 + s, "ssim": 0.9, "lpips": 0.01, "best": True})
+    rows.append({"trial_id": "rae-s0-t0", "point_id": "rae", "kind": "control", "status": "completed",
+                 "expert_hidden": np.nan, "fused_layers": 0, "seed": 0, "params": 0, "rfid": 35.5,
+                 "psnr": 30.0, "ssim": 0.9, "lpips": 0.01, "best": True})
+    rows.append({"trial_id": "decoder_only-s0-t0", "point_id": "decoder_only", "kind": "control",
+                 "status": "completed", "expert_hidden": np.nan, "fused_layers": 0, "seed": 0,
+                 "params": 400_000, "rfid": 36.0, "psnr": 30.0, "ssim": 0.9, "lpips": 0.01, "best": True})
+    if failed:
+        rows.append({"trial_id": "h2048-k4-s0-t0", "point_id": "h2048-k4", "kind": "grid", "status": "failed",
+                     "expert_hidden": 2048.0, "fused_layers": mid, "seed": 0, "params": np.nan, "rfid": np.nan,
+                     "psnr": np.nan, "ssim": np.nan, "lpips": np.nan, "best": False})
+    return pd.DataFrame(rows)
+
+
+def real_or_stand_in(tmp_path) -> Path:
+    """A copy of the default sweep's table (one fused_layers value), or a made-up one of that shape."""
+    src = tmp_path / "trials.parquet"
+    if DEFAULT_TRIALS.is_file():
+        shutil.copy(DEFAULT_TRIALS, src)
+    else:  # no sweep has run here: the same shape of table, made up
+        sweep_table(layers=(6,), widths=(2, 8, 32, 128, 512, 2048), seeds=(0,), failed=False).to_parquet(src)
+    return src
