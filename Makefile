@@ -11,7 +11,7 @@ LOCK := requirements.lock
 DEPS_HASH := $(shell { cat pyproject.toml $(LOCK); echo '$(TORCH_SPEC)'; } | sha256sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 # What ruff checks (its rules: [tool.ruff] in pyproject.toml).
-LINT_PATHS := model sweeper analysis bench tests
+LINT_PATHS := model sweeper analysis drorae_io bench tests
 PYTEST_ARGS ?=
 RESULTS ?= results
 MLFLOW_PORT ?= 5000
