@@ -21,6 +21,7 @@ from torch.utils.data import TensorDataset
 
 from model import DRoRAE, DRoRAEConfig, FeatureSet, run_phase
 from model.data import ImageBatches, head, load_split
+from model.features import load_feature_cache
 from model.train import reconstruct
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,7 @@ def load_data(plan, shared, layers, with_train: bool = True):
     """
     n_eval = plan.spec.eval.n_images
     if shared.features_path is not None:
-        feats = torch.load(shared.features_path, mmap=True, weights_only=True)
-        train, val = FeatureSet(**feats["train"]), FeatureSet(**feats["val"])
+        train, val = load_feature_cache(shared.features_path)
         if layers:
             train, val = train.select(layers), val.select(layers)
         return (train if with_train else None), val.head(n_eval)
