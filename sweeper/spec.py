@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from model import DECODER_PRESETS, ENCODER_PRESETS
 from model.errors import UserError
 
-CONTROLS = ("rae", "decoder_only", "last_layer")
+from .trial_config import Control
 
 
 class SpecError(UserError):
@@ -194,7 +194,7 @@ class SearchSpec(_Strict):
 class ControlsSpec(_Strict):
     """Control runs beside the grid, to attribute the gain (design.md section 5)."""
 
-    runs: list[Literal["rae", "decoder_only", "last_layer"]] = []
+    runs: list[Control] = []
     last_layer_hidden: int | None = Field(None, gt=0)  # None: the grid's largest width
 
 
