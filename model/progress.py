@@ -32,8 +32,9 @@ class Progress:
     """``update(n)`` as a loop advances through ``total`` units; a context manager that closes the bar."""
 
     def __init__(self, total: int, desc: str, logger: logging.Logger, unit: str = "steps", initial: int = 0,
-                 every: float = LOG_EVERY_S):
-        self.total, self.desc, self.log, self.unit, self.every = total, desc, logger, unit, every
+                 every: float | None = None):
+        self.total, self.desc, self.log, self.unit = total, desc, logger, unit
+        self.every = LOG_EVERY_S if every is None else every
         self.done = self.start = initial
         self.note = ""
         self.t0 = self.last = time.monotonic()
@@ -44,15 +45,13 @@ class Progress:
 
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, delay=BAR_DELAY_S, leave=False)
 
-    def update(self, n: int = 1, note: str | None = None) -> None:
-        """``n`` more units done; ``note`` (e.g. the loss) is shown with the next line."""
+    def update(self, n: int = 1) -> None:
+        """``n`` more units done. ``note`` (e.g. the last loss; set it any time) is shown with them."""
         self.done += n
-        if note is not None:
-            self.note = note
         if self.bar is not None:
+            if self.note:
+                self.bar.set_postfix_str(self.note, refresh=False)
             self.bar.update(n)
-            if note is not None:
-                self.bar.set_postfix_str(note, refresh=False)
         elif self.enabled:
             now = time.monotonic()
             if now - self.last >= self.every:
@@ -66,7 +65,8 @@ class Progress:
         pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
         eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
         note = f", {self.note}" if self.note else ""
-        return f"{self.desc}: {self.done}/{self.total} {self.unit}{pct}, {rate:.3g} {self.unit}/s, ETA {eta}{note}"
+        speed = f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+        return f"{self.desc}: {self.done}/{self.total} {self.unit}{pct}, {speed} {self.unit}/s, ETA {eta}{note}"
 
     def close(self) -> None:
         if self.bar is not None:

@@ -33,6 +33,7 @@ from .drorae import DRoRAE
 from .errors import ConfigError
 from .features import FeatureSet, device_of, take
 from .losses import LossConfig, ReconstructionLoss
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -363,20 +364,25 @@ def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: R
 
     t0 = time.perf_counter() - elapsed
     trainer.open_stream(cfg.steps - start_step)
+    progress = Progress(cfg.steps, f"phase {phase} ({trainer.spec.name})", log, initial=start_step)
     try:
         for step in range(start_step, cfg.steps):
             loss, terms = trainer.step(step)
             done = step + 1
             elapsed = time.perf_counter() - t0
             if done % cfg.log_every == 0 or done == cfg.steps:
-                report({"phase": phase, "step": done, "loss": float(loss.detach()), **terms,
-                        "lr": trainer.sched.get_last_lr()[0], "seconds": elapsed})
+                value = float(loss.detach())
+                report({"phase": phase, "step": done, "loss": value, **terms, "lr": trainer.sched.get_last_lr()[0],
+                        "seconds": elapsed})
+                progress.note = f"loss {value:.4f}"
+            progress.update()
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                 report({"phase": phase, "step": done, "val_l1": validation_l1(model, val, cfg.val_batch_size, phase)})
                 model.train()
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
                 save(done)
     finally:
+        progress.close()
         trainer.close_stream()  # its workers, also when a step fails
     model.eval()
     steps_run = cfg.steps - start_step

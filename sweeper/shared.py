@@ -107,12 +107,8 @@ def prepare(plan, device: str = "cpu") -> Shared:
             train, val = load_feature_cache(features_path)
             val = val.head(spec.eval.n_images)
 
-        def report(m):
-            if "loss" in m and m["step"] % (plan.phase1.log_every * 10) == 0:
-                log.info("phase 1: step %d/%d loss %.4f", m["step"], plan.phase1.steps, m["loss"])
-
-        metrics = train_decoder(rae, plan.phase1, train, val, report,
-                                checkpoint=decoder_path.with_suffix(".ckpt"))
+        log.info("phase 1: training the decoder on z_base for %d steps", plan.phase1.steps)
+        metrics = train_decoder(rae, plan.phase1, train, val, checkpoint=decoder_path.with_suffix(".ckpt"))
         with atomic_path(metrics_path) as tmp:
             tmp.write_text(json.dumps(metrics))
         save_atomic(rae.decoder.state_dict(), decoder_path)  # last: its presence means phase 1 is done
