@@ -74,23 +74,6 @@ class PhaseConfig:
                 raise ConfigError(f"phase.{key}: expected >= 0, got {getattr(self, key)!r}")
 
 
-@dataclass(frozen=True)
-class Phase:
-    """What one phase trains and on which latent; everything else is the same in every phase."""
-
-    name: str
-    trains: str  # the DRoRAE module it trains ("decoder" or "fusion"); every other module is frozen
-    fused: bool  # the decoder reads z_final (the fusion of the layers), not z_base
-    noise: bool  # the latent gets the decoder's noise_tau augmentation (RAE's recipe for a decoder on z_base)
-
-
-PHASES = {
-    1: Phase("decoder", trains="decoder", fused=False, noise=True),
-    2: Phase("fusion", trains="fusion", fused=True, noise=False),
-    3: Phase("finetune", trains="decoder", fused=True, noise=False),
-}
-
-
 def _streams(data) -> bool:
     """Whether ``data`` is decoded by a DataLoader rather than gathered from memory."""
     return not isinstance(data, (torch.Tensor, FeatureSet))
@@ -209,6 +192,23 @@ def validation_l1(model: DRoRAE, val, batch_size: int = 256, phase: int | None =
         total += (recon - images).abs().sum().item()
         count += images.numel()
     return total / count
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What one phase trains and on which latent; everything else is the same in every phase."""
+
+    name: str
+    trains: str  # the DRoRAE module it trains ("decoder" or "fusion"); every other module is frozen
+    fused: bool  # the decoder reads z_final (the fusion of the layers), not z_base
+    noise: bool  # the latent gets the decoder's noise_tau augmentation (RAE's recipe for a decoder on z_base)
+
+
+PHASES = {
+    1: Phase("decoder", trains="decoder", fused=False, noise=True),
+    2: Phase("fusion", trains="fusion", fused=True, noise=False),
+    3: Phase("finetune", trains="decoder", fused=True, noise=False),
+}
 
 
 def _trainable(model: DRoRAE, phase: int) -> nn.Module:
