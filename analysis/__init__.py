@@ -8,10 +8,10 @@ lazily, inside ``load("mlflow:EXPERIMENT")``).
     res.summary(); res.conf_int(method="bootstrap"); res.get_prediction([2e8]).summary_frame()
 """
 
+from analysis.backtest import backtest
 from analysis.errors import AnalysisError
+from analysis.fit import FitResults, fit
 from analysis.laws import FORMS, get_law
 from analysis.load import Table, load
-from analysis.fit import FitResults, fit
-from analysis.backtest import backtest
 
 __all__ = ["AnalysisError", "FORMS", "FitResults", "Table", "backtest", "fit", "get_law", "load"]

@@ -37,10 +37,10 @@ def main() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on 127.0.0.1 only
     from sweeper.plan import build_plan
     from sweeper.run import run_sweep
-    from sweeper.search import trial_config
     from sweeper.shared import prepare
     from sweeper.spec import load_spec
     from sweeper.trial import train_trial
+    from sweeper.trial_config import TrialConfig
 
     cores = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="drorae-bench-"))
@@ -63,7 +63,7 @@ def main() -> None:
         for unit in units:
             work = tmp / "direct" / unit.unit_id
             work.mkdir(parents=True)
-            m = train_trial(trial_config(unit, {}, True, 0), plan, shared, lambda m: None, work, lambda step: None)
+            m = train_trial(TrialConfig.of(unit, {}, True, 0), plan, shared, lambda m: None, work, lambda step: None)
             direct_compute += m["train_seconds"] + m.get("eval_seconds", 0.0)
             per_trial[unit.unit_id] = {"direct": m["train_seconds"] + m.get("eval_seconds", 0.0)}
         direct += time.perf_counter() - t

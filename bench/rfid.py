@@ -36,10 +36,10 @@ def main() -> None:
     from model.data import load_split, stack_images
     from model.metrics import ReconstructionEvaluator, reference_stats
     from sweeper.plan import build_plan
-    from sweeper.search import trial_config
     from sweeper.shared import prepare
     from sweeper.spec import load_spec
     from sweeper.trial import train_trial
+    from sweeper.trial_config import TrialConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="drorae-bench-rfid-"))
     plan = build_plan(load_spec(args.spec, [f"grid.expert_hidden=[{args.hidden}]", "controls.runs=[]",
@@ -65,7 +65,7 @@ def main() -> None:
     work = tmp / "trial"
     work.mkdir()
     t = time.perf_counter()
-    metrics = train_trial(trial_config(unit, {}, True, 0), plan, shared, lambda m: None, work, lambda s: None)
+    metrics = train_trial(TrialConfig.of(unit, {}, True, 0), plan, shared, lambda m: None, work, lambda s: None)
     trial_s = time.perf_counter() - t
 
     out = {"n_images": n, "threads": args.threads, "reference_stats_s": ref_s, "evaluation_s": eval_s,

@@ -36,7 +36,7 @@ class DRoRAE(nn.Module):
         self.encoder, self.decoder, self.fusion = encoder, decoder, fusion
 
     @classmethod
-    def from_config(cls, cfg: DRoRAEConfig) -> "DRoRAE":
+    def from_config(cls, cfg: DRoRAEConfig) -> DRoRAE:
         encoder = FrozenEncoder(cfg.encoder)
         arch = encoder.arch
         decoder = ViTDecoder(cfg.decoder, arch.dim, arch.grid, arch.decoder_patch(cfg.image_size))

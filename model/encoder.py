@@ -28,6 +28,7 @@ from torch import nn
 
 from .config import validated
 from .errors import AssetError, ConfigError
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -269,19 +270,19 @@ def pretrain_tiny_encoder(cfg: EncoderConfig, images: torch.Tensor, labels: torc
     gen = torch.Generator().manual_seed(seed)
     vit.train()
     start = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    for step in tqdm(range(cfg.pretrain_steps), desc="pretrain encoder", leave=False,
-                     disable=None if log.isEnabledFor(logging.INFO) else True):
-        idx = torch.randint(0, len(images), (cfg.pretrain_batch_size,), generator=gen)
-        x = images[idx]
-        if x.shape[-1] != cfg.input_size:
-            x = F.interpolate(x, size=cfg.input_size, mode="bicubic", align_corners=False)
-        loss = F.cross_entropy(vit((x - mean) / std), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    log.info("encoder: pretraining %s for %d steps on %d images", cfg.arch, cfg.pretrain_steps, len(images))
+    with Progress(cfg.pretrain_steps, "pretrain encoder", log) as progress:
+        for _ in range(cfg.pretrain_steps):
+            idx = torch.randint(0, len(images), (cfg.pretrain_batch_size,), generator=gen)
+            x = images[idx]
+            if x.shape[-1] != cfg.input_size:
+                x = F.interpolate(x, size=cfg.input_size, mode="bicubic", align_corners=False)
+            loss = F.cross_entropy(vit((x - mean) / std), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            progress.update()
     log.info("encoder: pretrained %s for %d steps in %.0f s (last loss %.3f)", cfg.arch, cfg.pretrain_steps,
              time.perf_counter() - start, loss.item())
     from .assets import atomic_path

@@ -30,15 +30,14 @@ from torch import Tensor, nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
-from tqdm.auto import tqdm
 
 from . import assets
 from .errors import ConfigError
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
 FID_FEATURE_DIMS = (64, 192, 768, 2048)  # the Inception taps torchmetrics offers; 2048 = pool3, the standard
-PROGRESS_DELAY_S = 3.0  # show a progress bar only once a loop has run this long
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,11 +224,12 @@ def reference_stats(
             log.info("FID reference stats for %s from cache: %s", key, path)
             return z["mu"], z["sigma"]
 
+    log.info("FID reference stats for %s: computing them over %d images", key, n)
     extractor = extractor if extractor is not None else load_fid_inception(device=device)
     moments = _FeatureMoments(extractor.num_features)
     dev = next(extractor.parameters()).device
     t0 = time.perf_counter()
-    with tqdm(total=n, desc=f"FID stats {key}", unit="img", delay=PROGRESS_DELAY_S, leave=False) as bar:
+    with Progress(n, f"FID stats {key}", log, unit="images") as bar:
         for batch in itertools.chain([first], it):
             batch = batch[: n - moments.n]
             moments.update(extractor(batch.to(dev)))
@@ -356,7 +356,7 @@ class ReconstructionEvaluator:
         # frechet_distance_to_features is exact and cheaper than a (D, D) one; beyond, the moments.
         kept: list[Tensor] | None = []
         sums = torch.zeros(3, dtype=torch.float64)  # per-image PSNR, SSIM, LPIPS
-        with tqdm(total=self.n, desc=f"eval {self.key}", unit="img", delay=PROGRESS_DELAY_S, leave=False) as bar:
+        with Progress(self.n, f"eval {self.key}", log, unit="images") as bar:
             for ref, recon in pairs:
                 if tuple(recon.shape) != tuple(ref.shape):
                     raise ValueError(f"a reconstruction batch {tuple(recon.shape)} must match its reference "

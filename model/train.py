@@ -6,10 +6,12 @@
 3. ``finetune_decoder`` freezes the fusion module and fine-tunes the decoder on z_final.
 
 Each is a plain function ``(model, PhaseConfig, train, val, report) -> metrics`` that knows
-nothing of Ray, Optuna or MLflow. ``report(dict)`` receives the training curve. Training data is
-a tensor of images (N, 3, H, W) in [0, 1], a ``FeatureSet`` of cached encoder features, or a
-Dataset of (image, label): a TensorDataset is gathered from directly like a tensor, any other
-(an ImageFolder) streams through a DataLoader in the same batch order, never stacked whole.
+nothing of Ray, Optuna or MLflow: ``run_phase`` with the phase's row of ``PHASES`` (the module it
+trains, the latent it decodes); ``_Trainer`` steps, saves and restores a phase. ``report(dict)``
+receives the training curve. Training data is a tensor of images (N, 3, H, W) in [0, 1], a
+``FeatureSet`` of cached encoder features (``model.features``), or a Dataset of (image, label): a
+TensorDataset is gathered from directly like a tensor, any other (an ImageFolder) streams through a
+DataLoader in the same batch order, never stacked whole.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -32,12 +34,13 @@ from .config import validated
 from .data import ImageBatches, images_of, make_loader, unwrap
 from .drorae import DRoRAE
 from .errors import ConfigError
+from .features import FeatureSet, device_of, take
 from .losses import LossConfig, ReconstructionLoss
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict], None]
-PHASES = {1: "decoder", 2: "fusion", 3: "finetune"}
 
 
 @validated("phase")
@@ -59,67 +62,6 @@ class PhaseConfig:
     seed: int = 0  # a sweep sets it: its own seed for phase 1, each unit's seed for phases 2 and 3
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the trainable module (CUDA)
-
-
-@dataclass
-class FeatureSet:
-    """Images with their frozen-encoder features, computed once (a feature cache).
-
-    images (N, 3, H, W); layers (N, L, T, D); base (N, T, D). Features may be fp16 on disk; they
-    are cast to float on use.
-    """
-
-    images: torch.Tensor
-    layers: torch.Tensor
-    base: torch.Tensor
-    layer_index: tuple[int, ...] | None = None  # the fused blocks among the cached ones; None: all
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def select(self, layer_index) -> "FeatureSet":
-        """The same features with only the blocks ``layer_index`` fused (no copy)."""
-        return FeatureSet(self.images, self.layers, self.base, tuple(layer_index))
-
-    def head(self, n: int) -> "FeatureSet":
-        """The first ``n`` images and their features."""
-        return FeatureSet(self.images[:n], self.layers[:n], self.base[:n], self.layer_index)
-
-    def state_dict(self) -> dict:
-        return {"images": self.images, "layers": self.layers, "base": self.base}
-
-    @classmethod
-    @torch.no_grad()
-    def encode(cls, model: DRoRAE, images: torch.Tensor | Dataset, batch_size: int = 256,
-               dtype: torch.dtype = torch.float16) -> "FeatureSet":
-        """Encode ``images`` (a tensor, or a Dataset of (image, label) decoded batch by batch).
-
-        The outputs are filled in place, so the peak is the cache itself plus one batch.
-        """
-        device = _device_of(model)
-        images = unwrap(images)
-        n = len(images)
-        out = None
-        start = 0
-        for batch in ImageBatches(images, batch_size, pin_memory=device.type == "cuda"):
-            ly, b = model.encoder(batch.to(device, non_blocking=True))  # (L, B, T, D), (B, T, D)
-            if out is None:
-                stacked = images if isinstance(images, torch.Tensor) else torch.empty((n, *batch.shape[1:]))
-                out = cls(stacked, torch.empty((n, ly.shape[0], *ly.shape[2:]), dtype=dtype),
-                          torch.empty((n, *b.shape[1:]), dtype=dtype))
-            end = start + len(batch)
-            if out.images is not images:
-                out.images[start:end] = batch
-            out.layers[start:end] = ly.transpose(0, 1)  # (B, L, T, D)
-            out.base[start:end] = b
-            start = end
-        if out is None:
-            raise ValueError("FeatureSet.encode: no images")
-        return out
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.decoder.parameters()).device
 
 
 def _streams(data) -> bool:
@@ -197,35 +139,11 @@ class _Stream:
             shutdown()
 
 
-def _take(src: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``src[idx]`` on ``device``.
-
-    From host memory to a GPU the rows are gathered straight into pinned memory: a non-blocking
-    copy from pageable memory (a plain gather, a memory-mapped cache) is a synchronous one.
-    """
-    if device.type == "cuda" and src.device.type == "cpu":
-        out = torch.empty((len(idx), *src.shape[1:]), dtype=src.dtype, pin_memory=True)
-        return torch.index_select(src, 0, idx, out=out).to(device, non_blocking=True)
-    return src[idx].to(device, non_blocking=True)
-
-
 def _features(model: DRoRAE, data, idx: torch.Tensor, device: torch.device):
     """(images, layers (L, B, T, D), base (B, T, D)) for the batch ``idx`` of a tensor or a FeatureSet."""
     if isinstance(data, FeatureSet):
-        images = _take(data.images, idx, device)
-        cached = data.layers  # (N, L_cached, T, D)
-        if data.layer_index is None:
-            layers = _take(cached, idx, device)  # (B, L, T, D)
-        elif cached.is_contiguous():  # the fused blocks of the batch in one gather of B * L rows
-            blocks = torch.tensor(data.layer_index)
-            rows = (idx[:, None] * cached.shape[1] + blocks).flatten()  # (B * L,)
-            layers = _take(cached.flatten(0, 1), rows, device)  # (B * L, T, D)
-            layers = layers.unflatten(0, (len(idx), len(blocks)))  # (B, L, T, D)
-        else:
-            layers = cached[idx][:, list(data.layer_index)].to(device, non_blocking=True)  # (B, L, T, D)
-        layers = layers.float().transpose(0, 1)  # (L, B, T, D)
-        return images, layers, _take(data.base, idx, device).float()
-    return _encoded(model, _take(data, idx, device))
+        return data.batch(idx, device)
+    return _encoded(model, take(data, idx, device))
 
 
 def _encoded(model: DRoRAE, images: torch.Tensor):
@@ -234,13 +152,9 @@ def _encoded(model: DRoRAE, images: torch.Tensor):
     return images, layers, base
 
 
-def _latent(model: DRoRAE, phase: int, layers, base):
-    return base if phase == 1 else model.latent(layers, base)
-
-
 def _in_order(model: DRoRAE, data, batch_size: int):
     """(images, layers, base) batches over ``data`` in order: gathered, or decoded by a sequential DataLoader."""
-    device = _device_of(model)
+    device = device_of(model)
     data = unwrap(data)
     if _streams(data):
         for images in ImageBatches(data, batch_size, pin_memory=device.type == "cuda"):
@@ -264,18 +178,35 @@ def reconstruct(model: DRoRAE, data, batch_size: int = 256, use_fusion: bool = T
 def validation_l1(model: DRoRAE, val, batch_size: int = 256, phase: int | None = None) -> float:
     """Mean absolute error of clamped reconstructions over the validation set."""
     total, count = 0.0, 0
-    for images, recon in reconstruct(model, val, batch_size, use_fusion=phase != 1):
+    for images, recon in reconstruct(model, val, batch_size, use_fusion=phase is None or PHASES[phase].fused):
         total += (recon - images).abs().sum().item()
         count += images.numel()
     return total / count
 
 
+@dataclass(frozen=True)
+class Phase:
+    """What one phase trains and on which latent; everything else is the same in every phase."""
+
+    name: str
+    trains: str  # the DRoRAE module it trains ("decoder" or "fusion"); every other module is frozen
+    fused: bool  # the decoder reads z_final (the fusion of the layers), not z_base
+    noise: bool  # the latent gets the decoder's noise_tau augmentation (RAE's recipe for a decoder on z_base)
+
+
+PHASES = {
+    1: Phase("decoder", trains="decoder", fused=False, noise=True),
+    2: Phase("fusion", trains="fusion", fused=True, noise=False),
+    3: Phase("finetune", trains="decoder", fused=True, noise=False),
+}
+
+
 def _trainable(model: DRoRAE, phase: int) -> nn.Module:
-    if phase == 2:
-        if model.fusion is None:
-            raise ConfigError("phase 2: the model has no fusion module (expert_hidden is null)")
-        return model.fusion
-    return model.decoder
+    spec = PHASES[phase]
+    module = getattr(model, spec.trains)
+    if module is None:
+        raise ConfigError(f"phase {phase}: the model has no {spec.trains} module (expert_hidden is null)")
+    return module
 
 
 def _set_trainable(model: DRoRAE, phase: int) -> nn.Module:
@@ -292,120 +223,157 @@ def save_atomic(obj, path: Path):
         torch.save(obj, tmp)
 
 
+class _Trainer:
+    """The optimization of one phase: its module (``PHASES[phase].trains``), optimizers, batch order and loss.
+
+    ``step`` trains on the next batch; ``save`` and ``restore`` move the whole state, the global RNG's
+    included, through a checkpoint file, so a resumed phase continues exactly where it stopped.
+    """
+
+    def __init__(self, model: DRoRAE, phase: int, cfg: PhaseConfig, train):
+        self.model, self.phase, self.spec, self.cfg, self.train = model, phase, PHASES[phase], cfg, train
+        self.device = device = device_of(model)
+        self.module = _set_trainable(model, phase)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        fused_ok = device.type == "cuda"
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+                                     fused=fused_ok or None)
+
+        def lr_at(step: int) -> float:  # a plain function: LambdaLR keeps it out of its state_dict
+            if step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_at)
+        self.loss_fn = ReconstructionLoss(cfg.loss).to(device)  # a discriminator's init draws from the global RNG
+        self.disc_opt = None
+        if self.loss_fn.discriminator is not None:
+            self.disc_opt = torch.optim.AdamW(self.loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9),
+                                              fused=fused_ok or None)
+        self.batches = _Batches(train, cfg.batch_size, cfg.seed)
+        self.stream: _Stream | None = None
+        step_fn = self.module
+        if cfg.compile and device.type == "cuda":
+            step_fn = torch.compile(self.module)
+        # The latent and the decoder of a step: the trained module through step_fn, the frozen one as it is.
+        self.fuse = step_fn if self.spec.trains == "fusion" else model.latent
+        self.decode = step_fn if self.spec.trains == "decoder" else model.decoder
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+
+    def restore(self, path: Path) -> tuple[int, float]:
+        """Load the state ``save`` wrote to ``path``; returns (steps done, seconds spent)."""
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state["phase"] != self.phase:
+            raise ConfigError(f"checkpoint: {path} is from phase {state['phase']}, not phase {self.phase}")
+        self.module.load_state_dict(state["module"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.batches.load_state_dict(state["batches"])
+        torch.set_rng_state(state["rng"].cpu())
+        if self.disc_opt is not None:
+            self.loss_fn.discriminator.load_state_dict(state["discriminator"])
+            self.disc_opt.load_state_dict(state["disc_optimizer"])
+        return int(state["step"]), float(state["seconds"])
+
+    def save(self, path: Path, step: int, seconds: float):
+        """Write the state after ``step`` steps and ``seconds`` of training to ``path`` atomically."""
+        state = {"phase": self.phase, "step": step, "seconds": seconds, "module": self.module.state_dict(),
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 "batches": self.batches.state_dict(), "rng": torch.get_rng_state(), "config": repr(self.cfg)}
+        if self.disc_opt is not None:
+            state["discriminator"] = self.loss_fn.discriminator.state_dict()
+            state["disc_optimizer"] = self.disc_opt.state_dict()
+        save_atomic(state, path)
+
+    def open_stream(self, steps: int):
+        """Decode the next ``steps`` batches of a streamed Dataset ahead (nothing for tensors and FeatureSets)."""
+        if _streams(self.train) and steps > 0:
+            self.stream = _Stream(self.train, self.batches, steps, self.device)
+
+    def close_stream(self):
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+    def step(self, step: int) -> tuple[torch.Tensor, dict]:
+        """Train on the next batch; returns the loss and its terms."""
+        model, spec = self.model, self.spec
+        idx = self.batches.next_indices()
+        with self.autocast:  # the frozen encoder too, when it runs on the fly: bf16 like the rest, not fp32
+            if self.stream is None:
+                images, layers, base = _features(model, self.train, idx, self.device)
+            else:
+                images, layers, base = _encoded(model, self.stream.next())
+            z = self.fuse(layers, base) if spec.fused else base
+            if spec.noise and model.decoder.config.noise_tau > 0:
+                z = z + model.decoder.config.noise_tau * torch.rand(()) * torch.randn_like(z)
+            recon = self.decode(z)
+            loss, terms = self.loss_fn(recon.float(), images, step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"phase {self.phase} ({spec.name}): loss is {loss.item()} at step {step}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        if self.loss_fn.adversarial_on(step):
+            d_loss = self.loss_fn.discriminator_loss(recon.float(), images)
+            self.disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.disc_opt.step()
+            terms["adv_d"] = float(d_loss.detach())
+        return loss, terms
+
+
 def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: Report | None = None,
               checkpoint: str | Path | None = None, on_checkpoint: Callable[[int], None] | None = None) -> dict:
-    """Train the module of ``phase`` (1, 2 or 3) for ``cfg.steps``; returns final metrics.
+    """Train the module of ``phase`` (1, 2 or 3; see ``PHASES``) for ``cfg.steps``; returns final metrics.
 
     With ``checkpoint`` the phase saves its state every ``cfg.checkpoint_every`` steps and at the
     end, and resumes from that file when it exists (finished phases return at once);
     ``on_checkpoint(step)`` is called after each save.
     """
     report = report or (lambda metrics: None)
-    device = _device_of(model)
-    module = _set_trainable(model, phase)
-    params = [p for p in module.parameters() if p.requires_grad]
-    fused_ok = device.type == "cuda"
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
-                            fused=fused_ok or None)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    loss_fn = ReconstructionLoss(cfg.loss).to(device)
-    disc_opt = None
-    if loss_fn.discriminator is not None:
-        disc_opt = torch.optim.AdamW(loss_fn.discriminator.parameters(), lr=cfg.lr, betas=(0.5, 0.9),
-                                     fused=fused_ok or None)
     train, val = unwrap(train), unwrap(val)
-    batches = _Batches(train, cfg.batch_size, cfg.seed)
-    torch.manual_seed(cfg.seed)
+    trainer = _Trainer(model, phase, cfg, train)
+    torch.manual_seed(cfg.seed)  # the global RNG (latent noise, dropout) starts from the phase's seed
     start_step, elapsed = 0, 0.0
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state["phase"] != phase:
-            raise ConfigError(f"checkpoint: {ckpt_path} is from phase {state['phase']}, not phase {phase}")
-        module.load_state_dict(state["module"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        batches.load_state_dict(state["batches"])
-        torch.set_rng_state(state["rng"].cpu())
-        if disc_opt is not None:
-            loss_fn.discriminator.load_state_dict(state["discriminator"])
-            disc_opt.load_state_dict(state["disc_optimizer"])
-        start_step, elapsed = int(state["step"]), float(state["seconds"])
+        start_step, elapsed = trainer.restore(ckpt_path)
         log.info("phase %d: resumed from %s at step %d", phase, ckpt_path, start_step)
 
     def save(step: int):
         if ckpt_path is None:
             return
-        state = {"phase": phase, "step": step, "seconds": elapsed, "module": module.state_dict(),
-                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "batches": batches.state_dict(), "rng": torch.get_rng_state(), "config": repr(cfg)}
-        if disc_opt is not None:
-            state["discriminator"] = loss_fn.discriminator.state_dict()
-            state["disc_optimizer"] = disc_opt.state_dict()
-        save_atomic(state, ckpt_path)
+        trainer.save(ckpt_path, step, elapsed)
         if on_checkpoint is not None:
             on_checkpoint(step)
 
-    step_fn = module
-    if cfg.compile and device.type == "cuda":
-        step_fn = torch.compile(module)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    name = PHASES[phase]
     t0 = time.perf_counter() - elapsed
-    terms: dict = {}
-    stream = None
-    if _streams(train) and start_step < cfg.steps:
-        stream = _Stream(train, batches, cfg.steps - start_step, device)
+    trainer.open_stream(cfg.steps - start_step)
+    progress = Progress(cfg.steps, f"phase {phase} ({trainer.spec.name})", log, initial=start_step)
     try:
         for step in range(start_step, cfg.steps):
-            idx = batches.next_indices()
-            with autocast:  # the frozen encoder too, when it runs on the fly: bf16 like the rest, not fp32
-                if stream is None:
-                    images, layers, base = _features(model, train, idx, device)
-                else:
-                    images, layers, base = _encoded(model, stream.next())
-                if phase == 2:
-                    z = step_fn(layers, base)
-                else:
-                    z = _latent(model, phase, layers, base)
-                    if phase == 1 and model.decoder.config.noise_tau > 0:
-                        z = z + model.decoder.config.noise_tau * torch.rand(()) * torch.randn_like(z)
-                recon = model.decoder(z) if phase == 2 else step_fn(z)
-                loss, terms = loss_fn(recon.float(), images, step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"phase {phase} ({name}): loss is {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            if loss_fn.adversarial_on(step):
-                d_loss = loss_fn.discriminator_loss(recon.float(), images)
-                disc_opt.zero_grad(set_to_none=True)
-                d_loss.backward()
-                disc_opt.step()
-                terms["adv_d"] = float(d_loss.detach())
+            loss, terms = trainer.step(step)
             done = step + 1
             elapsed = time.perf_counter() - t0
             if done % cfg.log_every == 0 or done == cfg.steps:
-                report({"phase": phase, "step": done, "loss": float(loss.detach()), **terms,
-                        "lr": sched.get_last_lr()[0], "seconds": elapsed})
+                value = float(loss.detach())
+                report({"phase": phase, "step": done, "loss": value, **terms, "lr": trainer.sched.get_last_lr()[0],
+                        "seconds": elapsed})
+                progress.note = f"loss {value:.4f}"
+            progress.update()
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                 report({"phase": phase, "step": done, "val_l1": validation_l1(model, val, cfg.val_batch_size, phase)})
                 model.train()
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
                 save(done)
     finally:
-        if stream is not None:
-            stream.close()  # its workers, also when a step fails
+        progress.close()
+        trainer.close_stream()  # its workers, also when a step fails
     model.eval()
     steps_run = cfg.steps - start_step
     metrics = {"phase": phase, "steps": cfg.steps, "train_seconds": elapsed,
@@ -433,11 +401,3 @@ def finetune_decoder(model: DRoRAE, cfg: PhaseConfig, train, val, report: Report
                      checkpoint=None, on_checkpoint=None):
     """Phase 3: the decoder on z_final; encoder and fusion frozen."""
     return run_phase(model, 3, cfg, train, val, report, checkpoint, on_checkpoint)
-
-
-def phase_config_dict(cfg: PhaseConfig) -> dict:
-    """Flat dict of a phase config, for logging as params."""
-    out = asdict(cfg)
-    loss = out.pop("loss")
-    out.update({f"loss.{k}": v for k, v in loss.items()})
-    return out

@@ -18,12 +18,12 @@ from model.errors import UserError
 
 from .shared import feature_bytes
 from .spec import SpecError, SweepSpec
+from .trial_config import Control
 
 # Rough sustained throughputs for the cost estimate (measured on this project's machines: the
 # tiny phase-2 step runs ~60 GFLOP/s on 2 CPU cores; the FID Inception ~6 images/s there).
 FLOPS_PER_S = {"cpu": 5e10, "gpu": 3e14}
 FID_IMAGES_PER_S = {"cpu": 6.0, "gpu": 1500.0}
-CONTROL_IDS = {"rae": "rae", "decoder_only": "decoder_only", "last_layer": "last_layer"}
 
 
 def select_layers(depth: int, k: int) -> tuple[int, ...]:
@@ -119,21 +119,20 @@ def build_plan(spec: SweepSpec) -> Plan:
             for seed in spec.grid.seeds:
                 pid = f"h{h}-k{k}"
                 units.append(Unit(f"{pid}-s{seed}", pid, "grid", h, k, layers, seed, params, n_search, gflop, sec))
-    for name in spec.controls.runs:
+    for control in spec.controls.runs:
         seed = spec.grid.seeds[0]
-        if name == "rae":
+        uid = f"{control.value}-s{seed}"
+        if control is Control.RAE:
             gflop, sec = spec.eval.n_images * 5.7, spec.eval.n_images / FID_IMAGES_PER_S[device]
-            units.append(Unit(f"rae-s{seed}", "rae", "control", None, 0, (), seed, 0, 1, gflop, sec))
-        elif name == "decoder_only":
+            units.append(Unit(uid, control.value, "control", None, 0, (), seed, 0, 1, gflop, sec))
+        elif control is Control.DECODER_ONLY:
             gflop, sec = cost(0, True, True)
-            units.append(Unit(f"decoder_only-s{seed}", "decoder_only", "control", None, 0, (), seed,
-                              dec_params, 1, gflop, sec))
-        else:
+            units.append(Unit(uid, control.value, "control", None, 0, (), seed, dec_params, 1, gflop, sec))
+        elif control is Control.LAST_LAYER:
             h = spec.controls.last_layer_hidden or max(spec.grid.expert_hidden)
             params = fusion_param_count(dim, 1, h)
             gflop, sec = cost(params, False, True)
-            units.append(Unit(f"last_layer-s{seed}", "last_layer", "control", h, 1, (depth - 1,), seed,
-                              params, 1, gflop, sec))
+            units.append(Unit(uid, control.value, "control", h, 1, (depth - 1,), seed, params, 1, gflop, sec))
     ids = [u.unit_id for u in units]
     if len(set(ids)) != len(ids):
         raise SpecError("grid: duplicate points")

@@ -19,6 +19,8 @@ import optuna
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from .trial_config import TrialConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -35,13 +37,6 @@ def distributions(search) -> dict:
         else:
             out[name] = optuna.distributions.CategoricalDistribution(p.choices)
     return out
-
-
-def trial_config(unit, hp: dict, evaluate: bool, index: int) -> dict:
-    return {"trial_id": f"{unit.unit_id}-t{index}", "unit_id": unit.unit_id, "point_id": unit.point_id,
-            "kind": unit.kind, "expert_hidden": unit.expert_hidden, "fused_layers": unit.fused_layers,
-            "layers": list(unit.layers), "seed": unit.seed, "params": unit.params, "hp": hp,
-            "evaluate": evaluate, "n_trials": unit.n_trials}
 
 
 class UnitSearcher(Searcher):
@@ -86,11 +81,11 @@ class UnitSearcher(Searcher):
             self.asked[unit.unit_id] += 1
             if self.search is None or unit.kind == "control":
                 self.live[trial_id] = (unit.unit_id, None)
-                return trial_config(unit, {}, evaluate=True, index=index)
+                return TrialConfig.of(unit, {}, evaluate=True, index=index).to_tune()
             ot = self.study(unit.unit_id).ask(distributions(self.search))
             self.live[trial_id] = (unit.unit_id, ot.number)
             # With search, only the unit's best trial is evaluated (after the run, by the driver).
-            return trial_config(unit, dict(ot.params), evaluate=False, index=index)
+            return TrialConfig.of(unit, dict(ot.params), evaluate=False, index=index).to_tune()
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
@@ -124,9 +119,12 @@ class UnitMedianStopping(FIFOScheduler):
         self.curves = defaultdict(dict)  # unit_id -> {tune trial id -> {step: val_l1}}
 
     def on_trial_result(self, tune_controller, trial, result):
-        if "val_l1" not in result or result.get("final") or trial.config.get("n_trials", 1) < 2:
+        if "val_l1" not in result or result.get("final"):
             return TrialScheduler.CONTINUE
-        unit, step = trial.config["unit_id"], result.get("step")
+        config = TrialConfig.from_tune(trial.config)
+        if config.n_trials < 2:
+            return TrialScheduler.CONTINUE
+        unit, step = config.unit_id, result.get("step")
         self.curves[unit].setdefault(trial.trial_id, {})[step] = result["val_l1"]
         others = [c[step] for tid, c in self.curves[unit].items() if tid != trial.trial_id and step in c]
         if len(others) >= self.min_trials:
@@ -134,7 +132,7 @@ class UnitMedianStopping(FIFOScheduler):
             median = others[len(others) // 2] if len(others) % 2 else 0.5 * (others[len(others) // 2 - 1]
                                                                                + others[len(others) // 2])
             if result["val_l1"] > median:
-                log.info("pruning %s at step %s: val_l1 %.4f > unit median %.4f", trial.config["trial_id"], step,
+                log.info("pruning %s at step %s: val_l1 %.4f > unit median %.4f", config.trial_id, step,
                          result["val_l1"], median)
                 return TrialScheduler.STOP
         return TrialScheduler.CONTINUE

@@ -18,11 +18,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import torch
-
 from model import DRoRAE, DRoRAEConfig, FeatureSet, ensure_encoder_weights, train_decoder
-from model.data import ImageBatches, head, load_split
 from model.assets import atomic_path
+from model.data import ImageBatches, head, load_split
+from model.features import load_feature_cache, save_feature_cache
 from model.train import save_atomic
 
 log = logging.getLogger(__name__)
@@ -82,10 +81,7 @@ def prepare(plan, device: str = "cpu") -> Shared:
         if not features_path.exists():
             log.info("feature cache: encoding %d + %d images (%.0f MiB)", len(train_images), len(val_images),
                      n_bytes / 2**20)
-            feats = {"train": FeatureSet.encode(rae, train_images).state_dict(),
-                     "val": FeatureSet.encode(rae, val_images).state_dict()}
-            save_atomic(feats, features_path)
-            del feats
+            save_feature_cache(features_path, FeatureSet.encode(rae, train_images), FeatureSet.encode(rae, val_images))
     else:
         log.info("feature cache: %.1f GB exceeds feature_cache.max_gb=%s; trials encode on the fly",
                  n_bytes / 1e9, spec.feature_cache.max_gb)
@@ -108,15 +104,11 @@ def prepare(plan, device: str = "cpu") -> Shared:
     if not decoder_path.exists():
         train, val = train_images, eval_images
         if features_path is not None:
-            feats = torch.load(features_path, mmap=True, weights_only=True)
-            train, val = FeatureSet(**feats["train"]), FeatureSet(**feats["val"]).head(spec.eval.n_images)
+            train, val = load_feature_cache(features_path)
+            val = val.head(spec.eval.n_images)
 
-        def report(m):
-            if "loss" in m and m["step"] % (plan.phase1.log_every * 10) == 0:
-                log.info("phase 1: step %d/%d loss %.4f", m["step"], plan.phase1.steps, m["loss"])
-
-        metrics = train_decoder(rae, plan.phase1, train, val, report,
-                                checkpoint=decoder_path.with_suffix(".ckpt"))
+        log.info("phase 1: training the decoder on z_base for %d steps", plan.phase1.steps)
+        metrics = train_decoder(rae, plan.phase1, train, val, checkpoint=decoder_path.with_suffix(".ckpt"))
         with atomic_path(metrics_path) as tmp:
             tmp.write_text(json.dumps(metrics))
         save_atomic(rae.decoder.state_dict(), decoder_path)  # last: its presence means phase 1 is done

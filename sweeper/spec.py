@@ -12,8 +12,18 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, TypeAdapter, ValidationError,
-                      field_validator, model_serializer, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from model import DECODER_PRESETS, ENCODER_PRESETS, DecoderConfig, EncoderConfig, FusionConfig, PhaseConfig
 from model.config import BadValue, check_keys, describe, did_you_mean, kind_of
@@ -22,7 +32,7 @@ from model.errors import UserError
 from model.fusion import BetaMax
 from model.losses import LpipsNet
 
-CONTROLS = ("rae", "decoder_only", "last_layer")
+from .trial_config import Control
 
 
 class SpecError(UserError):
@@ -205,7 +215,7 @@ class SearchSpec(_Strict):
 class ControlsSpec(_Strict):
     """Control runs beside the grid, to attribute the gain (design.md section 5)."""
 
-    runs: list[Literal["rae", "decoder_only", "last_layer"]] = []
+    runs: list[Control] = []
     last_layer_hidden: int | None = Field(None, gt=0)  # None: the grid's largest width
 
 

@@ -19,9 +19,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from model import DRoRAE, DRoRAEConfig, FeatureSet, run_phase
+from model import DRoRAE, DRoRAEConfig, FeatureSet, PhaseConfig, run_phase
 from model.data import ImageBatches, head, load_split
-from model.train import reconstruct
+from model.features import load_feature_cache
+from model.train import reconstruct, validation_l1
+
+from .trial_config import Control, TrialConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +33,12 @@ def _device(gpu: float) -> torch.device:
     return torch.device("cuda" if gpu > 0 and torch.cuda.is_available() else "cpu")
 
 
-def build_model(plan, shared, config: dict, device) -> DRoRAE:
+def build_model(plan, shared, trial: TrialConfig, device) -> DRoRAE:
     """The trial's model: resolved encoder, phase-1 decoder, fusion of width h over its layers."""
-    enc = replace(plan.encoder, checkpoint=shared.encoder_checkpoint,
-                  layers=tuple(config["layers"]) if config["layers"] else None)
+    enc = replace(plan.encoder, checkpoint=shared.encoder_checkpoint, layers=trial.layers or None)
     model = DRoRAE.from_config(DRoRAEConfig(
         encoder=enc, decoder=plan.decoder, image_size=plan.spec.data.resolution,
-        expert_hidden=config["expert_hidden"], beta_max=config["hp"].get("beta_max", plan.spec.beta_max)))
+        expert_hidden=trial.expert_hidden, beta_max=trial.hp.get("beta_max", plan.spec.beta_max)))
     model.decoder.load_state_dict(torch.load(shared.decoder_path, map_location="cpu", weights_only=True))
     return model.to(device)
 
@@ -50,8 +52,7 @@ def load_data(plan, shared, layers, with_train: bool = True):
     """
     n_eval = plan.spec.eval.n_images
     if shared.features_path is not None:
-        feats = torch.load(shared.features_path, mmap=True, weights_only=True)
-        train, val = FeatureSet(**feats["train"]), FeatureSet(**feats["val"])
+        train, val = load_feature_cache(shared.features_path)
         if layers:
             train, val = train.select(layers), val.select(layers)
         return (train if with_train else None), val.head(n_eval)
@@ -94,6 +95,76 @@ def evaluate(model: DRoRAE, val, plan, shared, device, out_dir: Path) -> dict:
     return metrics
 
 
+def _phase_cfg(base, hp: dict, seed: int, lr_from=None):
+    """``base`` with the searched hyperparameters ``hp`` (and another phase's lr) applied."""
+    changes = {k: v for k, v in hp.items() if k in ("lr", "weight_decay", "warmup_steps", "batch_size")}
+    if lr_from is not None:
+        changes["lr"] = lr_from.lr
+    return replace(base, seed=seed, **changes)
+
+
+def trial_phases(trial: TrialConfig, plan) -> list[tuple[int, PhaseConfig]]:
+    """The phases a trial trains, with their configs, in order.
+
+    A grid point and the last_layer control: phase 2 (fusion) [+ phase 3]; decoder_only: the
+    decoder on z_base (phase 1's module and latent) for the phase-2 budget at phase 1's rate; rae:
+    nothing, the shared phase-1 decoder is evaluated as it is.
+    """
+    if trial.control is Control.RAE:
+        return []
+    if trial.control is Control.DECODER_ONLY:
+        return [(1, _phase_cfg(plan.phase2, trial.hp, trial.seed, lr_from=plan.phase1))]
+    phases = [(2, _phase_cfg(plan.phase2, trial.hp, trial.seed))]
+    if plan.phase3 is not None:
+        phases.append((3, replace(plan.phase3, seed=trial.seed)))
+    return phases
+
+
+def train_trial(trial: TrialConfig, plan, shared, report, checkpoint_dir: Path, save_checkpoint,
+                data=load_data) -> dict:
+    """Run one trial; ``report(metrics)`` gets the curve, ``save_checkpoint(step)`` persists ``checkpoint_dir``.
+
+    The same function serves the grid and the controls (``trial_phases``). ``data(plan, shared, layers)``
+    gives (train, val): ``load_data``, or what a wrapper (``with_faults``) makes of it. Running out of
+    memory is a MemoryError that says what to change.
+    """
+    device = _device(plan.spec.resources.gpu)
+    torch.manual_seed(trial.seed)
+    model = build_model(plan, shared, trial, device)
+    try:
+        train, val = data(plan, shared, trial.layers)
+        return _train(trial, plan, shared, model, train, val, device, report, checkpoint_dir, save_checkpoint)
+    except RuntimeError as err:  # torch.OutOfMemoryError (CUDA) is one too
+        text = str(err)
+        if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text:
+            detail = text.split("DefaultCPUAllocator: ")[-1].splitlines()[0][:200]
+            raise MemoryError(f"out of memory in trial {trial.trial_id} on {device}: {detail}; lower "
+                              "phase2.batch_size or give each trial more memory (resources)") from err
+        raise
+
+
+def _train(trial, plan, shared, model, train, val, device, report, checkpoint_dir, save_checkpoint) -> dict:
+    start = time.perf_counter()
+    metrics: dict = {}
+    phases = trial_phases(trial, plan)
+    for phase, cfg in phases:
+        result = run_phase(model, phase, cfg, train, val, report=report,
+                           checkpoint=checkpoint_dir / f"phase{phase}.pt", on_checkpoint=save_checkpoint)
+        metrics["val_l1"] = result["val_l1"]
+        metrics[f"phase{phase}_seconds"] = result["train_seconds"]
+    if not phases:
+        metrics["val_l1"] = validation_l1(model, val, phase=1)
+    metrics["train_seconds"] = sum(v for k, v in metrics.items() if k.endswith("_seconds"))
+    if trial.evaluate:
+        metrics.update(evaluate(model, val, plan, shared, device, checkpoint_dir))
+    metrics["wall_seconds"] = time.perf_counter() - start
+    torch.save(model.fusion.state_dict() if model.fusion is not None else {}, checkpoint_dir / "fusion.pt")
+    return metrics
+
+
+# --- deliberate faults (spec faults), wrapped around a trial ---------------------------------
+
+
 class _FilledImages(torch.utils.data.Dataset):
     """A Dataset of (image, label) whose images are all ``value`` (a fault injected into a streamed split)."""
 
@@ -117,71 +188,31 @@ def _filled(train, value: float):
     return _FilledImages(train, value)
 
 
-def _phase_cfg(base, hp: dict, seed: int, lr_from=None):
-    """``base`` with the searched hyperparameters ``hp`` (and another phase's lr) applied."""
-    changes = {k: v for k, v in hp.items() if k in ("lr", "weight_decay", "warmup_steps", "batch_size")}
-    if lr_from is not None:
-        changes["lr"] = lr_from.lr
-    return replace(base, seed=seed, **changes)
+def with_faults(train_fn, faults):
+    """``train_fn`` (``train_trial``) with the deliberate faults of spec ``faults`` in the trials of their units.
 
-
-def train_trial(config: dict, plan, shared, report, checkpoint_dir: Path, save_checkpoint) -> dict:
-    """Run one trial; ``report(metrics)`` gets the curve, ``save_checkpoint(step)`` persists ``checkpoint_dir``.
-
-    The same function serves the grid and the controls:
-    grid / last_layer: phase 2 (fusion) [+ phase 3]; decoder_only: the decoder trained on z_base
-    for the phase-2 budget; rae: nothing trained, only evaluated.
+    Real failures, for testing the sweep's handling of them: nan_loss / inf_loss fill the unit's
+    training images with NaN / +inf (a real non-finite loss); raise_error raises once the data is
+    loaded; oom asks the allocator for 2^50 bytes there (a real allocation failure, reported as any).
     """
-    device = _device(plan.spec.resources.gpu)
-    torch.manual_seed(config["seed"])
-    model = build_model(plan, shared, config, device)
-    train, val = load_data(plan, shared, config["layers"])
-    faults = plan.spec.faults
-    for bad, value in (("nan_loss", float("nan")), ("inf_loss", float("inf"))):
-        if config["unit_id"] in getattr(faults, bad):  # deliberate fault (spec faults.*): real bad images
-            train = _filled(train, value)
-    if config["unit_id"] in faults.raise_error:
-        raise RuntimeError(f"injected fault in {config['unit_id']} (spec faults.raise_error)")
-    try:
-        if config["unit_id"] in faults.oom:  # a batch far too large for the machine: a real allocator failure
-            torch.empty(1 << 50, dtype=torch.uint8, device=device)
-        return _train(config, plan, shared, model, train, val, device, report, checkpoint_dir, save_checkpoint)
-    except RuntimeError as err:  # torch.OutOfMemoryError (CUDA) is one too
-        text = str(err)
-        if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text:
-            detail = text.split("DefaultCPUAllocator: ")[-1].splitlines()[0][:200]
-            raise MemoryError(f"out of memory in trial {config['trial_id']} on {device}: {detail}; lower "
-                              "phase2.batch_size or give each trial more memory (resources)") from err
-        raise
 
+    def faulty(trial: TrialConfig, plan, shared, report, checkpoint_dir: Path, save_checkpoint, data=load_data):
+        unit = trial.unit_id
 
-def _train(config, plan, shared, model, train, val, device, report, checkpoint_dir, save_checkpoint) -> dict:
-    hp, seed = config["hp"], config["seed"]
-    start = time.perf_counter()
-    metrics: dict = {}
-    kind = config["point_id"]
-    phases = []
-    if kind == "decoder_only":  # the decoder, on z_base, for the phase-2 budget at phase 1's rate
-        phases.append((1, _phase_cfg(plan.phase2, hp, seed, lr_from=plan.phase1)))
-    elif kind != "rae":
-        phases.append((2, _phase_cfg(plan.phase2, hp, seed)))
-        if plan.phase3 is not None:
-            phases.append((3, replace(plan.phase3, seed=seed)))
-    for phase, cfg in phases:
-        result = run_phase(model, phase, cfg, train, val, report=report,
-                           checkpoint=checkpoint_dir / f"phase{phase}.pt", on_checkpoint=save_checkpoint)
-        metrics["val_l1"] = result["val_l1"]
-        metrics[f"phase{phase}_seconds"] = result["train_seconds"]
-    if not phases:
-        from model.train import validation_l1
+        def faulty_data(plan, shared, layers):
+            train, val = data(plan, shared, layers)
+            for bad, value in (("nan_loss", float("nan")), ("inf_loss", float("inf"))):
+                if unit in getattr(faults, bad):
+                    train = _filled(train, value)
+            if unit in faults.raise_error:
+                raise RuntimeError(f"injected fault in {unit} (spec faults.raise_error)")
+            if unit in faults.oom:  # a batch far too large for the machine
+                torch.empty(1 << 50, dtype=torch.uint8, device=_device(plan.spec.resources.gpu))
+            return train, val
 
-        metrics["val_l1"] = validation_l1(model, val, phase=1)
-    metrics["train_seconds"] = sum(v for k, v in metrics.items() if k.endswith("_seconds"))
-    if config["evaluate"]:
-        metrics.update(evaluate(model, val, plan, shared, device, checkpoint_dir))
-    metrics["wall_seconds"] = time.perf_counter() - start
-    torch.save(model.fusion.state_dict() if model.fusion is not None else {}, checkpoint_dir / "fusion.pt")
-    return metrics
+        return train_fn(trial, plan, shared, report, checkpoint_dir, save_checkpoint, data=faulty_data)
+
+    return faulty
 
 
 def _process_age() -> float | None:
@@ -201,7 +232,7 @@ _STARTED: list[bool] = []  # whether this process has run a trial before (Tune m
 
 
 def tune_trainable(config: dict, plan=None, shared=None):
-    """The function Ray Tune runs: train_trial wired to ``tune.report`` and Tune checkpoints.
+    """The function Ray Tune runs: train_trial (with the spec's faults) wired to ``tune.report`` and Tune checkpoints.
 
     Besides the trial's metrics it reports what orchestration cost it: ``report_seconds``, the time
     training waited in ``tune.report`` (the driver handles each result before training goes on), and
@@ -210,6 +241,7 @@ def tune_trainable(config: dict, plan=None, shared=None):
     import ray
     from ray import tune
 
+    trial = TrialConfig.from_tune(config)
     startup = 0.0 if _STARTED else (_process_age() or 0.0)
     _STARTED.append(True)
     torch.set_num_threads(max(1, int(plan.spec.resources.cpu)))
@@ -239,10 +271,11 @@ def tune_trainable(config: dict, plan=None, shared=None):
 
         done = work / "metrics.json"
         if done.exists():  # finished, but the driver died before it recorded that: report it, train nothing
-            log.info("trial %s had finished: reporting its final metrics again", config["trial_id"])
+            log.info("trial %s had finished: reporting its final metrics again", trial.trial_id)
             metrics = json.loads(done.read_text())
         else:
-            metrics = {**train_trial(config, plan, shared, report, work, save_checkpoint), "node_id": node,
+            train = with_faults(train_trial, plan.spec.faults)
+            metrics = {**train(trial, plan, shared, report, work, save_checkpoint), "node_id": node,
                        "report_seconds": waited[0], "startup_seconds": startup}
             done.write_text(json.dumps(metrics))
         tune.report({**metrics, "final": True}, checkpoint=tune.Checkpoint.from_directory(str(work)))
@@ -255,12 +288,10 @@ def tune_evaluate_checkpoint(plan, shared, trial_id: str, unit, checkpoint) -> t
 
     Returns the metrics and the reconstruction grid (PNG bytes), for the driver to keep.
     """
-    from .search import trial_config
-
     torch.set_num_threads(max(1, int(plan.spec.resources.cpu)))
     device = _device(plan.spec.resources.gpu)
-    config = trial_config(unit, {}, evaluate=True, index=0)
-    model = build_model(plan, shared, config, device)
+    trial = TrialConfig.of(unit, {}, evaluate=True, index=0)
+    model = build_model(plan, shared, trial, device)
     with checkpoint.as_directory() as d:
         ckpt = Path(d)
         if model.fusion is not None:
@@ -269,7 +300,7 @@ def tune_evaluate_checkpoint(plan, shared, trial_id: str, unit, checkpoint) -> t
             state = torch.load(ckpt / "phase3.pt", map_location=device, weights_only=True)
             model.decoder.load_state_dict(state["module"])
     model.eval()
-    _, val = load_data(plan, shared, config["layers"], with_train=False)
+    _, val = load_data(plan, shared, trial.layers, with_train=False)
     out = Path(tempfile.mkdtemp(prefix="drorae-eval-"))
     try:
         metrics = evaluate(model, val, plan, shared, device, out)

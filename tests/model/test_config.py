@@ -5,8 +5,16 @@ from dataclasses import fields, replace
 
 import pytest
 
-from model import (DECODER_PRESETS, ENCODER_PRESETS, DecoderConfig, DRoRAEConfig, EncoderConfig, FusionConfig,
-                   LossConfig, PhaseConfig)
+from model import (
+    DECODER_PRESETS,
+    ENCODER_PRESETS,
+    DecoderConfig,
+    DRoRAEConfig,
+    EncoderConfig,
+    FusionConfig,
+    LossConfig,
+    PhaseConfig,
+)
 from model.data import DataConfig
 from model.errors import ConfigError, UserError
 

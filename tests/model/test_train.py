@@ -40,6 +40,46 @@ def test_three_phases_on_default_images_in_under_a_minute_and_fusion_beats_the_r
     assert p1["val_l1"] < 0.2  # the decoder learned something: a blank image has L1 ~0.29
 
 
+# The paper's three phases (section 3.3): the module each one trains, and the latent its decoder reads.
+PAPER_PHASES = {1: ("decoder", "z_base"), 2: ("fusion", "z_final"), 3: ("decoder", "z_final")}
+
+
+@pytest.mark.parametrize("phase", sorted(PAPER_PHASES))
+def test_each_phase_trains_its_module_and_leaves_every_other_parameter_unchanged(default_images, tiny_model, phase):
+    from model import run_phase
+
+    xtr, _, xva = default_images
+    before = {name: _snapshot(getattr(tiny_model, name)) for name in ("encoder", "decoder", "fusion")}
+    run_phase(tiny_model, phase, PhaseConfig(steps=2, batch_size=8, lr=1e-2), xtr[:64], xva[:8])
+    trained = PAPER_PHASES[phase][0]
+    for name, state in before.items():
+        changed = not _same(state, _snapshot(getattr(tiny_model, name)))
+        assert changed == (name == trained), f"phase {phase}: {name} {'changed' if changed else 'unchanged'}"
+
+
+@pytest.mark.parametrize("phase", [1, 3])
+def test_the_decoder_phases_read_their_latent(default_images, tiny_model, phase):
+    """Phase 1 trains the decoder on z_base, phase 3 on z_final: with a fusion module that moves the
+    latent, phase 1 trains exactly as without one, phase 3 differently."""
+    import copy
+
+    from model import run_phase
+
+    xtr, _, xva = default_images
+    with torch.no_grad():
+        for p in tiny_model.fusion.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+        layers, base = tiny_model.encoder(xva[:4])
+        assert not torch.allclose(tiny_model.latent(layers, base), base)  # z_final is not z_base
+    plain = copy.deepcopy(tiny_model)
+    plain.fusion = None  # the same model as a plain RAE: its latent is z_base
+    cfg = PhaseConfig(steps=3, batch_size=8, lr=1e-2)
+    run_phase(tiny_model, phase, cfg, xtr[:64], xva[:8])
+    run_phase(plain, phase, cfg, xtr[:64], xva[:8])
+    same = _same(_snapshot(tiny_model.decoder), _snapshot(plain.decoder))
+    assert same == (PAPER_PHASES[phase][1] == "z_base")
+
+
 def test_phase_2_starts_exactly_at_the_phase_1_reconstruction(default_images, tiny_model):
     _, _, xva = default_images
     from model.train import validation_l1

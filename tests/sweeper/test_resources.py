@@ -8,14 +8,15 @@ from helpers import SMOKE
 from model.errors import UserError
 from sweeper.plan import build_plan
 from sweeper.run import trial_resources
-from sweeper.search import trial_config
 from sweeper.spec import load_spec
+from sweeper.trial_config import TrialConfig
 
 
 def test_listed_widths_get_their_gpu_share_and_other_trials_the_default():
     plan = build_plan(load_spec(SMOKE, ["resources.gpu=1", "resources.cpu=4", "resources.gpu_share={2: 0.25, 16: 0.5}",
                                         "controls.runs=[rae,last_layer]"]))
-    asked = {u.unit_id: trial_resources(plan.spec.resources, trial_config(u, {}, True, 0)) for u in plan.units}
+    asked = {u.unit_id: trial_resources(plan.spec.resources, TrialConfig.of(u, {}, True, 0).to_tune())
+             for u in plan.units}
     assert asked["h2-k6-s0"] == {"cpu": 4, "gpu": 0.25}
     assert asked["h16-k6-s0"] == {"cpu": 4, "gpu": 0.5}
     assert asked["h128-k6-s0"] == {"cpu": 4, "gpu": 1}
