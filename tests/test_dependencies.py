@@ -12,7 +12,8 @@ from packaging.requirements import Requirement
 
 from helpers import REPO
 
-PACKAGES = ("model", "sweeper", "analysis", "bench")
+# The project's own packages (what pyproject.toml installs) and the benchmarks beside them.
+PACKAGES = (*tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"], "bench")
 
 
 def _norm(name: str) -> str:
