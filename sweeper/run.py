@@ -29,6 +29,7 @@ from .lock import SweepLock, lock_path
 from .results import ResultsTable
 from .storage import check_shared_storage, cluster_hosts
 from .tracking import SweepTracker
+from .trial_config import TrialConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, res
 
     from .trial import tune_evaluate_checkpoint
 
-    checkpoints = {r.config["trial_id"]: r.checkpoint for r in results if r.config and r.checkpoint}
+    finished = {r.config["trial_id"]: r for r in results if r.config and r.checkpoint}
     df = table.frame()
     searched = [u for u in plan.units if u.n_trials > 1]
     jobs = []
@@ -114,13 +115,14 @@ def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, res
         best = rows.loc[rows.val_l1.idxmin()]
         if bool(best.get("best")) and not math.isnan(best.rfid):
             continue  # already evaluated in an earlier run of this sweep
-        ckpt = checkpoints.get(best.trial_id)
-        if ckpt is None:
+        result = finished.get(best.trial_id)
+        if result is None:
             log.warning("no checkpoint for %s: cannot evaluate it", best.trial_id)
             continue
         res = plan.spec.resources
         fn = ray.remote(tune_evaluate_checkpoint).options(num_cpus=res.cpu, num_gpus=res.gpu_for(unit.expert_hidden))
-        jobs.append((best.trial_id, fn.remote(plan, shared, best.trial_id, unit, ckpt)))
+        trial = TrialConfig.from_tune(result.config)
+        jobs.append((best.trial_id, fn.remote(plan, shared, trial, result.checkpoint)))
     for trial_id, ref in jobs:
         metrics, png = ray.get(ref)
         for tid in df[df.unit_id == df.loc[df.trial_id == trial_id, "unit_id"].iloc[0]].trial_id:

@@ -283,14 +283,15 @@ def tune_trainable(config: dict, plan=None, shared=None):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def tune_evaluate_checkpoint(plan, shared, trial_id: str, unit, checkpoint) -> tuple[dict, bytes]:
+def tune_evaluate_checkpoint(plan, shared, trial: TrialConfig, checkpoint) -> tuple[dict, bytes]:
     """Evaluate a finished trial from its Tune checkpoint (a searched unit's best), as a Ray task.
 
+    The model is built from the trial's own config, its searched hyperparameters included (a
+    searched ``beta_max`` bounds the correction the checkpoint's gate was trained under).
     Returns the metrics and the reconstruction grid (PNG bytes), for the driver to keep.
     """
     torch.set_num_threads(max(1, int(plan.spec.resources.cpu)))
     device = _device(plan.spec.resources.gpu)
-    trial = TrialConfig.of(unit, {}, evaluate=True, index=0)
     model = build_model(plan, shared, trial, device)
     with checkpoint.as_directory() as d:
         ckpt = Path(d)
