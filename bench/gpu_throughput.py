@@ -338,7 +338,7 @@ def measure(args) -> dict:
         "torch": torch.__version__,
         "config": {
             "spec": args.spec, "scale": args.scale, "encoder": enc.config.name, "encoder_weights": "random",
-            "encoder_dim": enc.dim, "encoder_depth": enc.depth, "encoder_input_size": enc.config.input_size,
+            "encoder_dim": enc.arch.dim, "encoder_depth": enc.arch.depth, "encoder_input_size": enc.config.input_size,
             "image_size": plan.spec.data.resolution, "tokens": enc.num_tokens, "fused_layers": len(enc.layers),
             "expert_hidden": model.fusion.config.hidden, "fusion_params": model.fusion_params(),
             "decoder": asdict(model.decoder.config), "decoder_patch": model.decoder.patch_size,
