@@ -154,7 +154,7 @@ def weights_fingerprint(path: Path) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Safe writing: atomic_path lives in the leaf package drorae_io (analysis writes files the same way
-# and may not import model); it is importable from here too, as model.assets.atomic_path.
+# and may not import model); every module, this one included, imports it from there.
 # --------------------------------------------------------------------------------------------
 
 

@@ -285,7 +285,7 @@ def pretrain_tiny_encoder(cfg: EncoderConfig, images: torch.Tensor, labels: torc
             progress.update()
     log.info("encoder: pretrained %s for %d steps in %.0f s (last loss %.3f)", cfg.arch, cfg.pretrain_steps,
              time.perf_counter() - start, loss.item())
-    from .assets import atomic_path
+    from drorae_io import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(vit.state_dict(), tmp)

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .assets import atomic_path
+from drorae_io import atomic_path
+
 from .data import ImageBatches, unwrap
 from .drorae import DRoRAE
 from .progress import Progress

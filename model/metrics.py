@@ -31,6 +31,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from drorae_io import atomic_path
+
 from . import assets
 from .errors import ConfigError
 from .progress import Progress
@@ -241,7 +243,7 @@ def reference_stats(
     seconds = time.perf_counter() - t0
     log.info("FID reference stats for %s: %d images in %.1fs (%.1f images/s)", key, n, seconds, n / seconds)
     mu, sigma = moments.stats()
-    with assets.atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, mu=mu, sigma=sigma)
     return mu, sigma
 

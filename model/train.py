@@ -29,7 +29,8 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch import nn
 from torch.utils.data import Dataset
 
-from .assets import atomic_path
+from drorae_io import atomic_path
+
 from .config import validated
 from .data import ImageBatches, images_of, make_loader, unwrap
 from .drorae import DRoRAE

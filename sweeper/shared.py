@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from drorae_io import atomic_path
 from model import DRoRAE, DRoRAEConfig, FeatureSet, ensure_encoder_weights, train_decoder
-from model.assets import atomic_path
 from model.data import ImageBatches, head, load_split
 from model.features import load_feature_cache, save_feature_cache
 from model.train import save_atomic
