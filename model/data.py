@@ -146,9 +146,21 @@ def make_loader(ds: Dataset, batch_size: int = 256, *, batch_sampler=None, pin_m
 
 def head(ds: Dataset, n: int) -> Dataset:
     """The first ``n`` items of ``ds``: a TensorDataset stays one (sliced, no copy), anything else a Subset."""
+    return rows(ds, range(min(n, len(ds))))
+
+
+def rows(ds: Dataset, index: range | torch.Tensor) -> Dataset:
+    """The items ``index`` of ``ds``, in that order.
+
+    A TensorDataset stays one: sliced (no copy) for a contiguous range, gathered otherwise. Any other
+    Dataset (an ImageFolder) becomes a Subset, decoded lazily.
+    """
     if isinstance(ds, TensorDataset):
-        return TensorDataset(*(t[:n] for t in ds.tensors))
-    return Subset(ds, range(min(n, len(ds))))
+        if isinstance(index, range) and index.step == 1:
+            return TensorDataset(*(t[index.start:index.stop] for t in ds.tensors))
+        idx = torch.as_tensor(list(index) if isinstance(index, range) else index, dtype=torch.long)
+        return TensorDataset(*(t[idx] for t in ds.tensors))
+    return Subset(ds, index if isinstance(index, range) else index.tolist())
 
 
 def unwrap(data):

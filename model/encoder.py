@@ -29,6 +29,7 @@ from torch import nn
 from .config import validated
 from .errors import AssetError, ConfigError
 from .progress import Progress
+from .version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -246,13 +247,13 @@ def pretrain_tiny_encoder(cfg: EncoderConfig, images: torch.Tensor, labels: torc
                           data_key: str, cache_dir: Path | None = None, seed: int = 0) -> Path:
     """Supervised pretraining of ``cfg``'s ViT on (images, labels), once; returns the cached file.
 
-    The cache key hashes the encoder config, the dataset key and the seed, so a second call (or
-    a second sweep) with the same inputs reuses the file.
+    The cache key hashes the encoder config, the dataset key, the seed and the model code's version,
+    so a second call (or a second sweep) with the same inputs and code reuses the file.
     """
     import timm
 
     cache_dir = Path(cache_dir) if cache_dir is not None else _cache_root() / "encoders"
-    key = hashlib.sha1(f"{cfg.hash()}|{data_key}|{len(images)}|{seed}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"{cfg.hash()}|{data_key}|{len(images)}|{seed}|{code_version()}".encode()).hexdigest()[:12]
     path = cache_dir / f"{cfg.arch}-{key}.pt"
     if path.exists():
         log.info("encoder: reusing pretrained %s", path)

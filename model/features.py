@@ -53,23 +53,45 @@ class FeatureSet:
     layers: torch.Tensor
     base: torch.Tensor
     layer_index: tuple[int, ...] | None = None  # the fused blocks among the cached ones; None: all
+    index: torch.Tensor | None = None  # the rows of the tensors above that this set is, in order; None: all
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) if self.index is None else len(self.index)
 
     def select(self, layer_index) -> FeatureSet:
         """The same features with only the blocks ``layer_index`` fused (no copy)."""
-        return FeatureSet(self.images, self.layers, self.base, tuple(layer_index))
+        return FeatureSet(self.images, self.layers, self.base, tuple(layer_index), self.index)
 
     def head(self, n: int) -> FeatureSet:
         """The first ``n`` images and their features."""
-        return FeatureSet(self.images[:n], self.layers[:n], self.base[:n], self.layer_index)
+        return self.rows(range(min(n, len(self))))
+
+    def rows(self, index: range | torch.Tensor) -> FeatureSet:
+        """The images ``index`` of this set (positions in it), in that order, without copying.
+
+        A contiguous range slices the tensors (``images`` stays the set's own images); any other
+        index is kept as a row map that ``batch`` gathers through (a memory-mapped cache stays on disk).
+        """
+        if self.index is None and isinstance(index, range) and index.step == 1:
+            sl = slice(index.start, index.stop)
+            return FeatureSet(self.images[sl], self.layers[sl], self.base[sl], self.layer_index)
+        idx = torch.as_tensor(list(index) if isinstance(index, range) else index, dtype=torch.long)
+        return FeatureSet(self.images, self.layers, self.base, self.layer_index,
+                          idx if self.index is None else self.index[idx])
+
+    def image_tensor(self) -> torch.Tensor:
+        """This set's images (N, 3, H, W): a view for a sliced set, a gathered copy for a row-mapped one."""
+        return self.images if self.index is None else self.images[self.index]
 
     def state_dict(self) -> dict:
+        if self.index is not None:
+            raise ValueError("FeatureSet.state_dict: a row-mapped set is a view; save the set it maps into")
         return {"images": self.images, "layers": self.layers, "base": self.base}
 
     def batch(self, idx: torch.Tensor, device: torch.device):
         """(images, layers (L, B, T, D), base (B, T, D)) of the batch ``idx`` on ``device``, features as float."""
+        if self.index is not None:
+            idx = self.index[idx]
         images = take(self.images, idx, device)
         cached = self.layers  # (N, L_cached, T, D)
         if self.layer_index is None:

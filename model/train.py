@@ -218,6 +218,15 @@ def _set_trainable(model: DRoRAE, phase: int) -> nn.Module:
     return module
 
 
+def lr_factor(cfg: PhaseConfig, step: int) -> float:
+    """The learning rate of ``step`` (0-based) as a fraction of ``cfg.lr``: linear warmup, then cosine decay
+    to ``cfg.min_lr_ratio`` at the last step."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def save_atomic(obj, path: Path):
     """torch.save ``obj`` to ``path`` atomically: a reader never sees half a file."""
     with atomic_path(path) as tmp:
@@ -241,10 +250,7 @@ class _Trainer:
                                      fused=fused_ok or None)
 
         def lr_at(step: int) -> float:  # a plain function: LambdaLR keeps it out of its state_dict
-            if step < cfg.warmup_steps:
-                return (step + 1) / cfg.warmup_steps
-            t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+            return lr_factor(cfg, step)
 
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_at)
         self.loss_fn = ReconstructionLoss(cfg.loss).to(device)  # a discriminator's init draws from the global RNG
@@ -276,6 +282,23 @@ class _Trainer:
             self.loss_fn.discriminator.load_state_dict(state["discriminator"])
             self.disc_opt.load_state_dict(state["disc_optimizer"])
         return int(state["step"]), float(state["seconds"])
+
+    def warm_start(self, path: Path):
+        """Continue a finished phase's training from the state it saved to ``path``: its module, its
+        optimizer's moments and its discriminator, under this phase's own schedule and batch order."""
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if PHASES[state["phase"]].trains != self.spec.trains:
+            raise ConfigError(f"warm start: {path} trained the {PHASES[state['phase']].trains}, not the "
+                              f"{self.spec.trains}")
+        self.module.load_state_dict(state["module"])
+        self.opt.load_state_dict(state["optimizer"])
+        for group, lr in zip(self.opt.param_groups, self.sched.get_last_lr()):
+            group["lr"] = lr  # this phase's schedule, not the finished phase's last rate
+        if self.disc_opt is not None and "discriminator" in state:
+            self.loss_fn.discriminator.load_state_dict(state["discriminator"])
+            self.disc_opt.load_state_dict(state["disc_optimizer"])
+            for group in self.disc_opt.param_groups:
+                group["lr"] = self.cfg.lr
 
     def save(self, path: Path, step: int, seconds: float):
         """Write the state after ``step`` steps and ``seconds`` of training to ``path`` atomically."""
@@ -329,12 +352,14 @@ class _Trainer:
 
 
 def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: Report | None = None,
-              checkpoint: str | Path | None = None, on_checkpoint: Callable[[int], None] | None = None) -> dict:
+              checkpoint: str | Path | None = None, on_checkpoint: Callable[[int], None] | None = None,
+              warm_start: str | Path | None = None) -> dict:
     """Train the module of ``phase`` (1, 2 or 3; see ``PHASES``) for ``cfg.steps``; returns final metrics.
 
     With ``checkpoint`` the phase saves its state every ``cfg.checkpoint_every`` steps and at the
     end, and resumes from that file when it exists (finished phases return at once);
-    ``on_checkpoint(step)`` is called after each save.
+    ``on_checkpoint(step)`` is called after each save. ``warm_start``: the final checkpoint of an
+    earlier phase that trained the same module, continued (``_Trainer.warm_start``) unless resuming.
     """
     report = report or (lambda metrics: None)
     train, val = unwrap(train), unwrap(val)
@@ -345,6 +370,9 @@ def run_phase(model: DRoRAE, phase: int, cfg: PhaseConfig, train, val, report: R
     if ckpt_path is not None and ckpt_path.exists():
         start_step, elapsed = trainer.restore(ckpt_path)
         log.info("phase %d: resumed from %s at step %d", phase, ckpt_path, start_step)
+    elif warm_start is not None:
+        trainer.warm_start(Path(warm_start))
+        log.info("phase %d: continues the training saved in %s", phase, warm_start)
 
     def save(step: int):
         if ckpt_path is None:

@@ -122,6 +122,14 @@ def parent_run(uri: str, experiment: str, sweep_dir: Path, spec) -> ParentRun:
     return ParentRun(run.info.run_id, exp_id)
 
 
+def log_parent_params(uri: str, parent_run_id: str, params: dict) -> None:
+    """Log ``params`` on the sweep's parent run; a resumed sweep logs the same values again, which MLflow allows."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).log_batch(parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+
 def tag_experiment(client, experiment_id: str, parent_run_id: str) -> None:
     """Mark the experiment as model training and save its trials view (the trials of ``parent_run_id``)."""
     client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)

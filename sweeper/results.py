@@ -6,6 +6,7 @@ Its columns are ``analysis.schema``'s, the reader's too. The driver writes it (`
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -15,17 +16,34 @@ import pandas as pd
 from analysis.schema import COLUMNS, HP_PREFIX, NUMERIC, SORT_BY
 from drorae_io import atomic_path
 
+METADATA_KEY = b"drorae"  # the parquet file's key-value metadata: JSON of what holds for every row (the splits)
+
+
+def read_metadata(path: Path) -> dict:
+    """The sweep-level metadata of a results table written by ``ResultsTable`` ({} for none)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+
 
 class ResultsTable:
-    """One row per trial, keyed by trial_id; every write replaces the files atomically."""
+    """One row per trial, keyed by trial_id; every write replaces the files atomically.
 
-    def __init__(self, sweep_dir: Path):
+    ``metadata`` (what holds for every row, e.g. the selection and evaluation splits) is kept in the
+    parquet file's schema metadata, merged into what the file already holds.
+    """
+
+    def __init__(self, sweep_dir: Path, metadata: dict | None = None):
         self.dir = Path(sweep_dir)
         self.path = self.dir / "trials.parquet"
         self.rows: dict[str, dict] = {}
+        self.metadata: dict = {}
         if self.path.exists():
             for row in pd.read_parquet(self.path).to_dict("records"):
                 self.rows[row["trial_id"]] = row
+            self.metadata = read_metadata(self.path)
+        self.metadata.update(metadata or {})
 
     def upsert(self, row: dict) -> None:
         self.rows[row["trial_id"]] = {**self.rows.get(row["trial_id"], {}), **row}
@@ -45,8 +63,13 @@ class ResultsTable:
     def write(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         df = self.frame()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        meta = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(self.metadata).encode()}
         with atomic_path(self.dir / "trials.parquet") as tmp:
-            df.to_parquet(tmp, index=False)
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
         with atomic_path(self.dir / "trials.csv") as tmp:
             df.to_csv(tmp, index=False)
 

@@ -24,7 +24,7 @@ import pandas as pd
 from drorae_io import atomic_path
 from model.errors import UserError
 
-from .experiment import check_tracking, git_commit, parent_run, tracking_uri, ui_url
+from .experiment import check_tracking, git_commit, log_parent_params, parent_run, tracking_uri, ui_url
 from .lock import SweepLock, lock_path
 from .results import ResultsTable
 from .storage import check_shared_storage, cluster_hosts
@@ -81,17 +81,17 @@ def _prepare_remote(plan, device):
 
     @ray.remote(max_retries=1)
     def shared_work(plan, device):
-        import torch
-
-        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-        return prepare(plan, device)
+        return prepare(plan, device)  # on resources.shared_threads threads
 
     res = plan.spec.resources
     node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
-    cpus = max(res.cpu, min(node_cpus, 4))  # shared work may use a whole (small) node
+    cpus = max(res.cpu, min(node_cpus, res.shared_threads))  # its threads' CPUs, as far as a node has them
     gpus = 1 if res.gpu > 0 else 0
     return ray.get(shared_work.options(num_cpus=cpus, num_gpus=gpus).remote(plan, device))
+
+
+EVAL_METRICS = ("rfid", "rfid_se", "psnr", "psnr_se", "ssim", "ssim_se", "lpips", "lpips_se", "eval_seconds")
 
 
 def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, results, sweep_dir: Path):
@@ -127,8 +127,7 @@ def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, res
         metrics, png = ray.get(ref)
         for tid in df[df.unit_id == df.loc[df.trial_id == trial_id, "unit_id"].iloc[0]].trial_id:
             table.rows[tid]["best"] = tid == trial_id
-        table.upsert({"trial_id": trial_id, "best": True, **{k: metrics[k] for k in
-                      ("rfid", "psnr", "ssim", "lpips", "eval_seconds")}})
+        table.upsert({"trial_id": trial_id, "best": True, **{k: v for k, v in metrics.items() if k in EVAL_METRICS}})
         image = sweep_dir / "best" / trial_id / "reconstructions.png"
         image.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(image) as tmp:
@@ -241,9 +240,13 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
     res = spec.resources
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, plan=plan, shared=shared),
                                     functools.partial(trial_resources, res))
+    splits = shared.splits.describe()
+    log.info("splits: %s", splits["rule"])
+    log_parent_params(uri, parent, {f"splits.{k}": v for k, v in splits.items()})
     tracker = SweepTracker(uri, experiment, parent, str(sweep_dir),
                            {"sweep": spec.name, "shared.decoder": shared.decoder_path,
-                            "shared.phase1_val_l1": shared.phase1.get("val_l1")}, git_commit())
+                            "shared.phase1_val_l1": shared.phase1.get("val_l1")}, git_commit(),
+                           table_metadata={"splits": splits})
     reporter = progress_reporter()
     if tune.Tuner.can_restore(experiment_path):
         log.info("resuming the sweep from %s", experiment_path)
@@ -271,7 +274,7 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
     results = tuner.fit()
     trials_seconds = time.perf_counter() - t
     t = time.perf_counter()
-    table = ResultsTable(sweep_dir)
+    table = ResultsTable(sweep_dir, {"splits": splits})
     _evaluate_best(plan, shared, table, tracker, results, sweep_dir)
     table.write()
     df = table.frame()

@@ -229,6 +229,10 @@ class ResourcesSpec(_Strict):
     max_failures: int = Field(1, ge=0)  # retries of a failed trial (Ray Tune FailureConfig)
     reuse_actors: bool = True  # Tune runs the next trial in a finished trial's process: no new worker
     # importing torch per trial (about 5-8 s each on a laptop); false gives every trial a fresh process
+    # torch threads of the shared work (encoder pretraining, features, phase 1): fixed, because a parallel
+    # reduction's rounding depends on the thread count, so the shared work's result does not depend on the
+    # machine's core count; part of its cache key
+    shared_threads: int = Field(2, gt=0)
 
     @model_validator(mode="after")
     def _shares(self):
@@ -245,9 +249,13 @@ class ResourcesSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    n_images: int = Field(gt=1)  # the same for every trial of a sweep: FID depends on it
+    """The evaluation split (what is reported) and the selection split (what the search sees): sweeper.splits."""
+
+    n_images: int = Field(gt=1)  # the evaluation split: the first n_images validation images; FID depends on n
     batch_size: int = Field(32, gt=0)
     lpips_net: LpipsNet = "alex"
+    select_from: Literal["val", "train"] = "val"  # val: validation images after the evaluation ones; train: held out
+    select_images: int | None = Field(None, gt=0)  # the selection split's size; null with val: all the rest
 
 
 class FeatureCacheSpec(_Strict):
@@ -302,8 +310,24 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _eval_fits_validation(self):
-        if self.eval.n_images > self.data.num_val:
-            raise ValueError(f"eval.n_images ({self.eval.n_images}) exceeds data.num_val ({self.data.num_val})")
+        ev, data = self.eval, self.data
+        if ev.n_images > data.num_val:
+            raise ValueError(f"eval.n_images ({ev.n_images}) exceeds data.num_val ({data.num_val})")
+        if ev.select_from == "val":
+            rest = data.num_val - ev.n_images
+            if rest < 1:
+                raise ValueError(f"eval: no validation images are left for the selection split (data.num_val = "
+                                 f"eval.n_images = {ev.n_images}); raise data.num_val or set eval.select_from: train")
+            if ev.select_images is not None and ev.select_images > rest:
+                raise ValueError(f"eval.select_images ({ev.select_images}) exceeds the {rest} validation images "
+                                 f"after the evaluation ones (data.num_val - eval.n_images)")
+        else:
+            if ev.select_images is None:
+                raise ValueError("eval.select_images: required with select_from: train (how many training images "
+                                 "to hold out for selection)")
+            if data.num_train is not None and ev.select_images >= data.num_train:
+                raise ValueError(f"eval.select_images ({ev.select_images}) leaves no training images "
+                                 f"(data.num_train = {data.num_train})")
         return self
 
     @property

@@ -55,9 +55,10 @@ class SweepTracker(Callback):
     """
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, sweep_dir: str, base_params: dict,
-                 commit: str | None, start: bool = True):
+                 commit: str | None, start: bool = True, table_metadata: dict | None = None):
         self.uri, self.experiment, self.parent = uri, experiment, parent_run_id
         self.sweep_dir, self.base_params, self.commit = sweep_dir, base_params, commit
+        self.table_metadata = table_metadata  # the results table's sweep-level metadata (ResultsTable)
         self._client = None
         self._table = None
         self._experiment_id = None
@@ -78,7 +79,7 @@ class SweepTracker(Callback):
         # nothing unless Tune sets it up (a Tuner on the cluster). In this process run_sweep gives a
         # restored Tuner its live tracker instead (run.resume_tuner), and the copy is dropped unused.
         return (SweepTracker, (self.uri, self.experiment, self.parent, self.sweep_dir, self.base_params,
-                               self.commit, False))
+                               self.commit, False, self.table_metadata))
 
     def setup(self, **info):
         """Tune's first call on a callback: start a tracker built unstarted (a pickled copy)."""
@@ -102,7 +103,7 @@ class SweepTracker(Callback):
     @property
     def table(self) -> ResultsTable:
         if self._table is None:
-            self._table = ResultsTable(Path(self.sweep_dir))
+            self._table = ResultsTable(Path(self.sweep_dir), self.table_metadata)
         return self._table
 
     @property

@@ -15,15 +15,18 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import TensorDataset
 
 from model import DRoRAE, DRoRAEConfig, FeatureSet, PhaseConfig, run_phase
-from model.data import ImageBatches, head, load_split
+from model.cost import phase_flops
+from model.data import ImageBatches, load_split
 from model.features import load_feature_cache
-from model.train import reconstruct, validation_l1
+from model.train import lr_factor, reconstruct, validation_l1
 
+from .splits import split
 from .trial_config import Control, TrialConfig
 
 log = logging.getLogger(__name__)
@@ -43,28 +46,37 @@ def build_model(plan, shared, trial: TrialConfig, device) -> DRoRAE:
     return model.to(device)
 
 
-def load_data(plan, shared, layers, with_train: bool = True):
-    """(train, val): FeatureSets from the cache, or Datasets of the images to encode on the fly.
+class TrialData(NamedTuple):
+    """A trial's images: what it trains on, what it chooses on, what it is reported on (``sweeper.splits``)."""
 
-    val is the first ``eval.n_images`` of the validation split. The Datasets are never stacked: an
-    ImageFolder (ImageNet) streams through DataLoaders, Fashion-MNIST stays a TensorDataset.
-    ``with_train=False``: train is None (an evaluation need not list 1.28M training files).
+    train: object  # a FeatureSet or a Dataset; None for an evaluation that trains nothing
+    select: object  # the selection split: phase validation, the search's objective, the best-trial choice
+    evaluate: object  # the evaluation split: rFID, PSNR, SSIM, LPIPS, and nothing else
+
+
+def load_data(plan, shared, layers, with_train: bool = True) -> TrialData:
+    """The trial's three image sets: FeatureSets from the cache, or Datasets of the images to encode on the fly.
+
+    The Datasets are never stacked: an ImageFolder (ImageNet) streams through DataLoaders,
+    Fashion-MNIST stays a TensorDataset. ``with_train=False``: no training images (an evaluation
+    need not list 1.28M training files) and, when it is held out of them, no selection split.
     """
-    n_eval = plan.spec.eval.n_images
     if shared.features_path is not None:
         train, val = load_feature_cache(shared.features_path)
         if layers:
             train, val = train.select(layers), val.select(layers)
-        return (train if with_train else None), val.head(n_eval)
-    train = load_split(plan.data, "train") if with_train else None
-    return train, head(load_split(plan.data, "val"), n_eval)
+    else:
+        train = load_split(plan.data, "train") if with_train or shared.splits.source == "train" else None
+        val = load_split(plan.data, "val")
+    train, select, evaluate = split(shared.splits, train, val)
+    return TrialData(train if with_train else None, select if with_train else None, evaluate)
 
 
 GRID_IMAGES = 16  # originals and reconstructions kept for the PNG grid
 
 
 def evaluate(model: DRoRAE, val, plan, shared, device, out_dir: Path) -> dict:
-    """rFID, PSNR, SSIM, LPIPS on the sweep's fixed evaluation images; a reconstruction grid PNG.
+    """rFID, PSNR, SSIM, LPIPS (and their standard errors) on the sweep's evaluation split; a reconstruction grid PNG.
 
     Reconstructions stream into the evaluator batch by batch; only the first ``GRID_IMAGES``
     originals and reconstructions are kept, for the grid.
@@ -86,7 +98,7 @@ def evaluate(model: DRoRAE, val, plan, shared, device, out_dir: Path) -> dict:
             yield images, recon
 
     # The reference statistics are the shared work's (a cache hit reads one batch, for its resolution).
-    reference = ImageBatches(val.images if isinstance(val, FeatureSet) else val, ev.batch_size)
+    reference = ImageBatches(val.image_tensor() if isinstance(val, FeatureSet) else val, ev.batch_size)
     evaluator = ReconstructionEvaluator(reference, shared.fid_key, n=len(val), batch_size=ev.batch_size,
                                         device=device, lpips_net=ev.lpips_net)
     metrics = evaluator.evaluate_pairs(pairs())
@@ -95,25 +107,38 @@ def evaluate(model: DRoRAE, val, plan, shared, device, out_dir: Path) -> dict:
     return metrics
 
 
-def _phase_cfg(base, hp: dict, seed: int, lr_from=None):
-    """``base`` with the searched hyperparameters ``hp`` (and another phase's lr) applied."""
+def _phase_cfg(base, hp: dict, seed: int):
+    """``base`` with the searched hyperparameters ``hp`` applied."""
     changes = {k: v for k, v in hp.items() if k in ("lr", "weight_decay", "warmup_steps", "batch_size")}
-    if lr_from is not None:
-        changes["lr"] = lr_from.lr
     return replace(base, seed=seed, **changes)
+
+
+def decoder_only_phase(plan, seed: int) -> PhaseConfig:
+    """The decoder_only control: phase 1 continued, for as many decoder steps as the fusion path trains.
+
+    Equal budget: phase 2's steps plus phase 3's, at phase 2's batch size (the images the fusion path's
+    phase 2 sees per step). Like for like: phase 1's own recipe (its loss terms, the adversarial one
+    included, already on where phase 1 had switched it on), continued from its saved optimizer
+    moments and discriminator (``warm_start``) at the rate where phase 1 ended, held constant: no
+    fresh optimizer restarting at phase 1's peak rate.
+    """
+    p1, p2, p3 = plan.phase1, plan.phase2, plan.phase3
+    loss = replace(p1.loss, adv_start_step=max(0, p1.loss.adv_start_step - p1.steps))
+    return replace(p1, steps=p2.steps + (p3.steps if p3 is not None else 0), batch_size=p2.batch_size,
+                   lr=p1.lr * lr_factor(p1, p1.steps - 1), warmup_steps=0, min_lr_ratio=1.0, loss=loss, seed=seed,
+                   log_every=p2.log_every, eval_every=p2.eval_every, checkpoint_every=p2.checkpoint_every)
 
 
 def trial_phases(trial: TrialConfig, plan) -> list[tuple[int, PhaseConfig]]:
     """The phases a trial trains, with their configs, in order.
 
-    A grid point and the last_layer control: phase 2 (fusion) [+ phase 3]; decoder_only: the
-    decoder on z_base (phase 1's module and latent) for the phase-2 budget at phase 1's rate; rae:
-    nothing, the shared phase-1 decoder is evaluated as it is.
+    A grid point and the last_layer control: phase 2 (fusion) [+ phase 3]; decoder_only: phase 1
+    continued (``decoder_only_phase``); rae: nothing, the shared phase-1 decoder is evaluated as it is.
     """
     if trial.control is Control.RAE:
         return []
     if trial.control is Control.DECODER_ONLY:
-        return [(1, _phase_cfg(plan.phase2, trial.hp, trial.seed, lr_from=plan.phase1))]
+        return [(1, decoder_only_phase(plan, trial.seed))]
     phases = [(2, _phase_cfg(plan.phase2, trial.hp, trial.seed))]
     if plan.phase3 is not None:
         phases.append((3, replace(plan.phase3, seed=trial.seed)))
@@ -125,15 +150,15 @@ def train_trial(trial: TrialConfig, plan, shared, report, checkpoint_dir: Path, 
     """Run one trial; ``report(metrics)`` gets the curve, ``save_checkpoint(step)`` persists ``checkpoint_dir``.
 
     The same function serves the grid and the controls (``trial_phases``). ``data(plan, shared, layers)``
-    gives (train, val): ``load_data``, or what a wrapper (``with_faults``) makes of it. Running out of
+    gives the ``TrialData``: ``load_data``, or what a wrapper (``with_faults``) makes of it. Running out of
     memory is a MemoryError that says what to change.
     """
     device = _device(plan.spec.resources.gpu)
     torch.manual_seed(trial.seed)
     model = build_model(plan, shared, trial, device)
     try:
-        train, val = data(plan, shared, trial.layers)
-        return _train(trial, plan, shared, model, train, val, device, report, checkpoint_dir, save_checkpoint)
+        return _train(trial, plan, shared, model, data(plan, shared, trial.layers), device, report, checkpoint_dir,
+                      save_checkpoint)
     except RuntimeError as err:  # torch.OutOfMemoryError (CUDA) is one too
         text = str(err)
         if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text:
@@ -143,20 +168,24 @@ def train_trial(trial: TrialConfig, plan, shared, report, checkpoint_dir: Path, 
         raise
 
 
-def _train(trial, plan, shared, model, train, val, device, report, checkpoint_dir, save_checkpoint) -> dict:
+def _train(trial, plan, shared, model, data: TrialData, device, report, checkpoint_dir, save_checkpoint) -> dict:
     start = time.perf_counter()
-    metrics: dict = {}
+    metrics: dict = {"train_steps": 0, "train_flops": 0.0}
     phases = trial_phases(trial, plan)
     for phase, cfg in phases:
-        result = run_phase(model, phase, cfg, train, val, report=report,
-                           checkpoint=checkpoint_dir / f"phase{phase}.pt", on_checkpoint=save_checkpoint)
-        metrics["val_l1"] = result["val_l1"]
+        metrics["train_flops"] += phase_flops(model, phase, cfg, data.train)
+        warm = shared.decoder_state_path if trial.control is Control.DECODER_ONLY else None
+        result = run_phase(model, phase, cfg, data.train, data.select, report=report,
+                           checkpoint=checkpoint_dir / f"phase{phase}.pt", on_checkpoint=save_checkpoint,
+                           warm_start=warm)
+        metrics["val_l1"] = result["val_l1"]  # on the selection split: what the search and the best-trial choice read
         metrics[f"phase{phase}_seconds"] = result["train_seconds"]
+        metrics["train_steps"] += cfg.steps
     if not phases:
-        metrics["val_l1"] = validation_l1(model, val, phase=1)
+        metrics["val_l1"] = validation_l1(model, data.select, phase=1)
     metrics["train_seconds"] = sum(v for k, v in metrics.items() if k.endswith("_seconds"))
     if trial.evaluate:
-        metrics.update(evaluate(model, val, plan, shared, device, checkpoint_dir))
+        metrics.update(evaluate(model, data.evaluate, plan, shared, device, checkpoint_dir))
     metrics["wall_seconds"] = time.perf_counter() - start
     torch.save(model.fusion.state_dict() if model.fusion is not None else {}, checkpoint_dir / "fusion.pt")
     return metrics
@@ -200,7 +229,8 @@ def with_faults(train_fn, faults):
         unit = trial.unit_id
 
         def faulty_data(plan, shared, layers):
-            train, val = data(plan, shared, layers)
+            loaded = data(plan, shared, layers)
+            train = loaded.train
             for bad, value in (("nan_loss", float("nan")), ("inf_loss", float("inf"))):
                 if unit in getattr(faults, bad):
                     train = _filled(train, value)
@@ -208,7 +238,7 @@ def with_faults(train_fn, faults):
                 raise RuntimeError(f"injected fault in {unit} (spec faults.raise_error)")
             if unit in faults.oom:  # a batch far too large for the machine
                 torch.empty(1 << 50, dtype=torch.uint8, device=_device(plan.spec.resources.gpu))
-            return train, val
+            return loaded._replace(train=train)
 
         return train_fn(trial, plan, shared, report, checkpoint_dir, save_checkpoint, data=faulty_data)
 
@@ -301,10 +331,10 @@ def tune_evaluate_checkpoint(plan, shared, trial: TrialConfig, checkpoint) -> tu
             state = torch.load(ckpt / "phase3.pt", map_location=device, weights_only=True)
             model.decoder.load_state_dict(state["module"])
     model.eval()
-    _, val = load_data(plan, shared, trial.layers, with_train=False)
+    data = load_data(plan, shared, trial.layers, with_train=False)
     out = Path(tempfile.mkdtemp(prefix="drorae-eval-"))
     try:
-        metrics = evaluate(model, val, plan, shared, device, out)
+        metrics = evaluate(model, data.evaluate, plan, shared, device, out)
         png = (out / "reconstructions.png").read_bytes()
     finally:
         shutil.rmtree(out, ignore_errors=True)

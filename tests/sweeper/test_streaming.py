@@ -18,6 +18,7 @@ from model.errors import AssetError
 from sweeper.plan import build_plan
 from sweeper.shared import Shared
 from sweeper.spec import load_spec
+from sweeper.splits import splits_of
 
 N_TRAIN, N_VAL, N_EVAL = 96, 24, 8
 
@@ -58,8 +59,8 @@ def no_stacking(monkeypatch):
 
 
 def _shared(plan, decoder_path="") -> Shared:
-    return Shared(encoder_checkpoint=None, decoder_path=decoder_path, phase1={}, features_path=None,
-                  fid_key=plan.data.key, seconds={})
+    return Shared(encoder_checkpoint=None, decoder_path=decoder_path, decoder_state_path="", phase1={},
+                  features_path=None, fid_key=plan.data.key, splits=splits_of(plan.spec, N_TRAIN, N_VAL), seconds={})
 
 
 def _model():
@@ -71,9 +72,10 @@ def _model():
 def test_load_data_without_a_feature_cache_returns_the_folders_datasets(folder_plan, no_stacking):
     from sweeper.trial import load_data
 
-    train, val = load_data(folder_plan, _shared(folder_plan), (5,))
+    train, select, val = load_data(folder_plan, _shared(folder_plan), (5,))
     assert isinstance(train, Dataset) and not isinstance(train, torch.Tensor) and len(train) == N_TRAIN
     assert isinstance(val, Subset) and list(val.indices) == list(range(N_EVAL))  # the first eval.n_images
+    assert isinstance(select, Subset) and list(select.indices) == list(range(N_EVAL, N_VAL))  # the rest
     assert val[0][0].shape == (3, 32, 32)
 
 
@@ -84,7 +86,7 @@ def test_evaluate_streams_reconstructions_and_equals_the_stacked_evaluation(fold
     from sweeper.trial import evaluate, load_data
 
     net = _model()
-    _, val = load_data(folder_plan, _shared(folder_plan), ())
+    val = load_data(folder_plan, _shared(folder_plan), ()).evaluate
     originals = stack_images(val)  # the same images, stacked: the expected values
     recons = torch.cat([r for _, r in reconstruct(net, originals)])
 
@@ -131,15 +133,15 @@ def test_prepare_streams_the_fid_statistics_and_phase_1(folder_plan, no_stacking
     assert shared.features_path is None  # max_gb: 0, trials encode on the fly
     assert Path(shared.decoder_path).is_file()
     assert fetched["train"].value == 4 * 16  # phase 1's batches, no more
-    # the FID statistics (first batch only on a hit, here computed) and phase 1's validation: eval.n_images each
-    assert fetched["val"].value == 2 * N_EVAL
-    assert len(list((assets.cache_root() / "fid_stats").glob(f"{folder_plan.data.key}-32px-n{N_EVAL}-*.npz"))) == 1
+    # the FID statistics of the evaluation split (here computed) and phase 1's validation on the selection split
+    assert fetched["val"].value == N_EVAL + (N_VAL - N_EVAL)
+    assert len(list((assets.cache_root() / "fid_stats").glob(f"{shared.fid_key}-*.npz"))) == 1
 
 
 def test_an_injected_nan_fault_fills_a_streamed_split_without_stacking_it(folder_plan, no_stacking):
     from sweeper.trial import _filled, load_data
 
-    train, _ = load_data(folder_plan, _shared(folder_plan), ())
+    train = load_data(folder_plan, _shared(folder_plan), ()).train
     bad = _filled(train, float("nan"))
     image, label = bad[3]
     assert len(bad) == N_TRAIN and image.shape == (3, 32, 32) and image.isnan().all() and label == train[3][1]

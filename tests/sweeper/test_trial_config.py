@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from sweeper.plan import build_plan
 from sweeper.spec import parse_spec
-from sweeper.trial import trial_phases, with_faults
+from sweeper.trial import TrialData, trial_phases, with_faults
 from sweeper.trial_config import Control, TrialConfig
 
 
@@ -62,12 +62,14 @@ def test_each_kind_of_trial_trains_its_phases(plan):
     assert phases("h8-k6-s5") == [(2, 7, 3e-3, 5), (3, 4, 1e-4, 5)]
     assert phases("h8-k6-s5", {"lr": 1e-2}) == [(2, 7, 1e-2, 5), (3, 4, 1e-4, 5)]  # the searched lr: phase 2's
     assert phases("last_layer-s5") == [(2, 7, 3e-3, 5), (3, 4, 1e-4, 5)]
-    assert phases("decoder_only-s5") == [(1, 7, 2e-3, 5)]  # the decoder on z_base, phase 2's budget, phase 1's lr
+    # phase 1 continued for phase 2 + phase 3's steps, at the rate phase 1's cosine had reached at its last step
+    end_lr = 2e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 9 / 10)))
+    assert phases("decoder_only-s5") == [(1, 11, pytest.approx(end_lr), 5)]
     assert phases("rae-s5") == []
 
 
 def _data(plan, shared, layers):
-    return TensorDataset(torch.rand(8, 3, 32, 32), torch.zeros(8)), "val"
+    return TrialData(TensorDataset(torch.rand(8, 3, 32, 32), torch.zeros(8)), "select", "evaluate")
 
 
 def _loaded(trial, plan, shared, report, checkpoint_dir, save_checkpoint, data):
@@ -79,11 +81,11 @@ def _loaded(trial, plan, shared, report, checkpoint_dir, save_checkpoint, data):
 def test_a_nan_or_inf_fault_fills_only_its_units_training_images(raw, fault, value):
     faulty = _faulty(raw, **{fault: ["h8-k6-s5"]})
     train_fn = with_faults(_loaded, faulty.spec.faults)
-    train, val = train_fn(_trial(faulty, "h8-k6-s5"), faulty, None, None, None, None, data=_data)
+    train, select, evaluate = train_fn(_trial(faulty, "h8-k6-s5"), faulty, None, None, None, None, data=_data)
     images = train.tensors[0]
-    assert val == "val" and images.shape == (8, 3, 32, 32)
+    assert (select, evaluate) == ("select", "evaluate") and images.shape == (8, 3, 32, 32)
     assert (images.isnan() if math.isnan(value) else images == value).all()
-    train, _ = train_fn(_trial(faulty, "rae-s5"), faulty, None, None, None, None, data=_data)
+    train, _, _ = train_fn(_trial(faulty, "rae-s5"), faulty, None, None, None, None, data=_data)
     assert train.tensors[0].isfinite().all() and (train.tensors[0] < 1).all()
 
 
@@ -94,5 +96,5 @@ def test_raise_error_and_oom_faults_fail_their_unit_for_real_and_no_other(raw):
         train_fn(_trial(faulty, "h8-k6-s5"), faulty, None, None, None, None, data=_data)
     with pytest.raises(RuntimeError, match="can't allocate memory"):  # the allocator's own failure
         train_fn(_trial(faulty, "last_layer-s5"), faulty, None, None, None, None, data=_data)
-    train, _ = train_fn(_trial(faulty, "rae-s5"), faulty, None, None, None, None, data=_data)
+    train, _, _ = train_fn(_trial(faulty, "rae-s5"), faulty, None, None, None, None, data=_data)
     assert len(train) == 8
