@@ -128,7 +128,7 @@ def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "
     bars.lines[0].set_gid("points")
     if "se" in stats_.columns:
         _measurement_bars(ax, caps, stats_["mean"], stats_["se"], "C0", "measurement",
-                          label="± 2 se measurement error" + (" (of the mean)" if several else ""))
+                          label="± 2 se of mean (measurement)" if several else "± 2 se (measurement)")
 
     lo, hi = float(caps.min()), float(caps.max())
     grid = np.geomspace(lo, hi, 200) if lo > 0 else np.linspace(lo, hi, 200)

@@ -29,7 +29,7 @@ def seed_stats(points: pd.DataFrame, x: str, y: str, se: str | None = None) -> p
     g = points.groupby(x)[y]
     out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.size()})
     if se is not None:
-        var = points[se].astype(float) ** 2
+        var = pd.to_numeric(points[se], errors="coerce").astype(float) ** 2
         total = var.groupby(points[x]).sum(min_count=1).where(var.notna().groupby(points[x]).all())
         out["se"] = np.sqrt(total) / out["n"]
     return out.sort_index()

@@ -123,8 +123,9 @@ def _measurement_section(res: FitResults) -> list[str]:
     if me is None:
         return head + [lines[0] + ".", ""]
     space = (f" on ln {res.y}, with se(ln y) = se(y) / y (the delta method)" if me.space == "ln y" else "")
-    verdict = ("more than measurement error: the law misfits, or the runs vary beyond their evaluation error "
-               "(e.g. from seed to seed)" if me.pvalue < 0.05 else "not more than measurement error explains")
+    verdict = ("the runs scatter more than their measurement error: the law misfits, or runs vary beyond their "
+               "evaluation error (e.g. from seed to seed)" if me.pvalue < 0.05 else
+               "no evidence of scatter beyond measurement error")
     share = (f"measurement error accounts for about {me.variance_ratio:.0%} of the residual scatter"
              if me.variance_ratio <= 1 else "measurement error alone would scatter the runs as much or more")
     out = head + [f"Each run's `{me.se_column}` is its measurement error (the standard error over the evaluation "
@@ -132,13 +133,14 @@ def _measurement_section(res: FitResults) -> list[str]:
                   f"{me.measurement_var:.4g}; the fit's is {me.residual_var:.4g}: a ratio of "
                   f"{me.variance_ratio:.3g}, i.e. {share}.", "",
                   f"- chi2({me.dof}) = {me.chi2:.4g} (the law refitted with weights 1/se²), p = {me.pvalue:.4g}: "
-                  f"the scatter is {verdict}"]
+                  f"{verdict}"]
     s = me.between_seeds
     if s is not None:
-        seeds = "more than" if s.pvalue < 0.05 else "no more than"
+        seeds = ("seeds differ more than their measurement error (training noise)" if s.pvalue < 0.05 else
+                 "no evidence that seeds differ beyond their measurement error")
         out.append(f"- Between seeds (same capacity): pure-error variance {s.pure_error_var:.4g} against "
                    f"{s.measurement_var:.4g} from measurement error (ratio {s.variance_ratio:.3g}); "
-                   f"chi2({s.dof}) = {s.chi2:.4g}, p = {s.pvalue:.4g}: seeds differ {seeds} their measurement error")
+                   f"chi2({s.dof}) = {s.chi2:.4g}, p = {s.pvalue:.4g}: {seeds}")
     return out + ["- Runs scored on the same evaluation images share part of their error, which mostly shifts "
                   "all points alike: the ratio is then an upper bound and the p-value conservative.", ""]
 
