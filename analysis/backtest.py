@@ -20,7 +20,7 @@ def backtest(df, holdout: int = 1, form: str = "log-linear", alpha: float = 0.05
     if not isinstance(holdout, (int, np.integer)) or holdout < 1:
         raise AnalysisError(f"holdout must be a positive number of capacities, got {holdout!r}")
     x, y = _names(df, x, y)
-    C, Y = _columns(df, x, y)
+    C, Y, _se, _ids = _columns(df, x, y)
     caps = np.unique(C)
     if len(caps) - holdout < 3:
         left = max(len(caps) - holdout, 0)

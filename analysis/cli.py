@@ -204,6 +204,11 @@ Only completed grid trials are fitted (the best trial of each searched point); c
 (kind=control) never are. Failed trials and rows with NaN/inf are dropped with a warning that
 lists them. Fewer than 3 distinct capacities, a non-positive capacity for a log form, or a
 missing column stop with one line naming it, exit code 2.
+
+Where every fitted row has its metric's measurement error (a <y>_se column, e.g. rfid_se),
+the fit also says how much of the residual scatter it accounts for: measurement variance /
+residual variance, and a chi-square test of whether the runs scatter more than their
+measurement error (analysis/measurement.py).
 """
 
 
@@ -212,12 +217,14 @@ def add_fit(sub) -> argparse.ArgumentParser:
         sub, "fit", _cmd_fit, FIT_EPILOG,
         help="fit a scaling law to a sweep's results: params with CIs, R², diagnostics",
         description="Fit a scaling law y = f(C) to the completed trials of RESULTS (seeds kept as rows, not\n"
-                    "averaged) and print the law, its parameters with intervals, R², AIC/BIC and a\n"
-                    "lack-of-fit F-test when seeds repeat a capacity.")
+                    "averaged) and print the law, its parameters with intervals, R², AIC/BIC, a\n"
+                    "lack-of-fit F-test when seeds repeat a capacity, and the share of the scatter that\n"
+                    "the runs' measurement error (<y>_se) accounts for where the table has it.")
     p.add_argument("--ci", choices=("analytic", "bootstrap"), default="analytic",
                    help="parameter intervals: analytic (t-based; default) or bootstrap (studentized "
                         "residual bootstrap, 10,000 resamples; linear-in-parameter forms only)")
-    _json_option(p, "one object: form, x, y, n, params, bse, conf_int, ci_method, r2, r2_adj, aic, bic, ...")
+    _json_option(p, "one object: form, x, y, n, params, bse, conf_int, ci_method, r2, r2_adj, aic, bic, "
+                    "lack_of_fit, measurement_error (null without <y>_se on every row), ...")
     return p
 
 

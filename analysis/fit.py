@@ -4,7 +4,7 @@
     res.params, res.bse, res.conf_int(0.05, method="analytic" | "bootstrap")
     res.rsquared, res.rsquared_adj, res.aic, res.bic, res.nobs
     res.predict(C), res.get_prediction(C).summary_frame(alpha), res.summary(), res.to_dict()
-    res.lack_of_fit()
+    res.lack_of_fit(), res.measurement_error()
 
 Linear-in-parameters forms (log-linear, linear, power) are statsmodels OLS (or WLS with
 ``weights="seed-variance"``) on the form's design matrix, and their predictions are statsmodels'
@@ -12,7 +12,9 @@ own ``get_prediction``. ``power`` is fitted on ln y: its R², AIC and intervals 
 and predictions are mapped back with exp (the mean's se by the delta method). ``saturating`` is a
 robust Huber fit (``scipy.optimize.least_squares``) from a grid of starting values; its standard
 errors and intervals come from the Jacobian at the optimum (delta method, t quantiles).
-Replicates (several seeds per capacity) are kept as rows, never averaged away.
+Replicates (several seeds per capacity) are kept as rows, never averaged away. Where the rows carry
+their metric's measurement error (a ``<y>_se`` column), ``measurement_error()`` says how much of the
+residual scatter it accounts for (``analysis.measurement``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import statsmodels.api as sm
 from scipy import optimize, stats
 
 from analysis import bootstrap as boot
+from analysis import measurement
 from analysis.errors import AnalysisError
 from analysis.laws import FORMS, Law, get_law
+from analysis.schema import se_column
 
 CI_METHODS = ("analytic", "bootstrap")
 WEIGHTS = (None, "seed-variance")
@@ -65,7 +69,9 @@ def _names(df, x, y) -> tuple[str, str]:
     return x or "params", y or "rfid"
 
 
-def _columns(df, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+def _columns(df, x: str, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list]:
+    """The finite (capacity, metric) rows: C, y, y's measurement error (None without a ``<y>_se``
+    column; NaN where a row lacks it) and the rows' ids (trial_id, else the row's position)."""
     from analysis.load import Table, _numeric
 
     source = _source(df)
@@ -78,12 +84,13 @@ def _columns(df, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
             raise AnalysisError(f"{source}no column {col!r} to fit (columns: {', '.join(map(str, df.columns))})")
     name = source.removesuffix(": ") or "the table"
     C, Y = _numeric(df, x, name).to_numpy(), _numeric(df, y, name).to_numpy()
+    se = _numeric(df, se_column(y), name).to_numpy() if se_column(y) in df.columns else None
+    ids = np.asarray(df["trial_id"] if "trial_id" in df.columns else np.arange(len(df)), dtype=object)
     bad = ~(np.isfinite(C) & np.isfinite(Y))
     if bad.any():
-        ids = list(df["trial_id"][bad]) if "trial_id" in df.columns else list(np.flatnonzero(bad))
         warnings.warn(f"dropped {bad.sum()} row(s) with a NaN or infinite {x!r} or {y!r}: "
-                      f"{', '.join(map(str, ids))}", stacklevel=3)
-    return C[~bad], Y[~bad]
+                      f"{', '.join(map(str, ids[bad]))}", stacklevel=3)
+    return C[~bad], Y[~bad], None if se is None else se[~bad], list(ids[~bad])
 
 
 def _check_capacities(C: np.ndarray, x: str, need: int = 3, source: str = "") -> None:
@@ -150,10 +157,14 @@ class PredictionResults:
 class FitResults:
     """A fitted scaling law, in the statsmodels manner (see the module docstring)."""
 
-    def __init__(self, law: Law, C, y, x: str, y_name: str, weights=None, ols=None, sat=None):
+    def __init__(self, law: Law, C, y, x: str, y_name: str, weights=None, ols=None, sat=None, yse=None,
+                 ids=None):
         self.law, self.x, self.y = law, x, y_name
         self.form = law.name
         self.C, self.yobs = np.asarray(C, dtype=float), np.asarray(y, dtype=float)
+        # y's measurement error per row (None: the rows had no <y>_se column) and the rows' ids
+        self.yse = None if yse is None else np.asarray(yse, dtype=float)
+        self._ids = list(range(len(self.yobs))) if ids is None else list(ids)
         self.weights = weights          # None or the name of the weighting
         self._w = None
         self._ols = ols
@@ -249,8 +260,24 @@ class FitResults:
         F = (ss_lof / df_num) / (ss_pe / df_den)
         return LackOfFit(F, df_num, df_den, float(stats.f.sf(F, df_num, df_den)), ss_lof, ss_pe)
 
+    def measurement_error(self) -> measurement.MeasurementError | None:
+        """How much of the residual scatter the rows' measurement error (``<y>_se``) accounts for;
+        None when a fitted row has no finite positive se (``measurement_error_lines`` says why)."""
+        if measurement.why_not(self.yse, se_column(self.y), self._ids) is not None:
+            return None
+        return measurement.assess(self.law, self.C, self.yobs, self.yse, self.params.to_numpy(), self._w,
+                                  self.scale, se_column(self.y))
+
+    def measurement_error_lines(self) -> list[str]:
+        """The summary's measurement-error lines: the assessment, why there is none, or nothing (no se column)."""
+        reason = measurement.why_not(self.yse, se_column(self.y), self._ids)
+        if reason is None:
+            return self.measurement_error().summary_lines()
+        return [f"Measurement error: {reason}"] if reason else []
+
     def summary(self, alpha: float = 0.05) -> str:
-        """A text summary: the law, fit statistics, the parameter table and the lack-of-fit test."""
+        """A text summary: the law, fit statistics, the parameter table, the lack-of-fit test and, where the
+        rows carry their measurement error, how much of the residual scatter it accounts for."""
         ci = self.conf_int(alpha)
         lo, hi = f"[{alpha / 2:g}", f"{1 - alpha / 2:g}]"
         space = " (on ln y)" if self.law.log_y else ""
@@ -267,15 +294,18 @@ class FitResults:
         lines.append("")
         lines.append("Lack of fit: no replicates" if lof is None else
                      f"Lack of fit: F({lof.df_num}, {lof.df_den}) = {lof.F:.4g}, p = {lof.pvalue:.4g}")
+        lines += self.measurement_error_lines()
         if self.auto_scores is not None:
             lines.append("Form chosen by leave-one-capacity-out RMSE: " +
                          ", ".join(f"{k} {v:.4g}" for k, v in self.auto_scores.items()))
         return "\n".join(lines)
 
     def to_dict(self, alpha: float = 0.05, ci_method: str = "analytic") -> dict:
-        """A JSON-ready dict: form, x, y, n, params, bse, conf_int, ci_method, r2, r2_adj, aic, bic, ..."""
+        """A JSON-ready dict: form, x, y, n, params, bse, conf_int, ci_method, r2, r2_adj, aic, bic, ...,
+        measurement_error (``MeasurementError.to_dict()``; None without a finite positive se on every row)."""
         ci = self.conf_int(alpha, method=ci_method)
         lof = self.lack_of_fit()
+        me = self.measurement_error()
         return {"form": self.form, "equation": self.law.equation, "x": self.x, "y": self.y, "n": self.nobs,
                 "n_capacities": int(len(np.unique(self.C))), "weights": self.weights,
                 "params": {k: float(v) for k, v in self.params.items()},
@@ -285,6 +315,7 @@ class FitResults:
                 "r2": self.rsquared, "r2_adj": self.rsquared_adj, "aic": self.aic, "bic": self.bic,
                 "lack_of_fit": None if lof is None else {"F": lof.F, "df_num": lof.df_num, "df_den": lof.df_den,
                                                          "pvalue": lof.pvalue},
+                "measurement_error": None if me is None else me.to_dict(),
                 "auto_scores": None if self.auto_scores is None else
                 {k: float(v) for k, v in self.auto_scores.items()}}
 
@@ -307,27 +338,27 @@ def fit(df, x: str | None = None, y: str | None = None, form: str = "log-linear"
         raise AnalysisError(f"unknown weights {weights!r}: expected None or 'seed-variance'")
     if form != "auto":
         get_law(form)
-    C, Y = _columns(df, x, y)
+    C, Y, se, ids = _columns(df, x, y)
     _check_capacities(C, x, source=_source(df))
     if form == "auto":
-        return _fit_auto(C, Y, x, y, weights)
-    return _fit_arrays(get_law(form), C, Y, x, y, weights)
+        return _fit_auto(C, Y, x, y, weights, yse=se, ids=ids)
+    return _fit_arrays(get_law(form), C, Y, x, y, weights, yse=se, ids=ids)
 
 
-def _fit_arrays(law: Law, C, Y, x: str, y: str, weights=None) -> FitResults:
+def _fit_arrays(law: Law, C, Y, x: str, y: str, weights=None, yse=None, ids=None) -> FitResults:
     law.check(C, Y, x_name=x, y_name=y)
     if not law.linear:
         _check_capacities(C, x, need=len(law.param_names) + 1)
         if weights:
             raise AnalysisError(f"weights={weights!r} is implemented for the linear-in-parameter forms, "
                                 f"not {law.name!r}")
-        return FitResults(law, C, Y, x, y, sat=_fit_saturating(C, Y))
+        return FitResults(law, C, Y, x, y, sat=_fit_saturating(C, Y), yse=yse, ids=ids)
     X, yt = law.design(C), law.to_fit_space(Y)
     if weights == "seed-variance":
         model = sm.WLS(yt, X, weights=_seed_variance_weights(C, yt, x))
     else:
         model = sm.OLS(yt, X)
-    return FitResults(law, C, Y, x, y, weights=weights, ols=model.fit())
+    return FitResults(law, C, Y, x, y, weights=weights, ols=model.fit(), yse=yse, ids=ids)
 
 
 def _fit_saturating(C: np.ndarray, y: np.ndarray, alphas=None) -> dict:
@@ -387,7 +418,7 @@ def _fit_saturating(C: np.ndarray, y: np.ndarray, alphas=None) -> dict:
     return {"params": np.array([E, A, alpha]), "cov": T @ cov_int @ T.T, "huber_delta": used}
 
 
-def _fit_auto(C, Y, x, y, weights) -> FitResults:
+def _fit_auto(C, Y, x, y, weights, yse=None, ids=None) -> FitResults:
     """The form with the lowest leave-one-capacity-out RMSE (in y) among those the data allow."""
     caps = np.unique(C)
     scores = {}
@@ -407,6 +438,6 @@ def _fit_auto(C, Y, x, y, weights) -> FitResults:
     if not scores:
         raise AnalysisError("form='auto': no form could be fitted with one capacity left out")
     best = min(scores, key=scores.get)
-    res = _fit_arrays(FORMS[best], C, Y, x, y, weights)
+    res = _fit_arrays(FORMS[best], C, Y, x, y, weights, yse=yse, ids=ids)
     res.auto_scores = pd.Series(scores, name="loo_rmse").sort_values()
     return res

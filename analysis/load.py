@@ -7,6 +7,11 @@ point has several trials; only the best was evaluated). Control runs (``kind == 
 the RAE baseline) are returned apart: never fitted. Any other table with a capacity and a metric
 column works too (published points): without ``kind`` / ``status`` / ``best`` columns every row is
 a point.
+
+A metric's measurement error (``<metric>_se``, e.g. ``rfid_se``) and the training cost
+(``train_steps``, ``train_flops``) are read as numbers wherever the source has them: table columns,
+or the metrics of a trial's MLflow run. Older sweeps lack them; their rows then carry no such column
+(or NaN) and nothing about measurement error is claimed.
 """
 
 from __future__ import annotations
@@ -175,6 +180,9 @@ def select(df: pd.DataFrame, x: str = "params", y: str = "rfid", where=None, sou
                                 f"(columns: {', '.join(map(str, df.columns))})")
     df = df.copy()
     df[x], df[y] = _numeric(df, x, source), _numeric(df, y, source)
+    for col in dict.fromkeys((*schema.MEASUREMENT_ERRORS, schema.se_column(y), *schema.COSTS)):
+        if col in df.columns:
+            df[col] = _numeric(df, col, source)
     kind = df["kind"].astype(str) if "kind" in df.columns else pd.Series("grid", index=df.index)
     status = df["status"].astype(str) if "status" in df.columns else pd.Series("completed", index=df.index)
     completed = status == "completed"

@@ -1,4 +1,5 @@
-"""The paper's scaling figures: points with seed error bars, the fitted law, its CI band, the controls.
+"""The paper's scaling figures: points with seed and measurement error bars, the fitted law, its CI band,
+the controls.
 
 Plotting takes a ``FitResults`` and never refits: ``plot_scaling`` draws one panel on an Axes;
 ``scaling_figures`` fits and saves the three panels of the paper (expert-capacity scaling,
@@ -29,6 +30,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from analysis.errors import AnalysisError  # noqa: E402
 from analysis.fit import FitResults, fit  # noqa: E402
 from analysis.points import seed_stats  # noqa: E402
+from analysis.schema import se_column  # noqa: E402
 from drorae_io import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ LABELS = {"params": "trainable parameters", "fused_layers": "fused layers", "exp
 CONTROL_NAMES = {"rae": "RAE baseline", "decoder_only": "decoder only", "last_layer": "last layer only"}
 CONTROL_MARKERS = ("s", "^", "D", "v", "P", "X", "*")
 RAE = "rae"                  # the control drawn as a horizontal line (the paper's baseline)
+# The measurement error bars: ±2 se, thick and pale under the seeds' thin capped ±std bars.
+MEASUREMENT_STYLE = {"fmt": "none", "elinewidth": 3.0, "alpha": 0.4, "capsize": 0}
 
 
 def slope_text(result: FitResults) -> str:
@@ -73,27 +77,58 @@ def _short(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _measurement_bars(ax, cx, cy, se, color, gid: str, label: str | None = None):
+    """±2 se bars (``MEASUREMENT_STYLE``) at the points whose se is finite; nothing where none is."""
+    cx, cy, se = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (cx, cy, se))
+    ok = np.isfinite(se)
+    if not ok.any():
+        return
+    bars = ax.errorbar(cx[ok], cy[ok], yerr=2 * se[ok], ecolor=color, zorder=2.5, label=label,
+                       **MEASUREMENT_STYLE)
+    bars.lines[2][0].set_gid(gid)
+
+
+def _se_of_mean(rows: pd.DataFrame, col: str) -> float:
+    """The measurement error of the mean of ``rows[col]``'s runs: sqrt(sum se^2) / k; NaN if one lacks it."""
+    if col not in rows.columns:
+        return float("nan")
+    se = pd.to_numeric(rows[col], errors="coerce").astype(float).to_numpy()
+    return float(np.sqrt((se ** 2).sum()) / len(se)) if len(se) and np.isfinite(se).all() else float("nan")
+
+
 def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "params", y: str = "rfid",
                  alpha: float = 0.05, label: str | None = None):
-    """Draw one scaling panel on ``ax``: points ± seed std, the fit line, its CI band and the controls.
+    """Draw one scaling panel on ``ax``: points ± seed std and ± 2 se, the fit line, its CI band, the controls.
 
+    Each point is the mean of its seeds: its thin capped bar (gid ``"points"``) is ± the std over
+    the seeds (a single run's spread); where the rows carry y's measurement error (``<y>_se``) a
+    thick pale bar (gid ``"measurement"``) is ± 2 se of the plotted mean, se = sqrt(sum se_j^2) / k
+    over its k seeds (the run's own se for one seed). The std already holds the measurement error
+    of each seed: the two bars are drawn side by side, never added, and the legend names both.
     The fit line (gid ``"fit"``) and the (1 - alpha) mean CI band (gid ``"ci"``) come from
     ``result.get_prediction(grid).summary_frame(alpha)`` on a log-spaced grid over the points'
     range. The RAE control (point_id ``'rae'``) is a dashed horizontal line (gid ``"control:rae"``);
     the other controls are distinct markers at their own x (gid ``"control:<point_id>"``) when it
-    is positive. Controls are only drawn, never fitted. Returns ``ax``.
+    is positive; with a measurement error, the RAE line gets a ± 2 se band (gid ``"control:rae:se"``) and
+    the others a ± 2 se bar (gid ``"control:<point_id>:se"``). Controls are only drawn, never fitted.
+    Returns ``ax``.
     """
     if not isinstance(points_df, pd.DataFrame) and hasattr(points_df, "points"):  # a Table
         points_df = points_df.points
     for col in (x, y):
         if col not in points_df.columns:
             raise AnalysisError(f"plot_scaling: the points have no column {col!r}")
-    stats_ = seed_stats(points_df, x, y)
+    se_col = se_column(y)
+    stats_ = seed_stats(points_df, x, y, se=se_col if se_col in points_df.columns else None)
     caps = stats_.index.to_numpy(dtype=float)
+    several = bool((stats_["n"] > 1).any())
     bars = ax.errorbar(caps, stats_["mean"].to_numpy(), yerr=stats_["std"].to_numpy(), fmt="o", color="C0",
                        ecolor="C0", capsize=2, elinewidth=0.8, zorder=3,
-                       label="trials (mean ± std over seeds)" if (stats_["n"] > 1).any() else "trials")
+                       label="trials (mean ± std over seeds)" if several else "trials")
     bars.lines[0].set_gid("points")
+    if "se" in stats_.columns:
+        _measurement_bars(ax, caps, stats_["mean"], stats_["se"], "C0", "measurement",
+                          label="± 2 se of mean (measurement)" if several else "± 2 se (measurement)")
 
     lo, hi = float(caps.min()), float(caps.max())
     grid = np.geomspace(lo, hi, 200) if lo > 0 else np.linspace(lo, hi, 200)
@@ -113,8 +148,13 @@ def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "
                 continue
             nice = CONTROL_NAMES.get(name, name)
             if name == RAE:
-                ax.axhline(float(val.mean()), color="0.3", linestyle="--", linewidth=1.0, label=nice,
-                           zorder=2, gid=f"control:{name}")
+                se = _se_of_mean(rows.loc[val.index], se_col)
+                mean = float(val.mean())
+                ax.axhline(mean, color="0.3", linestyle="--", linewidth=1.0, zorder=2, gid=f"control:{name}",
+                           label=f"{nice} (band: ± 2 se)" if np.isfinite(se) else nice)
+                if np.isfinite(se):
+                    ax.axhspan(mean - 2 * se, mean + 2 * se, color="0.3", alpha=0.12, linewidth=0, zorder=1,
+                               gid=f"control:{name}:se")
                 continue
             cx = pd.to_numeric(rows.loc[val.index, x], errors="coerce").astype(float) if x in rows.columns \
                 else pd.Series(np.nan, index=val.index)
@@ -126,6 +166,8 @@ def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "
                                fmt=CONTROL_MARKERS[k % len(CONTROL_MARKERS)], color=f"C{k + 2}", capsize=2,
                                label=nice, zorder=4)
             bars.lines[0].set_gid(f"control:{name}")
+            _measurement_bars(ax, cx[ok].mean(), val[ok].mean(), _se_of_mean(rows.loc[ok[ok].index], se_col),
+                              f"C{k + 2}", f"control:{name}:se")
             k += 1
 
     ax.set_xscale("log")

@@ -1,10 +1,11 @@
 """Each point of a sweep with its metric and an interval: the spread of its seeds, or the law's CI.
 
 A point (a grid point: one capacity, several seeds) has one row per seed in ``Table.points``.
-``seed_stats`` is the mean and standard deviation over seeds per capacity (the figures' error
-bars); ``point_intervals`` gives each point a (1 - alpha) interval and says which: with two seeds or
-more, the t-interval of their mean; with one, the fitted law's interval of its mean at that capacity
-(``FitResults.get_prediction``; none without a law).
+``seed_stats`` is the mean and standard deviation over seeds per capacity, and the measurement
+error of that mean where the rows carry one (the figures' error bars); ``point_intervals`` gives
+each point a (1 - alpha) interval and says which: with two seeds or more, the t-interval of their
+mean; with one, the fitted law's interval of its mean at that capacity (``FitResults.get_prediction``;
+none without a law).
 """
 
 from __future__ import annotations
@@ -18,10 +19,19 @@ from analysis.fit import FitResults
 SEEDS, LAW = "seeds", "law"  # where an interval comes from
 
 
-def seed_stats(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Mean and std (ddof 1; 0 for a single seed) of y per capacity x."""
+def seed_stats(points: pd.DataFrame, x: str, y: str, se: str | None = None) -> pd.DataFrame:
+    """Mean and std (ddof 1; 0 for a single seed) of y per capacity x, and their number ``n``.
+
+    With ``se`` (the column of y's measurement error, e.g. ``rfid_se``) also ``se``: the measurement
+    error of the mean of the k seeds, sqrt(sum of se_j^2) / k (the seeds' errors taken as independent);
+    NaN where a seed lacks a finite se.
+    """
     g = points.groupby(x)[y]
     out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.size()})
+    if se is not None:
+        var = pd.to_numeric(points[se], errors="coerce").astype(float) ** 2
+        total = var.groupby(points[x]).sum(min_count=1).where(var.notna().groupby(points[x]).all())
+        out["se"] = np.sqrt(total) / out["n"]
     return out.sort_index()
 
 

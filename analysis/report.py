@@ -20,6 +20,7 @@ import numpy as np
 from analysis.backtest import backtest
 from analysis.errors import AnalysisError
 from analysis.fit import FitResults, fit
+from analysis.schema import se_column
 from drorae_io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ def _results_section(table) -> list[str]:
             lines += ["None.", ""]
             continue
         ids = [c for c in (id_col, "trial_id" if id_col == "point_id" else "point_id") if c in df.columns]
-        cols = ids + [c for c in dict.fromkeys((table.x, table.y) + TABLE_COLUMNS) if c in df.columns]
+        cols = ids + [c for c in dict.fromkeys((table.x, table.y, se_column(table.y)) + TABLE_COLUMNS)
+                      if c in df.columns]
         df = df.sort_values([c for c in (table.x, "trial_id") if c in df.columns], kind="stable") \
             if table.x in df.columns else df
         lines += _md_table(cols, df[cols].values.tolist()) + [""]
@@ -108,7 +110,39 @@ def _fit_section(res: FitResults, alpha: float) -> list[str]:
     if res.auto_scores is not None:
         lines.append("- Form chosen by leave-one-capacity-out RMSE: " +
                      ", ".join(f"{k} {v:.4g}" for k, v in res.auto_scores.items()))
-    return lines + [""]
+    return lines + [""] + _measurement_section(res)
+
+
+def _measurement_section(res: FitResults) -> list[str]:
+    """How much of the residual scatter the runs' measurement error accounts for (nothing without ``<y>_se``)."""
+    lines = res.measurement_error_lines()
+    if not lines:
+        return []
+    head = ["### Measurement error", ""]
+    me = res.measurement_error()
+    if me is None:
+        return head + [lines[0] + ".", ""]
+    space = (f" on ln {res.y}, with se(ln y) = se(y) / y (the delta method)" if me.space == "ln y" else "")
+    verdict = ("the runs scatter more than their measurement error: the law misfits, or runs vary beyond their "
+               "evaluation error (e.g. from seed to seed)" if me.pvalue < 0.05 else
+               "no evidence of scatter beyond measurement error")
+    share = (f"measurement error accounts for about {me.variance_ratio:.0%} of the residual scatter"
+             if me.variance_ratio <= 1 else "measurement error alone would scatter the runs as much or more")
+    out = head + [f"Each run's `{me.se_column}` is its measurement error (the standard error over the evaluation "
+                  f"images){space}. Measurement error alone would give a residual variance of "
+                  f"{me.measurement_var:.4g}; the fit's is {me.residual_var:.4g}: a ratio of "
+                  f"{me.variance_ratio:.3g}, i.e. {share}.", "",
+                  f"- chi2({me.dof}) = {me.chi2:.4g} (the law refitted with weights 1/se²), p = {me.pvalue:.4g}: "
+                  f"{verdict}"]
+    s = me.between_seeds
+    if s is not None:
+        seeds = ("seeds differ more than their measurement error (training noise)" if s.pvalue < 0.05 else
+                 "no evidence that seeds differ beyond their measurement error")
+        out.append(f"- Between seeds (same capacity): pure-error variance {s.pure_error_var:.4g} against "
+                   f"{s.measurement_var:.4g} from measurement error (ratio {s.variance_ratio:.3g}); "
+                   f"chi2({s.dof}) = {s.chi2:.4g}, p = {s.pvalue:.4g}: {seeds}")
+    return out + ["- Runs scored on the same evaluation images share part of their error, which mostly shifts "
+                  "all points alike: the ratio is then an upper bound and the p-value conservative.", ""]
 
 
 def _prediction_section(res: FitResults, capacities, alpha: float) -> list[str]:

@@ -13,12 +13,23 @@ from __future__ import annotations
 #: ``status`` is running, completed, pruned or failed (the last three terminal); ``kind`` is grid (a
 #: point of the law) or control (e.g. the RAE baseline: never fitted).
 COLUMNS = ("trial_id", "point_id", "kind", "status", "expert_hidden", "fused_layers", "seed", "params",
-           "rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds", "report_seconds",
+           "rfid", "psnr", "ssim", "lpips", "rfid_se", "psnr_se", "ssim_se", "lpips_se", "val_l1",
+           "train_steps", "train_flops", "train_seconds", "eval_seconds", "report_seconds",
            "startup_seconds", "error", "best", "retries", "unit_id", "node_id", "mlflow_run_id")
 #: Float columns (NaN where unknown); report_seconds and startup_seconds are what orchestration cost the
 #: trial (the time training waited in tune.report, and a new actor process's age when the trial began).
-NUMERIC = ("rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds", "report_seconds",
-           "startup_seconds")
+#: ``<metric>_se`` is a metric's measurement error, its standard error over the evaluation images
+#: (rfid_se by bootstrap over the images, the others the standard error of the mean of per-image
+#: values); ``train_steps`` and ``train_flops`` are the optimizer steps and model FLOPs of the trial's
+#: training, all phases. Tables written before these columns existed lack them: the analysis then
+#: claims nothing about measurement error.
+NUMERIC = ("rfid", "psnr", "ssim", "lpips", "rfid_se", "psnr_se", "ssim_se", "lpips_se", "val_l1",
+           "train_steps", "train_flops", "train_seconds", "eval_seconds", "report_seconds", "startup_seconds")
+#: The suffix of a metric's measurement-error column: ``rfid`` -> ``rfid_se``.
+SE_SUFFIX = "_se"
+#: The columns that hold a metric's measurement error, and the training-cost columns.
+MEASUREMENT_ERRORS = ("rfid_se", "psnr_se", "ssim_se", "lpips_se")
+COSTS = ("train_steps", "train_flops")
 #: The rows' order in the written table.
 SORT_BY = ("kind", "fused_layers", "params", "seed", "trial_id")
 HP_PREFIX = "hp."  # a searched hyperparameter's column (and MLflow param): hp.<name>
@@ -37,8 +48,14 @@ TRIAL_TAGS = (TRIAL_ID_TAG, "point_id", "kind")
 BEST_TAG = "best"  # "true" on a searched point's evaluated (best) trial
 ERROR_TAG = "error"  # a failed trial's error line
 #: A trial's final metrics on its run (at step 0, besides the curves); ``params`` is logged as a metric too.
-FINAL_METRICS = ("rfid", "psnr", "ssim", "lpips", "val_l1", "train_seconds", "eval_seconds")
+FINAL_METRICS = ("rfid", "psnr", "ssim", "lpips", "rfid_se", "psnr_se", "ssim_se", "lpips_se", "val_l1",
+                 "train_steps", "train_flops", "train_seconds", "eval_seconds")
 #: The run status of a trial in a terminal state, and the table status a run's status reads back as (a
 #: pruned trial's run is FINISHED, and reads back as completed).
 RUN_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
 TABLE_STATUS = {"FINISHED": "completed", "FAILED": "failed"}
+
+
+def se_column(metric: str) -> str:
+    """The column of ``metric``'s measurement error (``rfid`` -> ``rfid_se``), for any table's metric."""
+    return metric + SE_SUFFIX

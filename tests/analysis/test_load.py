@@ -145,3 +145,44 @@ def test_load_from_mlflow(tmp_path, monkeypatch):
     assert fit(table).params["b"] == pytest.approx(-0.5)
     with pytest.raises(AnalysisError, match="no such experiment"):
         load("mlflow:nope")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_measurement_error_and_cost_columns_read_as_numbers(tmp_path, fmt):
+    df = sweep_table()
+    df["rfid_se"] = np.where(df.kind == "control", 0.2, 0.05)
+    df["train_steps"], df["train_flops"] = 1000, 3.5e12
+    path = tmp_path / f"trials.{fmt}"
+    df.to_parquet(path) if fmt == "parquet" else df.to_csv(path, index=False)
+    with pytest.warns(UserWarning):
+        table = load(path)
+    for col in ("rfid_se", "train_steps", "train_flops"):
+        assert table.points[col].dtype == float and table.controls[col].dtype == float
+    assert set(table.points.rfid_se) == {0.05} and list(table.controls.rfid_se) == [0.2]
+    df.astype({"rfid_se": object}).assign(rfid_se=lambda d: d.rfid_se.where(d.trial_id != "h8-s0", "oops")) \
+        .to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(AnalysisError, match="column 'rfid_se' must be numeric but holds text: 'oops'.*h8-s0"):
+        load(tmp_path / "bad.csv")
+
+
+def test_measurement_error_and_costs_from_mlflow_metrics(tmp_path, monkeypatch):
+    """rfid_se, train_steps and train_flops come back from each trial run's metrics; a run without them reads NaN."""
+    mlflow_tracking = pytest.importorskip("mlflow.tracking")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")
+    client = mlflow_tracking.MlflowClient()
+    exp = client.create_experiment("sweep")
+    parent = client.create_run(exp).info.run_id
+    for tid, params, rfid, se in [("a", 1e6, 2.0, 0.1), ("b", 1e7, 1.5, 0.2), ("c", 1e8, 1.0, None)]:
+        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": tid, "kind": "grid"}).info.run_id
+        client.log_param(run, "params", str(int(params)))
+        metrics = {"rfid": rfid, "train_steps": 500.0, "train_flops": 2e12}
+        metrics.update({} if se is None else {"rfid_se": se})
+        for k, v in metrics.items():
+            client.log_metric(run, k, v)
+        client.set_terminated(run, "FINISHED")
+    pts = load("mlflow:sweep").points.set_index("trial_id").sort_index()
+    np.testing.assert_allclose(pts.rfid_se.to_numpy(), [0.1, 0.2, np.nan])
+    assert (pts.train_steps == 500).all() and (pts.train_flops == 2e12).all()
+    res = fit(load("mlflow:sweep"))
+    assert res.measurement_error() is None and "1 of 3 fitted rows have no finite positive rfid_se (c)" in res.summary()

@@ -1,6 +1,7 @@
 """Figures: what plot_scaling draws equals the results object's predictions; files are column-sized."""
 
 import logging
+import math
 
 import numpy as np
 import pandas as pd
@@ -110,3 +111,48 @@ def test_real_table_controls_unfitted_and_layer_panel_skipped(tmp_path, caplog):
     assert "layer_scaling" not in names and {"capacity_scaling", "unified_scaling", "scaling_panels"} <= names
     assert any("layer_scaling skipped" in r.getMessage() for r in caplog.records)
     _check_files(paths, tmp_path / "figs", n_panels=2)
+
+
+def _segments(ax, gid):
+    """The (x, low, high) of each vertical bar of the collection with this gid."""
+    cols = [c for c in ax.collections if c.get_gid() == gid]
+    assert len(cols) == 1, gid
+    return sorted((s[0, 0], s[:, 1].min(), s[:, 1].max()) for s in cols[0].get_segments())
+
+
+def test_measurement_bars_are_two_se_of_each_points_mean():
+    """Two seeds per capacity: the bar is mean ± 2 sqrt(se_1^2 + se_2^2) / 2; a single-seed point gets its own se."""
+    pts = pd.DataFrame({"params": [1e4, 1e4, 1e5, 1e5, 1e6, 1e6, 1e7], "rfid": [9.0, 9.4, 7.1, 6.9, 5.2, 4.8, 3.0],
+                        "rfid_se": [0.3, 0.4, 0.1, 0.1, 0.2, 0.6, 0.5]})
+    res = fit(pts)
+    ax = Figure().add_subplot()
+    plot_scaling(ax, pts, res)
+    half = [2 * math.hypot(0.3, 0.4) / 2, 2 * math.hypot(0.1, 0.1) / 2, 2 * math.hypot(0.2, 0.6) / 2, 2 * 0.5]
+    means = [9.2, 7.0, 5.0, 3.0]
+    want = [(c, m - h, m + h) for c, m, h in zip([1e4, 1e5, 1e6, 1e7], means, half)]
+    np.testing.assert_allclose(_segments(ax, "measurement"), want, rtol=1e-12)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "± 2 se of mean (measurement)" in legend and "trials (mean ± std over seeds)" in legend
+
+
+def test_no_se_column_draws_no_measurement_bars(table):
+    ax = Figure().add_subplot()
+    plot_scaling(ax, table.points, fit(table), table.controls)
+    assert not [c for c in ax.collections if str(c.get_gid()).endswith("se") or c.get_gid() == "measurement"]
+    assert not any("se" in t.get_text().split() for t in ax.get_legend().get_texts())
+
+
+def test_controls_get_a_two_se_band_or_bar():
+    df = sweep_table()
+    df["rfid_se"] = 0.25
+    df.loc[df.point_id == "decoder_only", "rfid_se"] = 0.4
+    with pytest.warns(UserWarning, match="failed"):
+        t = load(df)
+    ax = Figure().add_subplot()
+    plot_scaling(ax, t.points, fit(t), t.controls)
+    band = [c for c in ax.patches if c.get_gid() == "control:rae:se"]
+    assert len(band) == 1
+    lo, hi = band[0].get_y(), band[0].get_y() + band[0].get_height()            # a Rectangle, y in data units
+    np.testing.assert_allclose([lo, hi], [35.5 - 0.5, 35.5 + 0.5])
+    np.testing.assert_allclose(_segments(ax, "control:decoder_only:se"), [(400_000, 36.0 - 0.8, 36.0 + 0.8)])
+    assert "RAE baseline (band: ± 2 se)" in [tx.get_text() for tx in ax.get_legend().get_texts()]

@@ -60,3 +60,12 @@ def test_seed_stats_are_the_mean_and_sample_std_per_capacity():
     pts = pd.DataFrame({"params": [1, 1, 2], "rfid": [1.0, 3.0, 5.0]})
     out = seed_stats(pts, "params", "rfid")
     assert out.loc[1].tolist() == [2.0, math.sqrt(2.0), 2] and out.loc[2].tolist() == [5.0, 0.0, 1]
+
+
+def test_seed_stats_se_is_the_measurement_error_of_the_mean():
+    pts = pd.DataFrame({"params": [1, 1, 2, 3, 3], "rfid": [1.0, 3.0, 5.0, 2.0, 2.0],
+                        "rfid_se": [0.3, 0.4, 0.2, 0.1, np.nan]})
+    out = seed_stats(pts, "params", "rfid", se="rfid_se")
+    assert out.loc[1, "se"] == pytest.approx(0.5 / 2) and out.loc[2, "se"] == pytest.approx(0.2)
+    assert math.isnan(out.loc[3, "se"])                           # a seed without se: no claim for the point
+    assert "se" not in seed_stats(pts, "params", "rfid").columns

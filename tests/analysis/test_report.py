@@ -81,3 +81,15 @@ def test_report_on_the_real_results_table_or_a_stand_in(tmp_path):
         assert f"| {tid} |" in text
     assert f"| b | {fit(t).params['b']:.4g} |" in text
     assert "largest 2 capacities held out" in text
+
+
+def test_report_has_a_measurement_error_section_only_with_se(table, tmp_path):
+    assert "Measurement error" not in write_report(table, tmp_path / "a.md").read_text()
+    pts = table.points.assign(rfid_se=0.05)
+    se_table = load(pd.concat([pts, table.controls.assign(rfid_se=0.05)], ignore_index=True))
+    text = write_report(se_table, tmp_path / "b.md").read_text()
+    me = fit(se_table).measurement_error()
+    assert "### Measurement error" in text and "| trial_id | point_id | params | rfid | rfid_se |" in text
+    assert f"a ratio of {me.variance_ratio:.3g}" in text
+    assert f"chi2({me.dof}) = {me.chi2:.4g}" in text and f"p = {me.pvalue:.4g}" in text
+    assert f"chi2({me.between_seeds.dof}) = {me.between_seeds.chi2:.4g}" in text
