@@ -16,7 +16,7 @@ from sweeper.plan import build_plan
 from sweeper.shared import Shared
 from sweeper.spec import load_spec, parse_spec
 from sweeper.splits import splits_of
-from sweeper.trial import TrialData, load_data, train_trial
+from sweeper.trial import load_data, train_trial
 from sweeper.trial_config import TrialConfig
 
 N_TRAIN, N_VAL, N_EVAL = 64, 32, 16
