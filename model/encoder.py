@@ -13,6 +13,7 @@ config (``pretrain_tiny_encoder``).
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -65,10 +66,36 @@ class EncoderConfig:
     def hash(self) -> str:
         """Content hash of what determines the encoder's weights (for caches)."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("layers", "checkpoint")}
-        if self.checkpoint is not None:
-            st = Path(self.checkpoint).expanduser().stat()
-            keep["checkpoint"] = [str(Path(self.checkpoint).resolve()), st.st_size, st.st_mtime_ns]
+        if self.checkpoint is not None:  # its content, not where it is: a moved cache keeps its keys
+            path = Path(self.checkpoint).expanduser().resolve()
+            st = path.stat()
+            keep["checkpoint"] = _file_digest(str(path), st.st_size, st.st_mtime_ns)
         return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-1 of a checkpoint's tensors (names and bytes), once per (path, size, mtime) in a process.
+
+    The tensors, not the file's bytes: torch.save names the archive inside the file after the file, so
+    the same weights written under two names (an atomic write's temporary name) differ as bytes.
+    A file that is not a state dict of tensors is hashed as bytes. A ViT-B checkpoint: about 1 s.
+    """
+    digest = hashlib.sha1()
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # not a torch file (timm also reads safetensors and others): its bytes
+        state = None
+    if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
+        for name in sorted(state):
+            t = state[name].detach().contiguous()
+            digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _base_tiny() -> EncoderConfig:

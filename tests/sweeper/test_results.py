@@ -53,3 +53,16 @@ def test_summary_without_a_law_still_lists_each_point():
     (line,) = [ln for ln in summary(df).splitlines() if ln.startswith("h2-k6")]
     assert line.endswith("none: one seed, and no law fitted") and "[" not in line
     assert not math.isnan(float(line.split()[4]))  # its rFID
+
+
+def test_the_splits_travel_in_the_tables_metadata_and_survive_a_rewrite(tmp_path):
+    from sweeper.results import read_metadata
+
+    splits = {"select_from": "val", "selection_images": 700, "evaluation_images": 300, "rule": "..."}
+    table = ResultsTable(tmp_path, {"splits": splits})
+    table.upsert(sweep_table().to_dict("records")[0])
+    assert read_metadata(tmp_path / "trials.parquet") == {"splits": splits}
+    again = ResultsTable(tmp_path)  # a later writer that was not told: keeps what the file holds
+    again.upsert(sweep_table().to_dict("records")[1])
+    assert read_metadata(tmp_path / "trials.parquet") == {"splits": splits}
+    assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 2
