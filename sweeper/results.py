@@ -123,15 +123,15 @@ def summary(df: pd.DataFrame, alpha: float = 0.05) -> str:
             law = fit(table)
         except AnalysisError:
             law = None
-    rows = [["point", "params", "seeds", "val L1", "rFID", f"{level} interval", "the interval is"]]
+    rows = [["point", "params", "seeds", "val L1", "rFID", "rFID se", f"{level} interval", "the interval is"]]
     for p in point_intervals(table, law, alpha).itertuples():
         how = (f"the {law.form} law's CI of the mean at its params" if p.source == LAW else
                f"the t-interval of the mean of its {p.n} seeds" if p.source else "none: one seed, and no law fitted")
         rows.append([p.point_id, f"{p.params:,.0f}", str(p.n), _num(_mean(table.points, p.point_id, "val_l1")),
-                     _num(p.mean), _interval(p.lower, p.upper), how])
+                     _num(p.mean), _num(_se_of_mean(table.points, p.point_id)), _interval(p.lower, p.upper), how])
     for point_id, c in table.controls.groupby("point_id", sort=False):
         rows.append([point_id, f"{c.params.iloc[0]:,.0f}", str(len(c)), _num(c.val_l1.mean()), _num(c.rfid.mean()),
-                     "", "none: a control, never fitted"])
+                     _num(_se_of_mean(table.controls, point_id)), "", "none: a control, never fitted"])
     lines = [f"Each point's rFID (the mean over its seeds) with its {level} interval:"]
     lines += _columns(rows) if len(rows) > 1 else ["(no point completed)"]
     undone = df[df.status != "completed"]
@@ -155,6 +155,14 @@ def _num(v: float) -> str:
 
 def _mean(points: pd.DataFrame, point_id: str, column: str) -> float:
     return float(points.loc[points.point_id == point_id, column].mean())
+
+
+def _se_of_mean(points: pd.DataFrame, point_id: str, column: str = "rfid_se") -> float:
+    """The measurement error of a point's mean over its k seeds, sqrt(sum se^2) / k (NaN where unmeasured)."""
+    if column not in points.columns:
+        return math.nan
+    se = points.loc[points.point_id == point_id, column].astype(float)
+    return math.sqrt((se ** 2).sum()) / len(se) if len(se) and se.notna().all() else math.nan
 
 
 def _interval(lower: float, upper: float) -> str:

@@ -66,3 +66,18 @@ def test_the_splits_travel_in_the_tables_metadata_and_survive_a_rewrite(tmp_path
     again.upsert(sweep_table().to_dict("records")[1])
     assert read_metadata(tmp_path / "trials.parquet") == {"splits": splits}
     assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 2
+
+
+def test_summary_gives_each_points_measurement_error_of_its_mean(tmp_path):
+    df = sweep_table()
+    df["rfid_se"] = np.arange(len(df)) * 0.1 + 0.3
+    table = ResultsTable(tmp_path)
+    for row in df.to_dict("records"):
+        table.rows[row["trial_id"]] = row
+    lines = {line.split()[0]: line.split() for line in summary(table.frame()).splitlines() if line.strip()}
+    assert lines["point"][5:8] == ["rFID", "rFID", "se"]
+    col = 5  # point, params, seeds, val L1, rFID, rFID se: one word per cell in a row
+    se16 = df.loc[df.point_id == "h16-k6", "rfid_se"].to_numpy()
+    assert float(lines["h16-k6"][col]) == pytest.approx(np.sqrt(np.sum(se16 ** 2)) / 3, rel=1e-3)
+    assert float(lines["h2-k6"][col]) == pytest.approx(df.loc[df.point_id == "h2-k6", "rfid_se"].iloc[0], rel=1e-3)
+    assert float(lines["rae"][col]) == pytest.approx(df.loc[df.point_id == "rae", "rfid_se"].iloc[0], rel=1e-3)
