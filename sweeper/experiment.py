@@ -76,8 +76,8 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 #: The saved view of the runs table (an experiment tag ``mlflow.sharedViewState.<id>``, the UI's "Views").
 TRIALS_VIEW_ID, TRIALS_VIEW_NAME = "drorae-trials", "Trials: params, rFID, val L1"
 #: Its columns (the UI orders each group's alphabetically: the three metrics first, in this order).
-TRIALS_VIEW_COLUMNS = ("metrics.`params`", "metrics.`rfid`", "metrics.`val_l1`", "params.`expert_hidden`",
-                       "params.`fused_layers`", "params.`seed`")
+TRIALS_VIEW_COLUMNS = ("metrics.`params`", "metrics.`rfid`", "metrics.`rfid_se`", "metrics.`val_l1`",
+                       "params.`expert_hidden`", "params.`fused_layers`", "params.`seed`")
 #: Where ``make mlflow-ui`` serves a SQLite store (its MLFLOW_PORT's default).
 MLFLOW_UI = "http://127.0.0.1:5000"
 
