@@ -298,3 +298,32 @@ def test_the_default_router_starts_near_the_uniform_mix_at_every_size(d, L, toke
     assert torch.equal(fusion.router.bias, torch.ones(L))
     w = fusion.router.weight
     assert abs(w.std().item() * math.sqrt(L * d) / 0.1 - 1) < 4 / math.sqrt(2 * w.numel()) + 1e-3
+
+
+def test_experts_start_as_nn_linear_layers_do():
+    # W1 ~ U(-1/sqrt(d), 1/sqrt(d)), W2 ~ U(-1/sqrt(h), 1/sqrt(h)) (torch's Linear default), biases 0, LN identity;
+    # d != h so a swapped fan-in shows. KS critical value at 0.1%: 1.95 / sqrt(n).
+    from scipy import stats
+
+    torch.manual_seed(0)
+    d, L, h = 96, 6, 40
+    ex = DepthRoutedFusion(dim=d, num_layers=L, hidden=h).experts
+    for w, fan_in in ((ex.w1, d), (ex.w2, h)):
+        bound, x = 1 / math.sqrt(fan_in), w.detach().double().flatten().numpy()
+        assert -bound <= x.min() < -0.99 * bound and 0.99 * bound < x.max() <= bound
+        assert stats.kstest(x, "uniform", args=(-bound, 2 * bound)).statistic < 1.95 / math.sqrt(x.size)
+    assert ex.b1.eq(0).all() and ex.b2.eq(0).all() and ex.norm_weight.eq(1).all() and ex.norm_bias.eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_the_output_has_the_dtype_of_z_base(dtype):
+    # Under bf16 autocast the decoder reads z_final in z_base's dtype; the correction is computed in the
+    # module's float32 and cast, not promoted.
+    layers, base = _inputs()
+    fusion = _trained_like(DepthRoutedFusion(dim=16, num_layers=4, hidden=8))
+    with torch.no_grad():
+        out = fusion(layers, base.to(dtype))
+        expected = base.to(dtype) + (fusion.beta * fusion.fuse(layers)).to(dtype)
+    assert out.dtype == dtype
+    tol = 3 * 2.0**-8 if dtype == torch.bfloat16 else 1e-6  # bf16: three roundings of half an ulp (8 bits)
+    assert torch.allclose(out.double(), expected.double(), rtol=tol, atol=tol)
