@@ -2,8 +2,10 @@
 
 DRoRAE (Zhu et al. 2026) reads *every* block of a frozen ViT (DINOv2-B with registers in the
 paper). timm's ``forward_intermediates`` gives each block's output with the prefix (class and
-register) tokens dropped, and the last block after the encoder's final norm, which is exactly the
-latent a plain RAE feeds its decoder (``z_base``).
+register) tokens dropped. ``z_base``, the latent a plain RAE feeds its decoder, is the last block's
+patch tokens under a LayerNorm *without* its affine: RAE (Zheng et al. 2025) switches the DINOv2
+final LayerNorm's elementwise affine off and keeps its eps (1e-6), so every token of z_base has zero
+mean and unit variance over its d channels (docs/design-notes.md).
 
 Offline, no pretrained ViT can be downloaded, so the embedded default encoder is a tiny timm ViT
 that the tool pretrains itself, supervised, on the default dataset, once, cached by a hash of its
@@ -64,7 +66,8 @@ class EncoderConfig:
         return self.name.split(".", 1)[0]
 
     def hash(self) -> str:
-        """Content hash of what determines the encoder's weights (for caches)."""
+        """Content hash of what determines the encoder's weights (for caches; what the code computes from
+        them is in the caches' keys as ``model.version.code_version``)."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("layers", "checkpoint")}
         if self.checkpoint is not None:  # its content, not where it is: a moved cache keeps its keys
             path = Path(self.checkpoint).expanduser().resolve()
@@ -211,7 +214,7 @@ def encoder_architecture(cfg: EncoderConfig) -> EncoderArchitecture:
 
 
 class FrozenEncoder(nn.Module):
-    """A frozen timm ViT returning the fused blocks' tokens and z_base."""
+    """A frozen timm ViT returning the fused blocks' tokens and z_base (its last block, LayerNorm'd without affine)."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -219,6 +222,7 @@ class FrozenEncoder(nn.Module):
         vit = _create_timm(cfg)
         self.arch = architecture_of(vit, cfg)
         self.vit = vit.eval().requires_grad_(False)
+        self.norm_eps = float(getattr(vit.norm, "eps", 1e-6))  # the final norm's eps (DINOv2's: 1e-6, as in RAE)
         self.layers = self._resolve_layers(cfg.layers)
         mean = cfg.mean or vit.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
         std = cfg.std or vit.pretrained_cfg.get("std", (0.229, 0.224, 0.225))
@@ -254,10 +258,10 @@ class FrozenEncoder(nn.Module):
         if x.shape[-1] != self.config.input_size or x.shape[-2] != self.config.input_size:
             x = F.interpolate(x, size=self.config.input_size, mode="bicubic", align_corners=False)
         x = (x - self.mean) / self.std
-        final, inter = self.vit.forward_intermediates(
-            x, indices=None, output_fmt="NLC", intermediates_only=False)  # final: (B, P + N, D)
-        base = final[:, self.vit.num_prefix_tokens:]  # (B, N, D)
-        layers = torch.stack([inter[i] for i in self.layers])  # (L, B, N, D)
+        blocks = self.vit.forward_intermediates(x, indices=None, output_fmt="NLC", intermediates_only=True)
+        layers = torch.stack([blocks[i] for i in self.layers])  # (L, B, N, D), prefix tokens dropped
+        # RAE's z_base: the final LayerNorm without its affine. Per token, so dropping the prefix first changes nothing.
+        base = F.layer_norm(blocks[-1], (self.arch.dim,), eps=self.norm_eps)  # (B, N, D)
         return layers, base
 
 

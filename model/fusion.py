@@ -2,12 +2,16 @@
 
 "Beyond the Last Layer: Multi-Layer Representation Fusion for Visual Tokenization",
 arXiv 2605.10780, section 3. For the L fused layers h_1..h_L of a frozen ViT (tokens, prefix
-dropped) and the base latent z_base (last layer after the encoder's final norm):
+dropped) and the base latent z_base (the last block's tokens under a LayerNorm without its
+affine, as RAE feeds its decoder; model/encoder.py):
 
 1. Layer-wise experts project heterogeneous features onto a common scale:
        e_l = W2_l GELU(W1_l LN_l(h_l))                 W1_l: d -> h,  W2_l: h -> d
 2. A per-token router gives one weight per layer from the token's normalized layer features:
        w = R [LN_1(h_1); ...; LN_L(h_L)] + r           w in R^L, any sign
+   R starts with std gain / sqrt(L d) and r = 1: the input has squared norm L d at init, so the
+   initial logits are 1 + N(0, gain^2) on any encoder, near the uniform mix, and negative with
+   probability Phi(-1/gain). This initialization is ours.
 3. Energy-constrained aggregation (not a softmax: a negative weight suppresses a layer):
        z_fuse = sum_l w_l e_l / sqrt(sum_l w_l^2 + eps)
 4. Incremental correction, bounded per channel, zero at initialization:
@@ -43,7 +47,9 @@ class FusionConfig:
     hidden: PositiveInt  # expert hidden width h (the capacity axis)
     beta_max: BetaMax = 1.0  # bound of the per-channel correction; z_base is LayerNorm-scaled, so O(1)
     eps: PositiveFloat = 1e-6  # keeps the energy normalization finite when every weight is ~0
-    router_init_std: float = 0.02  # small: the router starts near the uniform mix set by its bias
+    # Std of the router's initial logits around their bias 1 (its weight std is gain / sqrt(L d)), whatever L and d:
+    # 0.1 starts every token within ~10% of the uniform mix, a negative weight has probability Phi(-10) ~ 1e-23.
+    router_init_gain: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.1
 
 
 def fusion_param_count(dim: int, num_layers: int, hidden: int) -> int:
@@ -117,7 +123,9 @@ class DepthRoutedFusion(nn.Module):
         d, L = config.dim, config.num_layers
         self.experts = LayerExperts(d, L, config.hidden)
         self.router = nn.Linear(L * d, L)
-        nn.init.normal_(self.router.weight, std=config.router_init_std)
+        # The router reads L*d LayerNorm'd features (squared norm ~L*d): a weight std scaled by the fan-in keeps
+        # its initial logits at std router_init_gain whatever the encoder's size.
+        nn.init.normal_(self.router.weight, std=config.router_init_gain / math.sqrt(L * d))
         # Equal positive weights at start: a uniform mix that the router then reshapes.
         nn.init.ones_(self.router.bias)
         self.gate = nn.Parameter(torch.zeros(d))  # g: beta = beta_max * tanh(g) = 0 at init

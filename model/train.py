@@ -233,6 +233,16 @@ def save_atomic(obj, path: Path):
         torch.save(obj, tmp)
 
 
+def noise_augment(z: torch.Tensor, tau: float) -> torch.Tensor:
+    """``z`` plus RAE's latent noise: each sample draws a level sigma ~ U(0, tau), then adds sigma * N(0, 1).
+
+    z: (B, N, D). One level per sample, as RAE's ``noising`` (src/stage1/rae.py) draws it: every batch
+    spans the levels from clean to tau, rather than all of it at one level.
+    """
+    sigma = tau * torch.rand((z.shape[0],) + (1,) * (z.dim() - 1), device=z.device, dtype=z.dtype)  # (B, 1, 1)
+    return z + sigma * torch.randn_like(z)
+
+
 class _Trainer:
     """The optimization of one phase: its module (``PHASES[phase].trains``), optimizers, batch order and loss.
 
@@ -331,7 +341,7 @@ class _Trainer:
                 images, layers, base = _encoded(model, self.stream.next())
             z = self.fuse(layers, base) if spec.fused else base
             if spec.noise and model.decoder.config.noise_tau > 0:
-                z = z + model.decoder.config.noise_tau * torch.rand(()) * torch.randn_like(z)
+                z = noise_augment(z, model.decoder.config.noise_tau)
             recon = self.decode(z)
             loss, terms = self.loss_fn(recon.float(), images, step)
         if not torch.isfinite(loss):

@@ -73,6 +73,8 @@ BAD = [  # (config, key, bad value, words of the message)
     ("fusion", "beta_max", 0.0, ["greater than 0"]),
     ("fusion", "beta_max", math.inf, ["finite"]),
     ("fusion", "eps", 0.0, ["greater than 0"]),
+    ("fusion", "router_init_gain", -0.1, ["greater than or equal to 0"]),
+    ("fusion", "router_init_gain", math.inf, ["finite"]),
     ("drorae", "image_size", 0, ["greater than 0"]),
     ("drorae", "expert_hidden", 0, ["greater than 0"]),
     ("drorae", "beta_max", -1.0, ["greater than 0"]),
@@ -97,7 +99,7 @@ def test_a_bad_value_fails_at_construction_naming_the_key(name, key, value, word
 def test_every_field_of_every_config_has_a_bad_value_case():
     # so that a new field with a bound gets a case here (bool switches, free names and paths have none)
     free = {"encoder.name", "encoder.checkpoint", "encoder.std", "data.root", "phase.loss", "phase.seed",
-            "phase.amp", "phase.compile", "fusion.router_init_std", "drorae.encoder", "drorae.decoder"}
+            "phase.amp", "phase.compile", "drorae.encoder", "drorae.decoder"}
     covered = {f"{name}.{key}" for name, key, _, _ in BAD}
     every = {f"{name}.{f.name}" for name, (valid, _) in VALID.items() for f in fields(type(valid))}
     assert every - covered == free

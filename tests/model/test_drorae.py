@@ -64,6 +64,29 @@ def test_drorae_at_init_reconstructs_exactly_like_its_rae():
     assert torch.equal(model(x), model.decode(model.encoder(x)[1]))
 
 
+def test_the_latent_is_computed_per_image_and_per_token():
+    # A batch encodes like its images one at a time, and swapping one token's encoder features between two
+    # images swaps that token's latent and changes no other (routing reads the token, not its image or batch).
+    torch.manual_seed(0)
+    model = DRoRAE.from_config(DRoRAEConfig(encoder=TINY, expert_hidden=8))
+    with torch.no_grad():
+        for p in model.fusion.parameters():  # away from the identity start, as after phase 2
+            p.add_(0.5 * torch.randn_like(p))
+        x = torch.rand(3, 3, 32, 32)
+        z = model.encode(x)  # (3, 64, 96)
+        alone = torch.cat([model.encode(x[i:i + 1]) for i in range(3)])
+        assert torch.allclose(z, alone, atol=1e-5)
+        layers, base = model.encoder(x)
+        swapped_layers, swapped_base = layers.clone(), base.clone()
+        swapped_layers[:, [0, 1], 10] = layers[:, [1, 0], 10]
+        swapped_base[[0, 1], 10] = base[[1, 0], 10]
+        out = model.latent(swapped_layers, swapped_base)
+    assert torch.allclose(out[[1, 0], 10], z[[0, 1], 10], atol=1e-5)
+    keep = torch.ones(3, 64, dtype=torch.bool)
+    keep[[0, 1], 10] = False
+    assert torch.allclose(out[keep], z[keep], atol=1e-5)
+
+
 def test_image_size_must_be_tiled_by_the_token_grid():
     with pytest.raises(ConfigError, match="image_size: 36 px is not divisible by the encoder's token grid 8x8"):
         DRoRAE.from_config(DRoRAEConfig(encoder=TINY, image_size=36))

@@ -64,13 +64,42 @@ def test_an_architecture_that_cannot_serve_is_a_config_error(change, message):
         encoder_architecture(replace(ENCODER_PRESETS["tiny"], **change))
 
 
-def test_z_base_is_the_last_block_after_the_final_norm():
-    enc = FrozenEncoder(_random("tiny"))
-    x = torch.rand(2, 3, 32, 32)
+def _blocks_by_hand(vit, x):
+    """Every block's output (B, P + N, D) for normalized images ``x``, through timm's modules one at a time."""
+    h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    out = []
+    for block in vit.blocks:
+        h = block(h)
+        out.append(h)
+    return out
+
+
+@pytest.mark.parametrize("extra", [{}, {"reg_tokens": 4, "no_embed_class": True}], ids=["cls", "cls+4-registers"])
+def test_z_base_is_the_last_blocks_patch_tokens_under_a_layernorm_without_affine(extra):
+    # RAE (Dinov2withNorm): the final LayerNorm with elementwise_affine=False, eps 1e-6, on the last block's
+    # output; prefix (class, register) tokens dropped. In float64, so that a wrong eps (1e-5) shows too.
+    cfg = _random("tiny")
+    torch.manual_seed(0)
+    enc = FrozenEncoder(replace(cfg, model_kwargs={**cfg.model_kwargs, **extra})).double()
+    prefix = 1 + extra.get("reg_tokens", 0)
+    assert enc.vit.num_prefix_tokens == prefix
+    with torch.no_grad():  # a trained final norm has an affine far from the identity it starts at
+        enc.vit.norm.weight.copy_(1 + 0.5 * torch.randn(96))
+        enc.vit.norm.bias.copy_(0.5 * torch.randn(96))
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     layers, base = enc(x)
-    full = enc.vit.forward_features((x - enc.mean) / enc.std)  # timm's plain path, prefix included
-    assert torch.allclose(base, full[:, enc.vit.num_prefix_tokens:], atol=1e-5)
-    assert torch.allclose(enc.vit.norm(layers[-1]), base, atol=1e-5)
+    with torch.no_grad():
+        blocks = [b[:, prefix:] for b in _blocks_by_hand(enc.vit, (x - 0.5) / 0.5)]  # the preset's mean, std: 0.5
+    last = blocks[-1]  # (B, N, D)
+    mu = last.mean(-1, keepdim=True)
+    var = (last - mu).pow(2).mean(-1, keepdim=True)
+    assert torch.allclose(base, (last - mu) / torch.sqrt(var + 1e-6), rtol=0, atol=1e-10)
+    assert torch.allclose(base.mean(-1), torch.zeros(2, 64, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(base.pow(2).mean(-1, keepdim=True), var / (var + 1e-6), rtol=0, atol=1e-12)
+    for k in range(6):  # the fused layers: each block's patch tokens as they are
+        assert torch.allclose(layers[k], blocks[k], rtol=0, atol=1e-10)
+    with torch.no_grad():  # ... which is not what timm's final norm (with its affine) gives
+        assert not torch.allclose(base, enc.vit.norm(last), atol=1e-2)
 
 
 def test_layers_option_selects_blocks_and_accepts_negative_indices():
