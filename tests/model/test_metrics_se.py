@@ -58,7 +58,9 @@ def test_fid_bootstrap_equals_brute_force(n, d, method, rel):
 
 def test_fid_bootstrap_seed_and_resample_count():
     real, fake = paired_features(10, 16, seed=0)
+    threads = torch.get_num_threads()
     a, _ = fid_bootstrap(real, fake, resamples=7, seed=1)
+    assert torch.get_num_threads() == threads  # the Gram route's single thread is given back
     b, _ = fid_bootstrap(torch.from_numpy(real).float(), torch.from_numpy(fake).float(), resamples=7, seed=1)
     c, _ = fid_bootstrap(real, fake, resamples=7, seed=2)
     assert a.shape == (7,) and np.allclose(a, b, rtol=1e-5) and not np.allclose(a, c)
