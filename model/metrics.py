@@ -1,14 +1,21 @@
-"""Reconstruction metrics: rFID (and KID), PSNR, SSIM, LPIPS, with offline weights.
+"""Reconstruction metrics: rFID (and KID), PSNR, SSIM, LPIPS, with offline weights, each with its standard error.
 
 rFID is the Frechet distance (Heusel et al., 2017) between Inception pool3 features of the
 reconstructions and of the originals of a fixed validation set,
 
     FID = ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)),
 
-computed with the standard FID Inception (TF 2015-12-05 weights) through torchmetrics'
-``NoTrainInceptionV3`` (torch-fidelity's graph), exactly as ``FrechetInceptionDistance`` does. The
-weights come from ``model.assets`` (never downloaded here). The real-image statistics (mu_r, S_r)
-are computed once per (dataset key, resolution, n) and cached on disk.
+computed with the standard FID Inception (TF 2015-12-05 weights) exactly as torch-fidelity 0.4.0 computes it:
+torch-fidelity's graph through torchmetrics' ``NoTrainInceptionV3`` with ``antialias=False``, i.e. the
+TensorFlow-1 style bilinear resize to 299 px of the TF evaluators (torchmetrics' default, a PyTorch
+antialiased resize, moves FID by ~3% at 32 and 64 px). The weights come from ``model.assets`` (never
+downloaded here). The real-image statistics (mu_r, S_r), and their per-image features for the
+bootstrap, are computed once per (dataset key, resolution, n, resize) and cached on disk.
+
+Each metric comes with its measurement error over the evaluation images: the standard error of the
+mean for PSNR, SSIM and LPIPS, and a paired bootstrap over the images for rFID (``fid_bootstrap``).
+FID at N images is biased upward for small N; a sweep evaluates every trial on the same N images,
+so comparisons within it hold.
 
 Images are float tensors in [0, 1] of shape (B, 3, H, W) everywhere (uint8 in [0, 255] is also
 accepted by the Inception extractor).
@@ -16,6 +23,7 @@ accepted by the Inception extractor).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -23,6 +31,7 @@ import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +49,12 @@ from .progress import Progress
 log = logging.getLogger(__name__)
 
 FID_FEATURE_DIMS = (64, 192, 768, 2048)  # the Inception taps torchmetrics offers; 2048 = pool3, the standard
+# How images reach 299 px: torch-fidelity's interpolate_bilinear_2d_like_tensorflow1x. Part of the
+# cache key of the real-image statistics, so none made with another resize is ever reused.
+FID_RESIZE = "tf1bilinear"
+# Per-image Inception features are kept (reconstructions) and cached (real images) for the rFID
+# bootstrap up to this many images: 10k x 2048 float32 = 80 MB.
+FEATURES_KEEP_MAX = 10_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,7 +63,12 @@ FID_FEATURE_DIMS = (64, 192, 768, 2048)  # the Inception taps torchmetrics offer
 
 
 class FIDInceptionV3(NoTrainInceptionV3):
-    """torchmetrics' FID Inception with offline weights, taking [0, 1] floats or uint8 images."""
+    """torch-fidelity 0.4.0's FID Inception (TF1 bilinear resize) with offline weights, on [0, 1] floats or uint8.
+
+    torchmetrics' ``NoTrainInceptionV3`` runs torch-fidelity's ``FeatureExtractorInceptionV3`` graph; with
+    ``antialias=False`` its forward is torch-fidelity's line for line (float32, TF1-style bilinear resize to
+    299, (x - 128) / 128), so the features are torch-fidelity's bit for bit (tests/model/test_fid_standard.py).
+    """
 
     def __init__(self, feature: int = 2048, weights: Path | None = None):
         if feature not in FID_FEATURE_DIMS:
@@ -57,7 +77,8 @@ class FIDInceptionV3(NoTrainInceptionV3):
         if not path.is_file():
             raise assets.AssetError(f"FID Inception weights not found: {path}; {assets.FIX_HINT}")
         # With a weights path torch-fidelity loads (strictly) from disk instead of its URL.
-        super().__init__("inception-v3-compat", [str(feature)], feature_extractor_weights_path=str(path))
+        super().__init__("inception-v3-compat", [str(feature)], feature_extractor_weights_path=str(path),
+                         antialias=False)  # FID_RESIZE: torch-fidelity's TF1 bilinear, not torchmetrics' default
         self.num_features = feature  # read by torchmetrics, so it does not probe with a random image
         self.weights_path = path
         self.requires_grad_(False)
@@ -103,7 +124,7 @@ def make_kid(
 
 
 # --------------------------------------------------------------------------------------------
-# Frechet distance and cached real statistics
+# Frechet distance
 # --------------------------------------------------------------------------------------------
 
 
@@ -172,6 +193,121 @@ class _FeatureMoments:
         return mu.numpy(), sigma.numpy()
 
 
+# --------------------------------------------------------------------------------------------
+# rFID's standard error: a paired bootstrap over the evaluation images
+# --------------------------------------------------------------------------------------------
+
+COV_ROUTE_MAX_RESAMPLES = 50  # N > D: each resample costs two (D, D) eigensolves (~2 s at D = 2048)
+
+
+class _GramFID:
+    """The FID of a resample of N paired (real, fake) features from three (N, N) Gram matrices (N <= D).
+
+    A resample is a count c_i of each image (sum N); with w = c / N its means are w^T F, and with
+    Fdot the rows sqrt(c_i) (f_i - mu) its covariances Fdot^T Fdot / (N - 1). The nonzero eigenvalues
+    of S_r S_f are the squared singular values of Fdot_f Fdot_r^T / (N - 1), so
+
+        Tr((S_r S_f)^(1/2)) = ||C^(1/2) H_w K H_w^T C^(1/2)||_* / (N - 1),  K = F_f F_r^T,
+
+    with H_w the centring by the weighted means, on the U (~0.63 N) images drawn: a (U, U) SVD per
+    resample instead of (D, D) work. The traces are sum_i c_i G_ii - N w^T G w; the mean term is
+    w^T M w with M = (F_f - F_r)(F_f - F_r)^T.
+    """
+
+    def __init__(self, real: Tensor, fake: Tensor):
+        self.n = len(real)
+        diff = fake - real  # (N, D)
+        # Each set shifted by its own mean (FID and its terms do not change): better-conditioned traces.
+        real, fake = real - real.mean(0), fake - fake.mean(0)  # (N, D)
+        self.g_mean = diff @ diff.T  # (N, N)
+        self.g_real = real @ real.T  # (N, N)
+        self.g_fake = fake @ fake.T  # (N, N)
+        self.g_cross = fake @ real.T  # (N, N)
+
+    def _trace(self, g: Tensor, c: Tensor, w: Tensor) -> Tensor:
+        """Tr(S) of the resample from its (U, U) Gram block g: (sum_i c_i g_ii - N w^T g w) / (N - 1)."""
+        return (c @ g.diagonal() - self.n * (w @ g @ w)) / (self.n - 1)
+
+    def __call__(self, counts: Tensor) -> float:
+        """counts: (N,) how often each image is drawn (sum N). Returns the resample's FID."""
+        u = counts.nonzero().flatten()  # (U,) the images drawn
+        c = counts[u].double()  # (U,)
+        w = c / self.n  # (U,)
+        block = torch.meshgrid(u, u, indexing="ij")
+        mean_term = w @ self.g_mean[block] @ w
+        k = self.g_cross[block]  # (U, U)
+        kw, wk = k @ w, w @ k  # (U,), (U,)
+        kc = k - kw[:, None] - wk[None, :] + w @ kw  # (U, U): (f_a - mu_f) . (r_b - mu_r)
+        root = c.sqrt()
+        cross = torch.linalg.svdvals(root[:, None] * kc * root[None, :]).sum() / (self.n - 1)
+        trace_real = self._trace(self.g_real[block], c, w)
+        trace_fake = self._trace(self.g_fake[block], c, w)
+        return float(mean_term + trace_real + trace_fake - 2 * cross)
+
+
+def _cov_fid(real: Tensor, fake: Tensor, counts: Tensor) -> float:
+    """The FID of a resample (counts (N,), as in ``_GramFID``) through (D, D) covariances: for N > D."""
+    u = counts.nonzero().flatten()  # (U,)
+    c = counts[u].double()  # (U,)
+    n = len(real)
+    moments = []
+    for f in (real[u], fake[u]):  # (U, D)
+        mu = (c / n) @ f  # (D,)
+        fdot = c.sqrt()[:, None] * (f - mu)  # (U, D)
+        moments += [mu, fdot.T @ fdot / (n - 1)]  # (D,), (D, D)
+    return frechet_distance(*moments)
+
+
+def fid_bootstrap(
+    real: Tensor | np.ndarray, fake: Tensor | np.ndarray, resamples: int = 200, seed: int = 0
+) -> tuple[np.ndarray, str]:
+    """FIDs of bootstrap resamples of N paired images, and the route taken; their std is rFID's standard error.
+
+    real, fake: (N, D) features; row i of both belongs to evaluation image i (its original and its
+    reconstruction), so image i is drawn with both (a paired bootstrap: the error of rFID over which
+    N images were evaluated, the real statistics' own noise included). Resample b draws the images
+    ``numpy.random.default_rng(seed).integers(0, N, size=(resamples, N))[b]``. Returns (replicates
+    (R,), method): "bootstrap-gram" (N <= D, ``_GramFID``: (N, N) work per resample) or
+    "bootstrap-cov" (N > D: two (D, D) eigensolves per resample, so at most
+    ``COV_ROUTE_MAX_RESAMPLES`` resamples).
+    """
+    real, fake = (torch.as_tensor(np.asarray(f), dtype=torch.float64) for f in (real, fake))  # (N, D)
+    if real.dim() != 2 or real.shape != fake.shape or len(real) < 2:
+        raise ValueError(f"fid_bootstrap: expected two (N>=2, D) feature arrays, got {tuple(real.shape)} "
+                         f"and {tuple(fake.shape)}")
+    if resamples < 2:
+        raise ValueError(f"fid_bootstrap: resamples={resamples}, need at least 2 for a standard error")
+    n, d = real.shape
+    if n <= d:
+        method, fid = "bootstrap-gram", _GramFID(real, fake)
+    else:
+        method, fid = "bootstrap-cov", functools.partial(_cov_fid, real, fake)
+        resamples = min(resamples, COV_ROUTE_MAX_RESAMPLES)
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))  # (R, N)
+    counts = torch.from_numpy(np.stack([np.bincount(row, minlength=n) for row in draws]))  # (R, N)
+    threads = torch.get_num_threads()
+    if method == "bootstrap-gram":
+        # Small SVDs gain nothing from threads and stall when the cores are busy (N = 300 on 2 busy
+        # cores: 200 resamples in 1.1 s with one thread, 4-24 s with two).
+        torch.set_num_threads(1)
+    try:
+        return np.array([fid(c) for c in counts]), method
+    finally:
+        torch.set_num_threads(threads)
+
+
+def standard_error(values: Tensor | np.ndarray) -> float:
+    """The standard error of the mean of per-image values: sample std (ddof=1) / sqrt(n)."""
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):  # inf values (PSNR of identical images) give nan, not a warning
+        return float(v.std(ddof=1) / np.sqrt(len(v)))
+
+
+# --------------------------------------------------------------------------------------------
+# Cached real statistics
+# --------------------------------------------------------------------------------------------
+
+
 def _batches(images: Tensor | Iterable[Tensor], batch_size: int) -> Iterable[Tensor]:
     if isinstance(images, Tensor):
         return images.split(batch_size)
@@ -183,15 +319,27 @@ def _resolution(batch: Tensor) -> str:
     return f"{h}" if h == w else f"{h}x{w}"
 
 
+class ReferenceStats(NamedTuple):
+    """The real images' Inception statistics, and their per-image features for the rFID bootstrap."""
+
+    mu: np.ndarray  # (D,) float64
+    sigma: np.ndarray  # (D, D) float64, unbiased
+    features: np.ndarray | None  # (n, D) float32 in image order; None above FEATURES_KEEP_MAX images
+
+
 def stats_cache_path(
     key: str, resolution: str, n: int, weights: Path, feature: int = 2048, cache_dir: Path | None = None
 ) -> Path:
-    """``<cache>/fid_stats/<key>-<res>px-n<n>-<weights fingerprint>.npz``."""
+    """``<cache>/fid_stats/<key>-<res>px-n<n>-<weights fingerprint>-<FID_RESIZE>.npz``.
+
+    The resize is in the name: statistics cached before the switch to torch-fidelity's TF1 resize
+    (names without it) are never read.
+    """
     if not re.fullmatch(r"[A-Za-z0-9._-]+", key):
         raise ConfigError(f"reference stats key {key!r}: use only letters, digits, '.', '_' and '-'")
     fp = assets.weights_fingerprint(weights) + ("" if feature == 2048 else f"-f{feature}")
     root = Path(cache_dir) if cache_dir is not None else assets.cache_root() / "fid_stats"
-    return root / f"{key}-{resolution}px-n{n}-{fp}.npz"
+    return root / f"{key}-{resolution}px-n{n}-{fp}-{FID_RESIZE}.npz"
 
 
 @torch.no_grad()
@@ -211,6 +359,22 @@ def reference_stats(
     only the first batch is read (its resolution is part of the key) and no network is loaded.
     extractor: default the 2048-d pool3 Inception with the weights from ``model.assets``.
     """
+    stats = reference_features(images, key, n, cache_dir, extractor=extractor, batch_size=batch_size, device=device)
+    return stats.mu, stats.sigma
+
+
+@torch.no_grad()
+def reference_features(
+    images: Tensor | Iterable[Tensor],
+    key: str,
+    n: int,
+    cache_dir: Path | None = None,
+    *,
+    extractor: FIDInceptionV3 | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> ReferenceStats:
+    """``reference_stats`` with the per-image features (up to ``FEATURES_KEEP_MAX`` images), cached together."""
     if n < 2:
         raise ConfigError(f"reference stats {key!r}: n={n}, need at least 2 images for a covariance")
     it = iter(_batches(images, batch_size))
@@ -224,17 +388,21 @@ def reference_stats(
     if path.is_file():
         with np.load(path) as z:
             log.info("FID reference stats for %s from cache: %s", key, path)
-            return z["mu"], z["sigma"]
+            return ReferenceStats(z["mu"], z["sigma"], z["features"] if "features" in z else None)
 
     log.info("FID reference stats for %s: computing them over %d images", key, n)
     extractor = extractor if extractor is not None else load_fid_inception(device=device)
     moments = _FeatureMoments(extractor.num_features)
+    kept: list[Tensor] | None = [] if n <= FEATURES_KEEP_MAX else None
     dev = next(extractor.parameters()).device
     t0 = time.perf_counter()
     with Progress(n, f"FID stats {key}", log, unit="images") as bar:
         for batch in itertools.chain([first], it):
             batch = batch[: n - moments.n]
-            moments.update(extractor(batch.to(dev)))
+            feats = extractor(batch.to(dev))  # (B, D) float32
+            moments.update(feats)
+            if kept is not None:
+                kept.append(feats.cpu())
             bar.update(batch.shape[0])
             if moments.n >= n:
                 break
@@ -243,9 +411,12 @@ def reference_stats(
     seconds = time.perf_counter() - t0
     log.info("FID reference stats for %s: %d images in %.1fs (%.1f images/s)", key, n, seconds, n / seconds)
     mu, sigma = moments.stats()
+    arrays = {"mu": mu, "sigma": sigma}
+    if kept is not None:
+        arrays["features"] = torch.cat(kept).numpy()  # (n, D) float32
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, mu=mu, sigma=sigma)
-    return mu, sigma
+        np.savez(f, **arrays)
+    return ReferenceStats(mu, sigma, arrays.get("features"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,14 +455,17 @@ def load_lpips(net: str = "alex", weights: Path | None = None, device: str | tor
 
 
 class ReconstructionEvaluator:
-    """rFID, PSNR, SSIM and LPIPS of reconstructions against a fixed reference set, streamed.
+    """rFID, PSNR, SSIM and LPIPS of reconstructions against a fixed reference set, streamed, with their errors.
 
     reference: the N reference images as a (N, 3, H, W) tensor, or as an iterable of (B, 3, H, W)
-    batches with ``n`` given. Only their FID statistics are kept (``reference_stats``: computed once
-    per (key, resolution, n), then read from the cache, when one batch is read for its resolution).
-    ``evaluate_pairs`` takes (reference, reconstruction) batch pairs and accumulates the Inception
-    feature moments and per-image sums, so memory does not grow with N (50k ImageNet images at
-    256 px are ~39 GB of float32 per set); ``evaluate(recon)`` does the same on a tensor reference.
+    batches with ``n`` given. Only their FID statistics (and per-image features, for the bootstrap)
+    are kept (``reference_features``: computed once per (key, resolution, n), then read from the
+    cache, when one batch is read for its resolution). ``evaluate_pairs`` takes (reference,
+    reconstruction) batch pairs and accumulates the Inception feature moments and per-image values,
+    so memory grows with N only by the features kept for the bootstrap (up to ``FEATURES_KEEP_MAX``
+    images; 50k ImageNet images at 256 px are ~39 GB of float32 per set); ``evaluate(recon)`` does
+    the same on a tensor reference. rfid_resamples: bootstrap resamples for rFID's standard error
+    (0: none), drawn with rfid_seed.
     """
 
     def __init__(
@@ -306,6 +480,8 @@ class ReconstructionEvaluator:
         lpips_net: str = "alex",
         fid_weights: Path | None = None,
         fid_feature: int = 2048,  # pool3, the standard; the smaller taps only for quick checks
+        rfid_resamples: int = 200,  # ~0.6 s at N = 300 on 2 CPU cores: small against the Inception passes
+        rfid_seed: int = 0,  # fixed: every trial of a sweep resamples the same images
     ):
         self.reference: Tensor | None = None
         if isinstance(reference, Tensor):
@@ -325,19 +501,23 @@ class ReconstructionEvaluator:
             raise ConfigError(f"evaluation reference {key!r}: batches of images need n >= 2, got n={n}")
         if batch_size < 1:
             raise ConfigError(f"evaluation batch_size={batch_size}: expected >= 1")
+        if rfid_resamples < 0 or rfid_resamples == 1:
+            raise ConfigError(f"evaluation rfid_resamples={rfid_resamples}: expected 0 (no rFID error) or >= 2")
         self.n = n
         self.key = key
         self.batch_size = batch_size
+        self.rfid_resamples = rfid_resamples
+        self.rfid_seed = rfid_seed
         self.device = torch.device(device)
         self.inception = load_fid_inception(fid_weights, fid_feature, device=self.device)
         self.lpips = load_lpips(lpips_net, device=self.device)
         # Shared work: computed once per (key, resolution, n), then read from the cache.
-        self.mu_real, self.sigma_real = reference_stats(
+        self.mu_real, self.sigma_real, self.features_real = reference_features(
             reference, key, n, cache_dir, extractor=self.inception, batch_size=batch_size
         )
 
     @torch.no_grad()
-    def evaluate(self, recon: Tensor) -> dict[str, float]:
+    def evaluate(self, recon: Tensor) -> dict[str, float | str]:
         """recon: (N, 3, H, W) in [0, 1], aligned one-to-one with a tensor reference."""
         if self.reference is None:
             raise ValueError(f"evaluation {self.key!r}: the reference was streamed; use evaluate_pairs")
@@ -348,16 +528,22 @@ class ReconstructionEvaluator:
         return self.evaluate_pairs(zip(self.reference.split(self.batch_size), recon.split(self.batch_size)))
 
     @torch.no_grad()
-    def evaluate_pairs(self, pairs: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
+    def evaluate_pairs(self, pairs: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float | str]:
         """pairs: (reference, reconstruction) batches, each (B, 3, H, W) in [0, 1], aligned one-to-one;
-        together the N reference images, in the order their statistics were computed from."""
+        together the N reference images, in the order their statistics were computed from.
+
+        Returns rfid, psnr (dB), ssim, lpips (PSNR, SSIM, LPIPS: means of per-image values) with their
+        standard errors rfid_se, psnr_se, ssim_se, lpips_se; rfid_se_method ("bootstrap-gram",
+        "bootstrap-cov" or "none": ``fid_bootstrap``; none without per-image features or resamples)
+        and rfid_se_resamples; eval_seconds and images_per_s.
+        """
         t0 = time.perf_counter()
         dim = self.inception.num_features
         moments = _FeatureMoments(dim)
-        # The raw features while there are at most D of them: there the (N, N) route of
-        # frechet_distance_to_features is exact and cheaper than a (D, D) one; beyond, the moments.
-        kept: list[Tensor] | None = []
-        sums = torch.zeros(3, dtype=torch.float64)  # per-image PSNR, SSIM, LPIPS
+        # The raw features, for the bootstrap and, while there are at most D of them, for the (N, N)
+        # route of frechet_distance_to_features (exact, and cheaper than a (D, D) one).
+        kept: list[Tensor] | None = [] if self.n <= FEATURES_KEEP_MAX else None
+        per_image: list[Tensor] = []  # (3, B) each: PSNR, SSIM, LPIPS
         with Progress(self.n, f"eval {self.key}", log, unit="images") as bar:
             for ref, recon in pairs:
                 if tuple(recon.shape) != tuple(ref.shape):
@@ -368,32 +554,47 @@ class ReconstructionEvaluator:
                         raise ValueError(f"evaluation {self.key!r}: more than the n={self.n} reference images")
                     x = x.to(self.device).float().clamp(0, 1)  # (B, 3, H, W)
                     y = y.to(self.device).float()  # (B, 3, H, W)
-                    feats = self.inception(x)  # (B, D)
+                    feats = self.inception(x)  # (B, D) float32
                     moments.update(feats)
                     if kept is not None:
-                        kept.append(feats.double().cpu())
-                        kept = kept if moments.n <= dim else None
-                    per_image = torch.stack([
+                        kept.append(feats.cpu())
+                    per_image.append(torch.stack([
                         peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3)),
                         structural_similarity_index_measure(x, y, data_range=1.0, reduction="none"),
                         self.lpips(x, y),
-                    ])  # (3, B)
-                    sums += per_image.double().sum(1).cpu()
+                    ]).double().cpu())  # (3, B)
                     bar.update(x.shape[0])
         if moments.n != self.n:
             raise ValueError(f"evaluation {self.key!r}: {moments.n} reconstructions for n={self.n} reference images")
-        if kept is not None:
-            rfid = frechet_distance_to_features(self.mu_real, self.sigma_real, torch.cat(kept))
+        fake = torch.cat(kept) if kept is not None else None  # (N, D)
+        if fake is not None and self.n <= dim:
+            rfid = frechet_distance_to_features(self.mu_real, self.sigma_real, fake)
         else:
             rfid = frechet_distance(self.mu_real, self.sigma_real, *moments.stats())
+        t_boot = time.perf_counter()
+        if fake is not None and self.features_real is not None and self.rfid_resamples > 0:
+            replicates, method = fid_bootstrap(self.features_real, fake, self.rfid_resamples, self.rfid_seed)
+            rfid_se = float(replicates.std(ddof=1))
+        else:
+            replicates, method, rfid_se = np.empty(0), "none", float("nan")
+        t_boot = time.perf_counter() - t_boot
         seconds = time.perf_counter() - t0
-        log.info("evaluated %d images in %.1fs (%.1f images/s): rFID %.3f", self.n, seconds, self.n / seconds, rfid)
-        psnr, ssim, lpips = (sums / self.n).tolist()
+        log.info("evaluated %d images in %.1fs (%.1f images/s; rFID bootstrap %.1fs): rFID %.3f +- %.3f", self.n,
+                 seconds, self.n / seconds, t_boot, rfid, rfid_se)
+        values = torch.cat(per_image, 1)  # (3, N)
+        psnr, ssim, lpips = values.mean(1).tolist()
+        psnr_se, ssim_se, lpips_se = (standard_error(v) for v in values)
         return {
             "rfid": rfid,
+            "rfid_se": rfid_se,  # std of the paired-bootstrap rFIDs
+            "rfid_se_method": method,
+            "rfid_se_resamples": len(replicates),
             "psnr": psnr,  # mean of per-image PSNR (dB)
+            "psnr_se": psnr_se,  # standard error of that mean (nan when every image is identical: PSNR inf)
             "ssim": ssim,
+            "ssim_se": ssim_se,
             "lpips": lpips,
+            "lpips_se": lpips_se,
             "eval_seconds": seconds,
             "images_per_s": self.n / seconds,
         }

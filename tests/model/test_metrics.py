@@ -10,14 +10,18 @@ from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
 from model import assets
 from model.errors import ConfigError
 from model.metrics import (
+    FID_RESIZE,
     ReconstructionEvaluator,
+    _FeatureMoments,
     frechet_distance,
     frechet_distance_to_features,
     load_fid_inception,
     load_lpips,
     make_fid,
     make_kid,
+    reference_features,
     reference_stats,
+    stats_cache_path,
 )
 
 pytestmark = pytest.mark.usefixtures("offline_weights")  # tests/model/conftest.py
@@ -71,7 +75,8 @@ def test_make_fid_on_unit_floats_matches_torchmetrics_normalize(inception64):
     real, fake = torch.rand(4, 3, 32, 32, generator=g), torch.rand(4, 3, 32, 32, generator=g) * 0.8
     ours = make_fid(extractor=inception64)
     weights = str(assets.fid_inception_weights())
-    ref = FrechetInceptionDistance(feature=64, normalize=True, feature_extractor_weights_path=weights)
+    # antialias=False: torchmetrics' switch to torch-fidelity's TF1 resize, ours (its default antialiases)
+    ref = FrechetInceptionDistance(feature=64, normalize=True, feature_extractor_weights_path=weights, antialias=False)
     for m in (ours, ref):
         m.update(real, real=True)
         m.update(fake, real=False)
@@ -141,6 +146,43 @@ def test_reference_stats_cache_hit_and_key(tmp_path, inception64, monkeypatch):
     np.testing.assert_allclose(mu, (fid.real_features_sum / 6).numpy(), rtol=1e-10)
 
 
+def test_feature_moments_equal_numpy():
+    """Streamed sum and Gram matrix over uneven batches give np.mean and np.cov (offset features: the
+    one-pass formula's cancellation stays far below the tolerance)."""
+    rng = np.random.default_rng(7)
+    feats = rng.normal(size=(23, 5)) * rng.uniform(0.1, 3.0, 5) + rng.uniform(0, 10, 5)
+    moments = _FeatureMoments(5)
+    for part in np.split(feats, [1, 8, 16]):
+        moments.update(torch.from_numpy(part).float())
+    mu, sigma = moments.stats()
+    assert moments.n == 23
+    f32 = feats.astype(np.float32).astype(np.float64)  # what the float32 features hold
+    np.testing.assert_allclose(mu, f32.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(f32, rowvar=False), rtol=1e-9, atol=1e-12)
+
+
+def test_stats_cache_key_carries_the_resize(tmp_path, inception64):
+    """Statistics cached before the TF1 resize (names without it) are never read; the new file holds the
+    per-image features in image order."""
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    weights = inception64.weights_path
+    path = stats_cache_path("old", "32", 5, weights, 64, tmp_path)
+    assert FID_RESIZE == "tf1bilinear" and path.name.endswith("-tf1bilinear.npz")
+    assert path != stats_cache_path("old", "32", 5, weights, 2048, tmp_path)
+    stale = tmp_path / f"old-32px-n5-{assets.weights_fingerprint(weights)}-f64.npz"  # the name before the switch
+    np.savez(stale, mu=np.zeros(64), sigma=np.eye(64))
+
+    stats = reference_features(images, "old", n=5, cache_dir=tmp_path, extractor=inception64, batch_size=2)
+    with torch.no_grad():
+        feats = inception64(images).numpy()  # (5, 64)
+    np.testing.assert_array_equal(stats.features, feats)
+    np.testing.assert_allclose(stats.mu, feats.astype(np.float64).mean(0), rtol=1e-12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([stale.name, path.name])
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["features"], feats)
+        np.testing.assert_array_equal(z["mu"], stats.mu)
+
+
 def test_reference_stats_rejects_bad_input(tmp_path, inception64):
     images = torch.rand(3, 3, 32, 32)
     with pytest.raises(ConfigError, match="only 3 images"):
@@ -203,7 +245,7 @@ def test_evaluator_rfid_equals_torchmetrics_fid(tmp_path):
     ref, recon = torch.rand(6, 3, 32, 32, generator=g), torch.rand(6, 3, 32, 32, generator=g) * 0.9
     ev = ReconstructionEvaluator(ref, "toy-tm", batch_size=4, cache_dir=tmp_path, fid_feature=64)
     weights = str(assets.fid_inception_weights())
-    tm = FrechetInceptionDistance(feature=64, normalize=True, feature_extractor_weights_path=weights)
+    tm = FrechetInceptionDistance(feature=64, normalize=True, feature_extractor_weights_path=weights, antialias=False)
     tm.update(ref, real=True)
     tm.update(recon, real=False)
     assert ev.evaluate(recon)["rfid"] == pytest.approx(tm.compute().item(), rel=1e-5)
