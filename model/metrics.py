@@ -480,7 +480,7 @@ class ReconstructionEvaluator:
         lpips_net: str = "alex",
         fid_weights: Path | None = None,
         fid_feature: int = 2048,  # pool3, the standard; the smaller taps only for quick checks
-        rfid_resamples: int = 200,  # ~0.6 s at N = 300 on 2 CPU cores: small against the Inception passes
+        rfid_resamples: int = 200,  # ~1 s at N = 300 on one busy CPU core: small against the Inception passes
         rfid_seed: int = 0,  # fixed: every trial of a sweep resamples the same images
     ):
         self.reference: Tensor | None = None

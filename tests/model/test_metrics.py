@@ -103,6 +103,25 @@ def test_frechet_distance_matches_torchmetrics():
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-12)
 
 
+def test_frechet_distances_compute_in_float64_from_float32_stats():
+    """Statistics given in float32 (as torch-fidelity's means are) are used exactly, in float64."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(30, 6)) + 50, rng.normal(size=(30, 6)) * 1.3 + 50.01
+    mu1, s1 = a.mean(0).astype(np.float32), np.cov(a, rowvar=False).astype(np.float32)
+    mu2, s2 = b.mean(0).astype(np.float32), np.cov(b, rowvar=False).astype(np.float32)
+    expected = _compute_fid(*(torch.from_numpy(v.astype(np.float64)) for v in (mu1, s1, mu2, s2))).item()
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-12)
+    feats = torch.from_numpy(b[:4])  # fewer images than dimensions: the (N, N) route
+    direct = frechet_distance(mu1.astype(np.float64), s1.astype(np.float64), b[:4].mean(0),
+                              np.cov(b[:4], rowvar=False))
+    # a singular covariance costs every method ~1e-8 relative (square roots of round-off eigenvalues)
+    assert frechet_distance_to_features(mu1, s1, feats) == pytest.approx(direct, rel=1e-7)
+    two = frechet_distance_to_features(mu1, s1, feats[:2])  # two images: the least
+    assert two == pytest.approx(frechet_distance(mu1, s1, b[:2].mean(0), np.cov(b[:2], rowvar=False)), rel=1e-7)
+    with pytest.raises(ValueError, match="need at least 2 feature vectors, got 1"):
+        frechet_distance_to_features(mu1, s1, feats[:1])
+
+
 @pytest.mark.parametrize("n", [5, 40])  # fewer and more samples than dimensions
 def test_frechet_distance_to_features_matches_torchmetrics(n):
     rng = np.random.default_rng(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.usefixtures("offline_weights")  # tests/model/conftest.
 def fid_scipy(real: np.ndarray, fake: np.ndarray) -> float:
     """FID of two feature sets the textbook way: np.cov and scipy.linalg.sqrtm (TTUR's fid.py)."""
     s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
-    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # N < D: singular, as it should be
+        covmean = scipy.linalg.sqrtm(s1 @ s2)
     return float(np.sum((real.mean(0) - fake.mean(0)) ** 2) + np.trace(s1) + np.trace(s2)
                  - 2 * np.trace(covmean).real)
 
@@ -37,7 +40,8 @@ def paired_features(n: int, d: int, seed: int, offset: float = 0.0) -> tuple[np.
     rng = np.random.default_rng(seed)
     real = rng.normal(size=(n, d)) * rng.uniform(0.5, 2.0, d)
     fake = 0.8 * real + 0.5 * rng.normal(size=(n, d)) + 0.3  # correlated with its pair, shifted
-    return real + offset, fake + offset  # a common offset does not change FID
+    shift = offset * rng.uniform(0.5, 1.5, d)  # a common offset (different per dimension) does not change FID
+    return real + shift, fake + shift
 
 
 # --- the rFID bootstrap -------------------------------------------------------------------------
@@ -71,6 +75,41 @@ def test_fid_bootstrap_seed_and_resample_count():
     assert len(fid_bootstrap(real, fake, resamples=3)[0]) == 3
 
 
+def test_fid_bootstrap_defaults_and_smallest_input():
+    real, fake = paired_features(6, 8, seed=1)
+    reps, _ = fid_bootstrap(real, fake)
+    assert len(reps) == 200 and np.array_equal(reps, fid_bootstrap(real, fake, 200, seed=0)[0])
+    two, _ = fid_bootstrap(real[:2], fake[:2], resamples=2)  # two images, two resamples: the least
+    np.testing.assert_allclose(two, bootstrap_brute_force(real[:2], fake[:2], 2, seed=0), rtol=1e-6, atol=1e-9)
+    assert fid_bootstrap(real[:4, :4], fake[:4, :4], 3)[1] == "bootstrap-gram"  # N = D: the Gram route still
+
+
+def test_fid_bootstrap_and_standard_error_warn_of_nothing():
+    real, fake = paired_features(6, 8, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fid_bootstrap(real, fake, resamples=3)
+        standard_error(np.array([np.inf, np.inf]))
+
+
+def test_fid_bootstrap_threads(monkeypatch):
+    """The Gram route's small SVDs run on one thread; the (D, D) route keeps the caller's threads."""
+    seen = []
+    svdvals, eigh = torch.linalg.svdvals, torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "svdvals", lambda a: (seen.append(torch.get_num_threads()), svdvals(a))[1])
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a: (seen.append(torch.get_num_threads()), eigh(a))[1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fid_bootstrap(*paired_features(6, 8, seed=3), resamples=3)
+        assert seen == [1, 1, 1]
+        seen.clear()
+        fid_bootstrap(*paired_features(9, 3, seed=3), resamples=3)
+        assert seen == [2] * 3 and torch.get_num_threads() == 2  # frechet_distance: one eigh per resample
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_fid_bootstrap_rejects_bad_input():
     real, fake = paired_features(6, 4, seed=0)
     with pytest.raises(ValueError, match="resamples=1"):
@@ -81,12 +120,12 @@ def test_fid_bootstrap_rejects_bad_input():
         fid_bootstrap(real[:1], fake[:1])
 
 
-@pytest.mark.parametrize("offset", [0.0, 1000.0])
+@pytest.mark.parametrize("offset", [0.0, 10000.0])
 def test_gram_fid_equals_direct_formula(offset):
     """Tr((S_r S_f)^(1/2)) as the nuclear norm of the (N, N) centred cross-Gram, with counts as weights.
 
-    N > D here, where scipy's sqrtm is exact to ~1e-14: a common offset of 1000 (FID unchanged) costs
-    the uncentred Grams ~1e-8 of precision, the Grams of each set centred on its mean ~1e-13.
+    N > D here, where scipy's sqrtm is exact to ~1e-14: a common offset of ~10^4 (FID unchanged) costs
+    the uncentred Grams ~1e-6 of precision, the Grams of each set centred on its mean ~1e-12.
     """
     real, fake = paired_features(40, 10, seed=4, offset=offset)
     gram = _GramFID(torch.from_numpy(real), torch.from_numpy(fake))
