@@ -183,8 +183,11 @@ def row_names(rows: pd.DataFrame, single: bool = False) -> list[str]:
     ``fit`` make it so). ``single``: one row named alone, as ``trial T`` (``row N`` without trial ids).
     """
     if "trial_id" in rows.columns:
-        return [f"trial {t}" if single else str(t) for t in rows["trial_id"]]
-    return [f"row {i + 1}" if isinstance(i, (int, np.integer)) else f"row {i}" for i in rows.index]
+        names = rows["trial_id"].astype(str)
+        return ("trial " + names).tolist() if single else names.tolist()
+    if pd.api.types.is_integer_dtype(rows.index):  # vectorized: a fit of 100,000 rows names them all
+        return np.char.add("row ", (rows.index.to_numpy() + 1).astype(str)).tolist()
+    return [f"row {i}" for i in rows.index]
 
 
 def listed(names, most: int = 20) -> str:
