@@ -95,7 +95,7 @@ def backtest(df, holdout: int = 1, form: str = "log-linear", alpha: float = 0.05
     out["rel_error"] = out["error"] / out["truth"].abs()
     out["covered"] = (out["truth"] >= out["pi_lower"]) & (out["truth"] <= out["pi_upper"])
     out.attrs["form"] = res.form
-    return out.sort_values("capacity", ignore_index=True)
+    return out                                  # in order of capacity (C was sorted)
 
 
 # --- rollout ---------------------------------------------------------------------------------

@@ -408,7 +408,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     for s in ro.splits:
         print(line(str(s.k), f"{s.fitted_max:.4g}", s.form, s.metrics()))
     overall = ro.overall()
-    print(line("all", f"{overall['splits']} splits", "", overall))
+    print(line("all", f"{overall['splits']} split{'s' if overall['splits'] != 1 else ''}", "", overall))
     for k, why in ro.skipped:
         print(f"split k = {k} not fitted: {why}")
     print("reach: decades beyond the largest fitted capacity; w. rel err: |relative error| weighted by the reach "

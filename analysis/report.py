@@ -213,7 +213,7 @@ def _rollout_section(ro, alpha: float) -> list[str]:
 
     rows = [[int(r["k"]), r["fitted_max"], *cells(r)] for r in shown.to_dict("records")]
     overall = ro.overall()
-    rows.append(["all", f"{overall['splits']} splits", *cells(overall)])
+    rows.append(["all", f"{overall['splits']} split{'s' if overall['splits'] != 1 else ''}", *cells(overall)])
     lines += [f"Form `{ro.form}`; bias is predicted minus true {ro.y} (mean over the predicted runs); the "
               f"relative error is {ROLLOUT_WEIGHTING}."]
     if len(shown) < len(table):
