@@ -120,6 +120,23 @@ def _alpha(text: str) -> float:
     return value
 
 
+def _capacities(args: argparse.Namespace) -> list[float]:
+    """The --capacity values as numbers: AnalysisError naming --capacity for text, NaN, inf or <= 0."""
+    from analysis.errors import AnalysisError
+
+    out = []
+    for text in args.capacity or []:
+        try:
+            value = float(text)
+        except ValueError:
+            raise AnalysisError(f"--capacity {text!r}: expected a number, e.g. 2e8") from None
+        if not (math.isfinite(value) and value > 0):
+            raise AnalysisError(f"--capacity {text}: expected a finite capacity > 0, in the units of --x "
+                                "(e.g. 2e8 trainable parameters)")
+        out.append(value)
+    return out
+
+
 def _fit_options(*, weights: bool = True) -> argparse.ArgumentParser:
     """The options that choose the rows and the law: every analysis command takes them."""
     p = argparse.ArgumentParser(add_help=False)
@@ -265,20 +282,22 @@ def add_predict(sub) -> argparse.ArgumentParser:
         sub, "predict", _cmd_predict, PREDICT_EPILOG,
         help="predict the metric at untried capacities, with the mean's CI and a prediction interval",
         description="Fit the law to RESULTS (as `drorae fit` does) and predict the metric at each --capacity.")
-    p.add_argument("--capacity", metavar="C", type=float, action="append", required=True,
-                   help="a capacity in the units of --x, e.g. 2e8 trainable parameters; repeat for several")
+    p.add_argument("--capacity", metavar="C", action="append", required=True,
+                   help="a capacity in the units of --x (a finite number > 0), e.g. 2e8 trainable parameters; "
+                        "repeat for several")
     _json_option(p, "a list with one entry per capacity: capacity, mean, mean_se, ci [low, high], pi [low, high]")
     return p
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    capacities = _capacities(args)
     with warnings_as_lines(args.prog):
         _table, res = _fit(args)
-        sf = res.get_prediction(args.capacity).summary_frame(args.alpha)
+        sf = res.get_prediction(capacities).summary_frame(args.alpha)
     rows = [{"capacity": float(c), "mean": float(r["mean"]), "mean_se": float(r["mean_se"]),
              "ci": [float(r["mean_ci_lower"]), float(r["mean_ci_upper"])],
              "pi": [float(r["obs_ci_lower"]), float(r["obs_ci_upper"])]}
-            for c, (_, r) in zip(args.capacity, sf.iterrows())]
+            for c, (_, r) in zip(capacities, sf.iterrows())]
     if args.json:
         _print_json(rows)
         return 0
@@ -299,36 +318,54 @@ BACKTEST_EPILOG = """\
 examples:
   drorae backtest results/default --holdout 2       # fit without the 2 largest capacities, predict them
   drorae backtest results/default --holdout 1 --form power --json
+  drorae backtest results/default --rollout         # fit the k smallest, predict every larger one, k = 3, 4, ...
 
 Each held-out trial gets the prediction, its (1 - alpha) prediction interval, the error
 (predicted - truth, and relative to the truth) and whether the truth fell inside the interval.
 At least 3 distinct capacities must remain to fit.
+
+--rollout (an expanding window, as in OLMo's ladder analysis): for every k from 3 up, the law
+is fitted on the k smallest distinct capacities and predicts the trials at every larger one.
+Per split and over all splits pooled: bias = mean(predicted - true), the mean absolute error,
+the weighted relative error = sum d |predicted - true| / |true|  /  sum d, each held-out trial
+weighted by d = log10(C / C_max), the decades between its capacity C and the largest capacity
+C_max of the split's fit (so a miss far out counts more), and the share of trials inside their
+prediction interval. Capacities must be > 0; splits the law cannot be fitted on are listed.
 """
 
 
 def add_backtest(sub) -> argparse.ArgumentParser:
     p = _command(
         sub, "backtest", _cmd_backtest, BACKTEST_EPILOG,
-        help="fit on all but the largest capacities, predict those, check the intervals",
+        help="fit on all but the largest capacities, predict those, check the intervals (or --rollout)",
         description="Backtest the law on RESULTS: fit it without the --holdout largest distinct capacities and\n"
-                    "compare its predictions there with the trials that were run.")
-    p.add_argument("--holdout", metavar="K", type=int, default=1,
-                   help="how many of the largest distinct capacities to hold out (default: 1)")
+                    "compare its predictions there with the trials that were run; or, with --rollout, do so\n"
+                    "for every split of the capacities into the k smallest and the larger ones.")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--holdout", metavar="K", type=int, default=None,
+                     help="how many of the largest distinct capacities to hold out (default: 1)")
+    how.add_argument("--rollout", action="store_true",
+                     help="fit the k smallest capacities and predict every larger one, for k = 3, 4, ...: "
+                          "bias, weighted relative error and PI coverage per split and overall")
     _json_option(p, "one object: form, holdout, alpha, mae, coverage and rows (capacity, truth, mean, pi, "
-                    "error, rel_error, covered)")
+                    "error, rel_error, covered); with --rollout: form, weighting, splits (k, fitted_max, bias, "
+                    "mae, weighted_rel_error, coverage, rows per predicted capacity), overall, skipped")
     return p
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
+    if args.rollout:
+        return _cmd_rollout(args)
     from analysis import backtest
 
+    holdout = 1 if args.holdout is None else args.holdout
     with warnings_as_lines(args.prog):
         table = _load(args)
-        bt = backtest(table, holdout=args.holdout, form=args.form, alpha=args.alpha, weights=args.weights)
+        bt = backtest(table, holdout=holdout, form=args.form, alpha=args.alpha, weights=args.weights)
     rows = [{"capacity": float(r.capacity), "truth": float(r.truth), "mean": float(r.mean),
              "pi": [float(r.pi_lower), float(r.pi_upper)], "error": float(r.error),
              "rel_error": float(r.rel_error), "covered": bool(r.covered)} for r in bt.itertuples()]
-    summary = {"form": bt.attrs.get("form", args.form), "x": table.x, "y": table.y, "holdout": args.holdout,
+    summary = {"form": bt.attrs.get("form", args.form), "x": table.x, "y": table.y, "holdout": holdout,
                "alpha": args.alpha, "mae": float(bt["error"].abs().mean()),
                "mean_rel_error": float(bt["rel_error"].abs().mean()), "coverage": float(bt["covered"].mean()),
                "rows": rows}
@@ -336,8 +373,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
         _print_json(summary)
         return 0
     level = f"{1 - args.alpha:.0%}"
-    print(f"Backtest of {summary['form']!r} ({table.y} over {table.x}): fitted without the {args.holdout} "
-          f"largest capacit{'y' if args.holdout == 1 else 'ies'}")
+    print(f"Backtest of {summary['form']!r} ({table.y} over {table.x}): fitted without the {holdout} "
+          f"largest capacit{'y' if holdout == 1 else 'ies'}")
     print(f"{'capacity':>12}{'truth':>12}{'predicted':>12}{level + ' PI':>26}{'error':>11}{'rel':>9}  inside")
     for r in rows:
         pi = f"[{r['pi'][0]:.5g}, {r['pi'][1]:.5g}]"
@@ -345,6 +382,37 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
               f"{r['rel_error']:>9.2%}  {'yes' if r['covered'] else 'NO'}")
     print(f"mean |error| {summary['mae']:.4g}, mean |relative error| {summary['mean_rel_error']:.2%}, "
           f"{sum(r['covered'] for r in rows)}/{len(rows)} inside their {level} prediction interval")
+    return 0
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    """``backtest --rollout``: the splits' table and the pooled line, or all of it as JSON."""
+    from analysis.backtest import rollout
+
+    with warnings_as_lines(args.prog):
+        table = _load(args)
+        ro = rollout(table, form=args.form, alpha=args.alpha, weights=args.weights)
+    if args.json:
+        _print_json(ro.to_dict())
+        return 0
+    level = f"{1 - args.alpha:.0%}"
+    print(f"Rollout backtest of {args.form!r} ({table.y} over {table.x}): fit the k smallest capacities, "
+          "predict every larger one")
+    print(f"{'k':>4}{'fitted up to':>14}{'form':>12}{'runs':>7}{'reach':>7}{'bias':>11}{'mean |err|':>12}"
+          f"{'w. rel err':>12}{'in ' + level + ' PI':>11}")
+
+    def line(head: str, top: str, form: str, m: dict) -> str:
+        return (f"{head:>4}{top:>14}{form:>12}{m['n']:>7}{m['max_decades']:>7.2f}{m['bias']:>11.4g}{m['mae']:>12.4g}"
+                f"{m['weighted_rel_error']:>12.2%}{m['coverage']:>11.1%}")
+
+    for s in ro.splits:
+        print(line(str(s.k), f"{s.fitted_max:.4g}", s.form, s.metrics()))
+    overall = ro.overall()
+    print(line("all", f"{overall['splits']} split{'s' if overall['splits'] != 1 else ''}", "", overall))
+    for k, why in ro.skipped:
+        print(f"split k = {k} not fitted: {why}")
+    print("reach: decades beyond the largest fitted capacity; w. rel err: |relative error| weighted by the reach "
+          "(drorae backtest --help)")
     return 0
 
 
@@ -357,8 +425,11 @@ examples:
   make figures RESULTS_DIR=results/default
 
 The panels: expert-capacity scaling, layer-count scaling and the unified law over trainable
-parameters; points with error bars over seeds, the fitted line with its CI band, R² and slope in
-the legend, the control runs (the RAE baseline) as horizontal lines, never fitted.
+parameters, each law fitted once; points with error bars (± 2 se of the mean where the table has
+<y>_se, else ± the std over seeds: the legend says which), the fitted line with its CI band and,
+lighter, its prediction interval, R² and slope in the legend (one legend for the combined
+figure), the control runs drawn alike in every panel (the RAE baseline as a horizontal line),
+never fitted.
 """
 
 
@@ -373,10 +444,12 @@ def add_figures(sub) -> argparse.ArgumentParser:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
+    from analysis.panels import fit_panels
     from analysis.plots import scaling_figures
 
     with warnings_as_lines(args.prog):
-        paths = scaling_figures(_load(args), args.out, alpha=args.alpha, form=args.form)
+        table = _load(args)
+        paths = scaling_figures(table, args.out, alpha=args.alpha, panels=fit_panels(table, form=args.form))
     for path in paths:
         print(path)
     return 0
@@ -397,15 +470,16 @@ def add_report(sub) -> argparse.ArgumentParser:
     p = _command(
         sub, "report", _cmd_report, REPORT_EPILOG, weights=False,
         description="Write a Markdown report of RESULTS: the trials, the fitted law with its intervals,\n"
-                    "predictions at the --capacity values, a backtest, and the figures.",
-        help="write a Markdown report: results table, fits, predictions, backtest, figures")
+                    "predictions at the --capacity values, a held-out and a rollout backtest (see `drorae\n"
+                    "backtest --help`), and the figures (the panels, and the rollout's error against its reach).",
+        help="write a Markdown report: results table, fits, predictions, backtests, figures")
     p.add_argument("--out", metavar="PATH", default=None,
                    help="the report file (default: RESULTS/report.md for a results directory, else ./report.md)")
     p.add_argument("--figures", metavar="DIR", default=None,
                    help="where the figures go (default: figures/ next to the report)")
-    p.add_argument("--capacity", metavar="C", type=float, action="append", default=[],
-                   help="a capacity to predict in the report; repeat for several (default: 10x and 100x "
-                        "the largest trained capacity)")
+    p.add_argument("--capacity", metavar="C", action="append", default=[],
+                   help="a capacity to predict in the report (a finite number > 0); repeat for several "
+                        "(default: 10x and 100x the largest trained capacity)")
     p.add_argument("--holdout", metavar="K", type=int, default=1,
                    help="largest capacities held out in the report's backtest (default: 1)")
     return p
@@ -423,8 +497,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     else:
         out = Path("report.md")
     figures = Path(args.figures) if args.figures is not None else out.parent / "figures"
+    capacities = _capacities(args)
     with warnings_as_lines(args.prog):
-        path = write_report(_load(args), out, figures_dir=figures, capacities=tuple(args.capacity) or None,
+        path = write_report(_load(args), out, figures_dir=figures, capacities=tuple(capacities) or None,
                             holdout=args.holdout, alpha=args.alpha, form=args.form)
     print(path)
     return 0

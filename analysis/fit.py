@@ -71,13 +71,19 @@ def _names(df, x, y) -> tuple[str, str]:
 
 def _columns(df, x: str, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list]:
     """The finite (capacity, metric) rows: C, y, y's measurement error (None without a ``<y>_se``
-    column; NaN where a row lacks it) and the rows' ids (trial_id, else the row's position)."""
-    from analysis.load import Table, _numeric
+    column; NaN where a row lacks it) and the rows' names (``analysis.load.row_names``: the trial_id,
+    else ``row N`` counted in the source table, as every message counts them).
+
+    A metric with the same value in every row (at 3+ capacities) is an error: no law has a trend to
+    fit there and R² is undefined (0 / 0)."""
+    from analysis.load import Table, _numeric, listed, row_names
 
     source = _source(df)
     if isinstance(df, Table):
-        df = df.points
-    if not isinstance(df, pd.DataFrame):
+        df = df.points              # its index: each row's position in the source table
+    elif isinstance(df, pd.DataFrame):
+        df = df.reset_index(drop=True)
+    else:
         raise AnalysisError(f"fit takes a DataFrame or an analysis.Table, got {type(df).__name__}")
     for col in (x, y):
         if col not in df.columns:
@@ -85,12 +91,23 @@ def _columns(df, x: str, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
     name = source.removesuffix(": ") or "the table"
     C, Y = _numeric(df, x, name).to_numpy(), _numeric(df, y, name).to_numpy()
     se = _numeric(df, se_column(y), name).to_numpy() if se_column(y) in df.columns else None
-    ids = np.asarray(df["trial_id"] if "trial_id" in df.columns else np.arange(len(df)), dtype=object)
+    ids = row_names(df)
     bad = ~(np.isfinite(C) & np.isfinite(Y))
     if bad.any():
-        warnings.warn(f"dropped {bad.sum()} row(s) with a NaN or infinite {x!r} or {y!r}: "
-                      f"{', '.join(map(str, ids[bad]))}", stacklevel=3)
-    return C[~bad], Y[~bad], None if se is None else se[~bad], list(ids[~bad])
+        warnings.warn(f"{source}dropped {bad.sum()} row(s) with a NaN or infinite {x!r} or {y!r}: "
+                      f"{listed(np.asarray(ids, dtype=object)[bad])}", stacklevel=3)
+        C, Y, se, ids = C[~bad], Y[~bad], None if se is None else se[~bad], [i for i, b in zip(ids, bad) if not b]
+    _check_not_constant(C, Y, y, source)
+    return C, Y, se, ids
+
+
+def _check_not_constant(C: np.ndarray, Y: np.ndarray, y: str, source: str = "") -> None:
+    """AnalysisError when y is the same in every row (to the last bits), at 3+ capacities (fewer: the
+    capacity check speaks first)."""
+    if len(Y) < 2 or np.ptp(Y) > 4 * np.finfo(float).eps * np.max(np.abs(Y)) or len(np.unique(C)) < 3:
+        return
+    raise AnalysisError(f"{source}column {y!r} has the same value ({Y[0]:g}) in all {len(Y)} rows to fit: "
+                        "a scaling law has no trend to fit there (R² would be 0 / 0)")
 
 
 def _check_capacities(C: np.ndarray, x: str, need: int = 3, source: str = "") -> None:

@@ -8,6 +8,12 @@ the RAE baseline) are returned apart: never fitted. Any other table with a capac
 column works too (published points): without ``kind`` / ``status`` / ``best`` columns every row is
 a point.
 
+Rows in messages (``row_names``): a row is named by its ``trial_id`` where the table has that column,
+else as ``row N``, N counting the source table's data rows from 1 (the header not counted: row 1 is
+the first data row, on line 2 of a CSV). Every message of the analysis (dropped rows, text cells,
+duplicates, rows without a measurement error) counts rows this way; ``Table.points`` and
+``Table.controls`` keep the source's row positions as their index so a later fit can too.
+
 A metric's measurement error (``<metric>_se``, e.g. ``rfid_se``) and the training cost
 (``train_steps``, ``train_flops``) are read as numbers wherever the source has them: table columns,
 or the metrics of a trial's MLflow run. Older sweeps lack them; their rows then carry no such column
@@ -44,8 +50,10 @@ class Table:
 def load(source, x: str = "params", y: str = "rfid", where=None) -> Table:
     """Read ``source`` (results dir, ``.parquet`` / ``.csv`` file, ``mlflow:EXPERIMENT`` or a DataFrame).
 
-    ``where``: ``"col=value"`` (several joined by ``,``, or a list) selects the fitted rows.
-    Failed trials and rows whose x or y is NaN/inf are dropped with a warning that lists them.
+    ``where``: ``"col=value"`` (several joined by ``,``, or a list) selects the fitted rows; one that
+    matches no row is an error naming it. Failed trials, rows whose x or y is NaN/inf and exact
+    duplicate rows (every column equal to an earlier row's: a row written twice, not another seed)
+    are dropped with a warning that lists them.
     """
     df = _read(source)
     if df.empty and len(df.columns):
@@ -150,11 +158,11 @@ def _numeric(df: pd.DataFrame, col: str, source: str) -> pd.Series:
         bad = num.isna().to_numpy() & s.notna().to_numpy()
         bad &= ~s.astype(str).str.strip().str.lower().isin(["", "nan", "inf", "-inf", "none"]).to_numpy()
         if bad.any():
-            first = int(np.flatnonzero(bad)[0])  # the row's position as read (the header not counted)
-            trial = f" (trial {df['trial_id'].iloc[first]})" if "trial_id" in df.columns else ""
+            first = int(np.flatnonzero(bad)[0])
+            where = row_names(df.iloc[[first]], single=True)[0]
             more = f", and {bad.sum() - 1} more row(s)" if bad.sum() > 1 else ""
             raise AnalysisError(f"{source}: column {col!r} must be numeric but holds text: {s.iloc[first]!r} in "
-                                f"row {first + 1}{trial}{more}")
+                                f"{where}{more}")
         s = num
     return s.astype(float)
 
@@ -168,8 +176,73 @@ def _truthy(v) -> bool:
     return bool(v)
 
 
-def _ids(rows: pd.DataFrame) -> list:
-    return list(rows["trial_id"]) if "trial_id" in rows.columns else [f"row {i}" for i in rows.index]
+def row_names(rows: pd.DataFrame, single: bool = False) -> list[str]:
+    """How messages name ``rows`` (see the module docstring): their trial_id, else ``row N`` (N = index + 1).
+
+    ``rows`` is a slice of a table whose index is the source's 0-based row position (``select`` and
+    ``fit`` make it so). ``single``: one row named alone, as ``trial T`` (``row N`` without trial ids).
+    """
+    if "trial_id" in rows.columns:
+        names = rows["trial_id"].astype(str)
+        return ("trial " + names).tolist() if single else names.tolist()
+    if pd.api.types.is_integer_dtype(rows.index):  # vectorized: a fit of 100,000 rows names them all
+        return np.char.add("row ", (rows.index.to_numpy() + 1).astype(str)).tolist()
+    return [f"row {i}" for i in rows.index]
+
+
+def listed(names, most: int = 20) -> str:
+    """``names`` joined by commas, the first ``most`` of them and how many more: a warning stays readable."""
+    names = list(map(str, names))
+    return ", ".join(names[:most]) + (f", and {len(names) - most} more" if len(names) > most else "")
+
+
+def _duplicates(df: pd.DataFrame) -> pd.Series:
+    """True for each row every column of which equals an earlier row's (cells compared as text where unhashable)."""
+    try:
+        return df.duplicated(keep="first")
+    except TypeError:  # a list or dict cell (an MLflow param): compare the rows' text
+        return df.astype(str).duplicated(keep="first")
+
+
+def _drop_duplicates(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str]]:
+    """``df`` without its exact duplicate rows (the first copy kept), and those rows' names, with a warning."""
+    dup = _duplicates(df)
+    if not dup.any():
+        return df, []
+    copies = df[_duplicates(df) | _duplicates(df.iloc[::-1]).iloc[::-1]]  # every row that has a twin
+    key = copies.astype(str).apply(tuple, axis=1)
+    first: dict = {}
+    for i, k in zip(copies.index, key):
+        first.setdefault(k, i)
+    names = [f"row {i + 1} (a copy of row {first[k] + 1})" for i, k in zip(copies.index, key) if first[k] != i]
+    warnings.warn(f"{source}: dropped {len(names)} exact duplicate row(s), every column equal to an earlier "
+                  f"row's (a row written twice, not another seed): {listed(names)}", stacklevel=4)
+    return df[~dup], names
+
+
+def _apply_where(grid: pd.DataFrame, where, source: str) -> pd.DataFrame:
+    """The rows of ``grid`` that every ``COLUMN=VALUE`` of ``where`` selects; an error naming the first
+    condition that leaves none (with the values its column does hold)."""
+    done: list[str] = []
+    for col, value in _parse_where(where):
+        if col not in grid.columns:
+            raise AnalysisError(f"where {col}={value}: {source} has no column {col!r}")
+        before = grid
+        if pd.api.types.is_numeric_dtype(grid[col]) and not pd.api.types.is_bool_dtype(grid[col]):
+            try:
+                grid = grid[grid[col] == float(value)]
+            except ValueError:
+                raise AnalysisError(f"where {col}={value}: column {col!r} is numeric, {value!r} is not") from None
+        else:
+            grid = grid[grid[col].astype(str) == value]
+        if grid.empty and not before.empty:
+            held = pd.unique(before[col].dropna())
+            shown = listed(sorted((f"{v:g}" if isinstance(v, float) else str(v) for v in held[:200]), key=str), 10)
+            among = f" among the rows where {', '.join(done)}" if done else ""
+            raise AnalysisError(f"where {col}={value}: no row of {source} to fit has {col} = {value}{among} "
+                                f"(its values there: {shown or 'none'})")
+        done.append(f"{col}={value}")
+    return grid
 
 
 def select(df: pd.DataFrame, x: str = "params", y: str = "rfid", where=None, source: str = "the table") -> Table:
@@ -178,7 +251,8 @@ def select(df: pd.DataFrame, x: str = "params", y: str = "rfid", where=None, sou
         if col not in df.columns:
             raise AnalysisError(f"{source}: no column {col!r} for the {role} "
                                 f"(columns: {', '.join(map(str, df.columns))})")
-    df = df.copy()
+    df = df.reset_index(drop=True)  # the index is each row's position in the source (row_names)
+    df, duplicates = _drop_duplicates(df, source)
     df[x], df[y] = _numeric(df, x, source), _numeric(df, y, source)
     for col in dict.fromkeys((*schema.MEASUREMENT_ERRORS, schema.se_column(y), *schema.COSTS)):
         if col in df.columns:
@@ -186,32 +260,21 @@ def select(df: pd.DataFrame, x: str = "params", y: str = "rfid", where=None, sou
     kind = df["kind"].astype(str) if "kind" in df.columns else pd.Series("grid", index=df.index)
     status = df["status"].astype(str) if "status" in df.columns else pd.Series("completed", index=df.index)
     completed = status == "completed"
-    controls = df[(kind == "control") & completed].reset_index(drop=True)
-    grid = df[kind != "control"]
-    for col, value in _parse_where(where):
-        if col not in grid.columns:
-            raise AnalysisError(f"where {col}={value}: {source} has no column {col!r}")
-        if pd.api.types.is_numeric_dtype(grid[col]):
-            try:
-                grid = grid[grid[col] == float(value)]
-            except ValueError:
-                raise AnalysisError(f"where {col}={value}: column {col!r} is numeric, {value!r} is not") from None
-        else:
-            grid = grid[grid[col].astype(str) == value]
-    dropped = []
+    controls = df[(kind == "control") & completed]
+    grid = _apply_where(df[kind != "control"], where, source)
+    dropped = list(duplicates)
     for state, what in (("failed", "failed"), ("running", "unfinished (running)")):
         rows = grid[status[grid.index] == state]
         if len(rows):
-            warnings.warn(f"{source}: dropped {len(rows)} {what} trial(s): {', '.join(map(str, _ids(rows)))}",
-                          stacklevel=3)
-            dropped += _ids(rows)
+            warnings.warn(f"{source}: dropped {len(rows)} {what} trial(s): {listed(row_names(rows))}", stacklevel=3)
+            dropped += row_names(rows)
     grid = grid[completed[grid.index]]
     if "best" in grid.columns:
         grid = grid[grid["best"].map(_truthy).astype(bool)]
     bad = ~(np.isfinite(grid[x]) & np.isfinite(grid[y]))
     if bad.any():
-        ids = _ids(grid[bad])
+        ids = row_names(grid[bad])
         warnings.warn(f"{source}: dropped {len(ids)} row(s) with a NaN or infinite {x!r} or {y!r}: "
-                      f"{', '.join(map(str, ids))}", stacklevel=3)
+                      f"{listed(ids)}", stacklevel=3)
         dropped += ids
-    return Table(grid[~bad].reset_index(drop=True), controls, dropped, x, y)
+    return Table(grid[~bad], controls, dropped, x, y)

@@ -1,10 +1,16 @@
-"""The paper's scaling figures: points with seed and measurement error bars, the fitted law, its CI band,
-the controls.
+"""The paper's scaling figures: points with error bars, the fitted law with its CI and PI bands, the
+controls; and the rollout backtest's error against the extrapolation distance.
 
-Plotting takes a ``FitResults`` and never refits: ``plot_scaling`` draws one panel on an Axes;
-``scaling_figures`` fits and saves the three panels of the paper (expert-capacity scaling,
-layer-count scaling, unified law over trainable parameters) as PDF and PNG sized for one paper
-column, plus one combined figure with the panels side by side.
+Plotting takes results objects and never refits: ``plot_scaling`` draws one panel from a
+``FitResults``, ``plot_rollout`` a ``backtest.Rollout``; ``scaling_figures`` saves the panels that
+``analysis.panels.fit_panels`` fitted (it fits them only when not given them) as PDF and PNG sized
+for one paper column, one combined figure with the panels side by side and a single legend, and,
+given a rollout, its figure.
+
+Every panel draws a control with the same marker and colour (``control_styles``: by the control's
+place among the table's controls, not among those a panel can draw), and puts a tick at each drawn
+control's x. Error bars: a point's measurement error where the table has one (± 2 se of the mean
+over its seeds), else the spread of its seeds (± their std); the legend says which.
 
 Figures are built as ``matplotlib.figure.Figure`` objects on the Agg canvas (no pyplot state, no
 display needed) and written atomically (``drorae_io.atomic_path``: a temporary file, then ``os.replace``).
@@ -13,8 +19,8 @@ display needed) and written atomically (``drorae_io.atomic_path``: a temporary f
 from __future__ import annotations
 
 import logging
+import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -25,15 +31,20 @@ if "matplotlib.pyplot" not in sys.modules:  # headless: figures are files; a not
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize, to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from analysis.errors import AnalysisError  # noqa: E402
-from analysis.fit import FitResults, fit  # noqa: E402
+from analysis.fit import FitResults  # noqa: E402
+from analysis.panels import Panel, Panels, fit_panels  # noqa: E402
 from analysis.points import seed_stats  # noqa: E402
 from analysis.schema import se_column  # noqa: E402
 from drorae_io import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Panel", "control_styles", "plot_rollout", "plot_scaling", "scaling_figures", "slope_text"]
 
 COLUMN_WIDTH_IN = 3.5        # one column of a two-column paper
 PANEL_HEIGHT_IN = 3.0        # the legend sits below the axes, clear of the data
@@ -47,15 +58,25 @@ LABELS = {"params": "trainable parameters", "fused_layers": "fused layers", "exp
 CONTROL_NAMES = {"rae": "RAE baseline", "decoder_only": "decoder only", "last_layer": "last layer only"}
 CONTROL_MARKERS = ("s", "^", "D", "v", "P", "X", "*")
 RAE = "rae"                  # the control drawn as a horizontal line (the paper's baseline)
-# The measurement error bars: ±2 se, thick and pale under the seeds' thin capped ±std bars.
-MEASUREMENT_STYLE = {"fmt": "none", "elinewidth": 3.0, "alpha": 0.4, "capsize": 0}
+POINTS, FIT = "C0", "C1"     # the colours of the points and of the law; controls take C2, C3, ...
+CI_ALPHA, PI_ALPHA = 0.3, 0.12   # the mean's CI band, and the lighter prediction band beside it
+# Error bars: measurement error thick and pale, the seeds' spread thin and capped.
+BAR_STYLE = {"measurement": {"elinewidth": 2.5, "capsize": 0}, "seeds": {"elinewidth": 0.8, "capsize": 2}}
+ROLLOUT_LEGEND_MAX = 8       # more splits than this: a colour bar instead of a legend entry each
 
 
-def slope_text(result: FitResults) -> str:
-    """The law's rate in words: ``b = -2.23 per decade`` for log-linear."""
+# --- labels ----------------------------------------------------------------------------------
+
+
+def slope_text(result: FitResults, log_axis: bool = True) -> str:
+    """The law's rate in words: ``b = -2.23 per decade`` for log-linear on a log axis.
+
+    "Per decade" is said only where the x axis is logarithmic (a decade is then a fixed width); on a
+    linear axis the log-linear slope is given as what it is, per unit of log10 C.
+    """
     p = result.params
     if result.form == "log-linear":
-        return f"b = {p['b']:.3g} per decade"
+        return f"b = {p['b']:.3g} per decade" if log_axis else f"b = {p['b']:.3g} per unit of log10 C"
     if result.form == "linear":
         return f"b = {p['b']:.3g} per unit"
     if result.form == "power":
@@ -65,8 +86,10 @@ def slope_text(result: FitResults) -> str:
     return ", ".join(f"{k} = {v:.3g}" for k, v in p.items())
 
 
-def fit_label(result: FitResults) -> str:
-    return f"{slope_text(result)}, R² = {result.rsquared:.2f}"
+def fit_label(result: FitResults, log_axis: bool = True) -> str:
+    """The legend's line for the law: its rate and R², and "not identified" where the fit says so."""
+    text = f"{slope_text(result, log_axis)}, R² = {result.rsquared:.2f}"
+    return text if getattr(result, "identified", True) else text + " (not identified)"
 
 
 def _short(v: float) -> str:
@@ -77,15 +100,22 @@ def _short(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _measurement_bars(ax, cx, cy, se, color, gid: str, label: str | None = None):
-    """±2 se bars (``MEASUREMENT_STYLE``) at the points whose se is finite; nothing where none is."""
-    cx, cy, se = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (cx, cy, se))
-    ok = np.isfinite(se)
-    if not ok.any():
-        return
-    bars = ax.errorbar(cx[ok], cy[ok], yerr=2 * se[ok], ecolor=color, zorder=2.5, label=label,
-                       **MEASUREMENT_STYLE)
-    bars.lines[2][0].set_gid(gid)
+# --- controls --------------------------------------------------------------------------------
+
+
+def _control_ids(controls_df: pd.DataFrame) -> pd.Series:
+    if "point_id" in controls_df.columns:
+        return controls_df["point_id"].astype(str)
+    return pd.Series([f"control {i}" for i in range(len(controls_df))], index=controls_df.index)
+
+
+def control_styles(controls_df) -> dict[str, tuple[str, str]]:
+    """(marker, colour) per control drawn as a point: by its place among all the table's controls (sorted
+    by name; the RAE baseline is a line), so every panel draws a control alike."""
+    if controls_df is None or not len(controls_df):
+        return {}
+    names = sorted(n for n in _control_ids(controls_df).unique() if n != RAE)
+    return {n: (CONTROL_MARKERS[i % len(CONTROL_MARKERS)], f"C{i + 2}") for i, n in enumerate(names)}
 
 
 def _se_of_mean(rows: pd.DataFrame, col: str) -> float:
@@ -96,22 +126,78 @@ def _se_of_mean(rows: pd.DataFrame, col: str) -> float:
     return float(np.sqrt((se ** 2).sum()) / len(se)) if len(se) and np.isfinite(se).all() else float("nan")
 
 
-def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "params", y: str = "rfid",
-                 alpha: float = 0.05, label: str | None = None):
-    """Draw one scaling panel on ``ax``: points ± seed std and ± 2 se, the fit line, its CI band, the controls.
+def _spread(values: pd.Series, se: float) -> tuple[float, str]:
+    """A mean's error bar: (half-width, kind): ± 2 se ("se") where measured, else ± the std over its
+    runs ("std"), else none (NaN, "")."""
+    if math.isfinite(se):
+        return 2 * se, "se"
+    if len(values) > 1:
+        return float(values.std(ddof=1)), "std"
+    return math.nan, ""
 
-    Each point is the mean of its seeds: its thin capped bar (gid ``"points"``) is ± the std over
-    the seeds (a single run's spread); where the rows carry y's measurement error (``<y>_se``) a
-    thick pale bar (gid ``"measurement"``) is ± 2 se of the plotted mean, se = sqrt(sum se_j^2) / k
-    over its k seeds (the run's own se for one seed). The std already holds the measurement error
-    of each seed: the two bars are drawn side by side, never added, and the legend names both.
-    The fit line (gid ``"fit"``) and the (1 - alpha) mean CI band (gid ``"ci"``) come from
-    ``result.get_prediction(grid).summary_frame(alpha)`` on a log-spaced grid over the points'
-    range. The RAE control (point_id ``'rae'``) is a dashed horizontal line (gid ``"control:rae"``);
-    the other controls are distinct markers at their own x (gid ``"control:<point_id>"``) when it
-    is positive; with a measurement error, the RAE line gets a ± 2 se band (gid ``"control:rae:se"``) and
-    the others a ± 2 se bar (gid ``"control:<point_id>:se"``). Controls are only drawn, never fitted.
-    Returns ``ax``.
+
+def _controls(controls_df, x: str, y: str) -> list[dict]:
+    """The controls to draw: name, label, mean y, its error bar, and x (None for the RAE line; the
+    others only where their x is positive)."""
+    if controls_df is None or not len(controls_df) or y not in controls_df.columns:
+        return []
+    se_col, out = se_column(y), []
+    for name, rows in controls_df.groupby(_control_ids(controls_df), sort=True):
+        val = pd.to_numeric(rows[y], errors="coerce").astype(float)
+        val = val[np.isfinite(val)]
+        if val.empty:
+            continue
+        if name == RAE:
+            half, kind = _spread(val, _se_of_mean(rows.loc[val.index], se_col))
+            out.append({"name": name, "x": None, "y": float(val.mean()), "half": half, "kind": kind})
+            continue
+        cx = pd.to_numeric(rows.loc[val.index, x], errors="coerce").astype(float) if x in rows.columns \
+            else pd.Series(np.nan, index=val.index)
+        ok = np.isfinite(cx) & (cx > 0)
+        if not ok.any():
+            log.info("control %r has no positive %r: not drawn on the %s panel", name, x, x)
+            continue
+        half, kind = _spread(val[ok], _se_of_mean(rows.loc[ok[ok].index], se_col))
+        out.append({"name": name, "x": float(cx[ok].mean()), "y": float(val[ok].mean()), "half": half, "kind": kind})
+    return out
+
+
+# --- one panel -------------------------------------------------------------------------------
+
+
+def _point_bars(stats_: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's error bar: its kind ("measurement": ± 2 se of its mean; "seeds": ± the std over its
+    seeds; "none": one run without a measurement error) and half-width."""
+    se = stats_["se"].to_numpy(float) if "se" in stats_.columns else np.full(len(stats_), np.nan)
+    several = stats_["n"].to_numpy() > 1
+    kind = np.where(np.isfinite(se), "measurement", np.where(several, "seeds", "none"))
+    half = np.where(kind == "measurement", 2 * se, np.where(kind == "seeds", stats_["std"].to_numpy(float), np.nan))
+    return kind, half
+
+
+def _point_labels(kind: np.ndarray, several: bool) -> dict[str, str]:
+    mean = "mean" if several else "run"
+    return {"measurement": f"{mean} ± 2 se (measurement)", "seeds": "mean ± std over seeds",
+            "none": "run (one seed, no bar)" if (kind != "none").any() else "runs"}
+
+
+def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "params", y: str = "rfid",
+                 alpha: float = 0.05, label: str | None = None, legend: bool = True, xscale: str | None = None):
+    """Draw one scaling panel on ``ax`` from ``result`` (never refitted): points with error bars, the law,
+    its CI and PI bands, the controls.
+
+    Points: the mean of each capacity's seeds, drawn per kind of error bar (``_point_bars``): line gid
+    ``"points:<kind>"``, bars gid ``"bars:<kind>"``, kind ``measurement`` (± 2 se of the mean, se =
+    sqrt(sum se_j^2) / k over its k seeds, where every seed has its ``<y>_se``), ``seeds`` (± the std
+    over its seeds) or ``none`` (one run, no se); the legend names each kind drawn. The law (gid
+    ``"fit"``), the (1 - alpha) CI of its mean (gid ``"ci"``) and, lighter, the prediction interval of
+    a new run (gid ``"pi"``) come from ``result.get_prediction(grid).summary_frame(alpha)`` on a grid
+    over the points' range (no bands where the fit says it is not identified). Controls: the RAE
+    baseline (point_id ``'rae'``) is a dashed line (gid ``"control:rae"``) with a band (gid
+    ``"control:rae:se"`` or ``":std"``); the others are points at their own positive x (gid
+    ``"control:<id>"``, bars ``"control:<id>:se"`` or ``":std"``), styled by ``control_styles``, each
+    with a tick at its x on a top axis. The x axis is logarithmic where every x is positive (``xscale``).
+    ``legend=False`` leaves the legend to the caller (one for a combined figure). Returns ``ax``.
     """
     if not isinstance(points_df, pd.DataFrame) and hasattr(points_df, "points"):  # a Table
         points_df = points_df.points
@@ -120,140 +206,174 @@ def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "
             raise AnalysisError(f"plot_scaling: the points have no column {col!r}")
     se_col = se_column(y)
     stats_ = seed_stats(points_df, x, y, se=se_col if se_col in points_df.columns else None)
-    caps = stats_.index.to_numpy(dtype=float)
-    several = bool((stats_["n"] > 1).any())
-    bars = ax.errorbar(caps, stats_["mean"].to_numpy(), yerr=stats_["std"].to_numpy(), fmt="o", color="C0",
-                       ecolor="C0", capsize=2, elinewidth=0.8, zorder=3,
-                       label="trials (mean ± std over seeds)" if several else "trials")
-    bars.lines[0].set_gid("points")
-    if "se" in stats_.columns:
-        _measurement_bars(ax, caps, stats_["mean"], stats_["se"], "C0", "measurement",
-                          label="± 2 se of mean (measurement)" if several else "± 2 se (measurement)")
+    caps, means = stats_.index.to_numpy(dtype=float), stats_["mean"].to_numpy(float)
+    controls = _controls(controls_df, x, y)
+    control_x = [c["x"] for c in controls if c["x"] is not None]
+    if xscale is None:
+        xscale = "log" if np.all(np.concatenate([caps, control_x]) > 0) else "linear"
+    log_axis = xscale == "log"
+
+    kind, half = _point_bars(stats_)
+    labels = _point_labels(kind, bool((stats_["n"] > 1).any()))
+    for k in ("measurement", "seeds", "none"):
+        sel = kind == k
+        if not sel.any():
+            continue
+        style = BAR_STYLE.get(k, {})
+        bars = ax.errorbar(caps[sel], means[sel], yerr=half[sel] if style else None, fmt="o", color=POINTS,
+                           ecolor=to_rgba(POINTS, 0.45) if k == "measurement" else POINTS, zorder=3,
+                           label=labels[k], **style)
+        bars.lines[0].set_gid(f"points:{k}")
+        if style:
+            bars.lines[2][0].set_gid(f"bars:{k}")
 
     lo, hi = float(caps.min()), float(caps.max())
-    grid = np.geomspace(lo, hi, 200) if lo > 0 else np.linspace(lo, hi, 200)
+    grid = np.geomspace(lo, hi, 200) if log_axis and lo > 0 else np.linspace(lo, hi, 200)
     sf = result.get_prediction(grid).summary_frame(alpha)
-    ax.plot(grid, sf["mean"].to_numpy(), color="C1", label=label or fit_label(result), zorder=2, gid="fit")
-    ax.fill_between(grid, sf["mean_ci_lower"].to_numpy(), sf["mean_ci_upper"].to_numpy(), color="C1",
-                    alpha=0.25, linewidth=0, label=f"{100 * (1 - alpha):g}% CI", zorder=1, gid="ci")
+    ax.plot(grid, sf["mean"].to_numpy(), color=FIT, label=label or fit_label(result, log_axis), zorder=2, gid="fit")
+    level = f"{100 * (1 - alpha):g}%"
+    if getattr(result, "identified", True):
+        bands = (("pi", ("obs_ci_lower", "obs_ci_upper"), PI_ALPHA, "PI (new run)", 0.5),
+                 ("ci", ("mean_ci_lower", "mean_ci_upper"), CI_ALPHA, "CI (mean)", 1))
+        for gid, (low, high), shade, what, z in bands:
+            band = sf[low].to_numpy(float), sf[high].to_numpy(float)
+            if np.isfinite(band).all():
+                ax.fill_between(grid, *band, color=FIT, alpha=shade, linewidth=0, label=f"{level} {what}",
+                                zorder=z, gid=gid)
 
-    if controls_df is not None and len(controls_df) and y in controls_df.columns:
-        pid = controls_df["point_id"].astype(str) if "point_id" in controls_df.columns else \
-            pd.Series([f"control {i}" for i in range(len(controls_df))], index=controls_df.index)
-        k = 0
-        for name, rows in controls_df.groupby(pid, sort=True):
-            val = pd.to_numeric(rows[y], errors="coerce").astype(float)
-            val = val[np.isfinite(val)]
-            if val.empty:
-                continue
-            nice = CONTROL_NAMES.get(name, name)
-            if name == RAE:
-                se = _se_of_mean(rows.loc[val.index], se_col)
-                mean = float(val.mean())
-                ax.axhline(mean, color="0.3", linestyle="--", linewidth=1.0, zorder=2, gid=f"control:{name}",
-                           label=f"{nice} (band: ± 2 se)" if np.isfinite(se) else nice)
-                if np.isfinite(se):
-                    ax.axhspan(mean - 2 * se, mean + 2 * se, color="0.3", alpha=0.12, linewidth=0, zorder=1,
-                               gid=f"control:{name}:se")
-                continue
-            cx = pd.to_numeric(rows.loc[val.index, x], errors="coerce").astype(float) if x in rows.columns \
-                else pd.Series(np.nan, index=val.index)
-            ok = np.isfinite(cx) & (cx > 0)
-            if not ok.any():
-                log.info("control %r has no positive %r: not drawn on the %s panel", name, x, x)
-                continue
-            bars = ax.errorbar(cx[ok].mean(), val[ok].mean(), yerr=val[ok].std(ddof=1) if ok.sum() > 1 else None,
-                               fmt=CONTROL_MARKERS[k % len(CONTROL_MARKERS)], color=f"C{k + 2}", capsize=2,
-                               label=nice, zorder=4)
-            bars.lines[0].set_gid(f"control:{name}")
-            _measurement_bars(ax, cx[ok].mean(), val[ok].mean(), _se_of_mean(rows.loc[ok[ok].index], se_col),
-                              f"C{k + 2}", f"control:{name}:se")
-            k += 1
+    styles = control_styles(controls_df)
+    for c in controls:
+        name, nice = c["name"], CONTROL_NAMES.get(c["name"], c["name"])
+        how = {"se": "± 2 se", "std": "± std over seeds"}.get(c["kind"], "")
+        if c["x"] is None:  # the RAE baseline: a line across the panel, its band
+            ax.axhline(c["y"], color="0.3", linestyle="--", linewidth=1.0, zorder=2, gid=f"control:{name}",
+                       label=f"{nice} (band: {how})" if how else nice)
+            if how:
+                ax.axhspan(c["y"] - c["half"], c["y"] + c["half"], color="0.3", alpha=0.12, linewidth=0, zorder=1,
+                           gid=f"control:{name}:{c['kind']}")
+            continue
+        marker, color = styles[name]
+        bars = ax.errorbar(c["x"], c["y"], yerr=c["half"] if how else None, fmt=marker, color=color, capsize=2,
+                           label=f"{nice} ({how})" if how else nice, zorder=4)
+        bars.lines[0].set_gid(f"control:{name}")
+        if how:
+            bars.lines[2][0].set_gid(f"control:{name}:{c['kind']}")
 
-    ax.set_xscale("log")
-    if hi > lo > 0 and hi / lo < 100 and len(caps) <= 8:
-        # Under two decades a log axis gets labels like 3x10^0: label the tried values instead.
-        ax.set_xticks(caps, [_short(c) for c in caps])
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    _x_axis(ax, caps, log_axis)
+    _control_ticks(ax, [(c["x"], styles[c["name"]][1]) for c in controls if c["x"] is not None])
     ax.set_xlabel(LABELS.get(x, x))
     ax.set_ylabel(LABELS.get(y, y))
     ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
-    # Below the axes: the RAE line spans the full width, so no corner inside is reliably free.
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False,
-              handlelength=1.6, columnspacing=1.0)
+    if legend:
+        # Below the axes: the RAE line spans the full width, so no corner inside is reliably free.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False,
+                  handlelength=1.6, columnspacing=1.0)
     return ax
+
+
+def _x_axis(ax, caps: np.ndarray, log_axis: bool) -> None:
+    """The x scale and ticks: under two decades (8 capacities or fewer) a tick at each capacity."""
+    lo, hi = float(caps.min()), float(caps.max())
+    if log_axis:
+        ax.set_xscale("log")
+    if log_axis and hi > lo > 0 and hi / lo < 100 and len(caps) <= 8:
+        # Under two decades a log axis gets labels like 3x10^0: label the tried values instead.
+        ax.set_xticks(caps, [_short(c) for c in caps])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def _control_ticks(ax, ticks: list[tuple[float, str]]) -> None:
+    """A tick at each drawn control's x, on a top axis (gid ``"control_ticks"``) so that its label, in the
+    control's colour, never collides with the capacities' below."""
+    if not ticks:
+        return
+    top = ax.secondary_xaxis("top")
+    top.set_gid("control_ticks")
+    xs = [x for x, _ in ticks]
+    top.set_xticks(xs, [_short(x) for x in xs], rotation=40, ha="left", rotation_mode="anchor")
+    top.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    for label, (_, color) in zip(top.get_xticklabels(), ticks):
+        label.set_color(color)
+    top.tick_params(axis="x", which="major", length=3, pad=1)
 
 
 # --- the paper's panels ------------------------------------------------------------------------
 
 
-@dataclass
-class Panel:
-    """One of the paper's panels: its rows, x, the fit (already made) and a title."""
-
-    name: str
-    title: str
-    points: pd.DataFrame
-    x: str
-    result: FitResults
+def panel_figure(panel: Panel, controls_df, y: str, alpha: float = 0.05) -> Figure:
+    """One panel, one column wide, its legend below the axes."""
+    fig = Figure(figsize=(COLUMN_WIDTH_IN, PANEL_HEIGHT_IN), layout="constrained")
+    ax = fig.add_subplot()
+    plot_scaling(ax, panel.points, panel.result, controls_df, x=panel.x, y=y, alpha=alpha)
+    ax.set_title(panel.title)
+    return fig
 
 
-def _common(values: pd.Series):
-    counts = values.value_counts()
-    return counts.index[counts.to_numpy() == counts.max()].max()  # ties: the largest
+def combined_figure(panels: list[Panel], controls_df, y: str, alpha: float = 0.05) -> Figure:
+    """The panels side by side with one legend below them; each panel's law (rate, R²) in its title."""
+    fig = Figure(figsize=(COLUMN_WIDTH_IN * len(panels), PANEL_HEIGHT_IN), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, p in zip(axes, panels):
+        plot_scaling(ax, p.points, p.result, controls_df, x=p.x, y=y, alpha=alpha, label="fitted law", legend=False)
+        ax.set_title(f"{p.title}\n{fit_label(p.result, ax.get_xscale() == 'log')}")
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(text, handle)           # the same entry from several panels: once
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(4, len(handles)),
+               frameon=False, handlelength=1.6, columnspacing=1.0)
+    return fig
 
 
-def scaling_panels(table, form: str = "log-linear", skipped: list | None = None) -> list[Panel]:
-    """Fit the paper's three panels that this table allows.
+# --- the rollout backtest --------------------------------------------------------------------
 
-    A skipped panel is logged with its reason, or, when ``skipped`` is a list, appended to it as
-    ``(logging level, message)`` for the caller to report.
+
+def plot_rollout(ax, rollout, legend: bool = True):
+    """Draw a ``backtest.Rollout`` on ``ax``: each split's error at each capacity it predicted against the
+    decades it reached beyond its largest fitted capacity.
+
+    A point is predicted minus the mean of the runs at that capacity (the split's ``error``); its bar
+    is the (1 - alpha) prediction interval shifted the same way, [pi_lower, pi_upper] - truth, so a bar
+    that crosses the dashed zero line holds the truth. One colour per split (gid ``"rollout:<k>"`` on
+    its points), darker for fewer capacities fitted; a legend entry each up to ``ROLLOUT_LEGEND_MAX``
+    splits, a colour bar beyond. Returns ``ax``.
     """
-    pts, y = table.points, table.y
-    panels: list[Panel] = []
-    has_layers = "fused_layers" in pts.columns
+    splits = rollout.splits
+    ks = [s.k for s in splits]
+    norm = Normalize(min(ks), max(max(ks), min(ks) + 1))
+    cmap = matplotlib.colormaps["viridis"]
+    for s in splits:
+        r = s.rows
+        err = r["error"].to_numpy(float)
+        lower = r["mean"].to_numpy(float) - r["pi_lower"].to_numpy(float)
+        upper = r["pi_upper"].to_numpy(float) - r["mean"].to_numpy(float)
+        bars = ax.errorbar(r["decades"].to_numpy(float), err, yerr=[lower, upper], fmt="o", markersize=3,
+                           color=cmap(norm(s.k)), capsize=2, elinewidth=0.8, zorder=3,
+                           label=f"fitted on {s.k} smallest (≤ {_short(s.fitted_max)})")
+        bars.lines[0].set_gid(f"rollout:{s.k}")
+    ax.axhline(0.0, color="0.3", linestyle="--", linewidth=0.8, zorder=1, gid="zero")
+    ax.set_xlabel("decades beyond the largest fitted capacity")
+    ax.set_ylabel(f"predicted − true {LABELS.get(rollout.y, rollout.y)}")
+    ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
+    level = f"{100 * (1 - rollout.alpha):g}%"
+    if legend and len(splits) <= ROLLOUT_LEGEND_MAX:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False,
+                  title=f"bars: the {level} prediction interval, less the truth", title_fontsize=6.5)
+    elif legend:
+        ax.figure.colorbar(ScalarMappable(norm, cmap), ax=ax, label="capacities fitted (k)")
+        ax.set_title(f"bars: the {level} prediction interval, less the truth", fontsize=6.5)
+    return ax
 
-    def skip(level, message, *args):
-        if skipped is None:
-            log.log(level, message, *args)
-        else:
-            skipped.append((level, message % args))
 
-    def add(name, title, rows, x):
-        try:
-            res = fit(rows, x=x, y=y, form=form)
-        except AnalysisError as exc:
-            skip(logging.WARNING, "figure %s skipped: %s", name, exc)
-            return
-        panels.append(Panel(name, title, rows.reset_index(drop=True), x, res))
+def rollout_figure(rollout) -> Figure:
+    """The rollout's error against its extrapolation distance, one column wide."""
+    fig = Figure(figsize=(COLUMN_WIDTH_IN, PANEL_HEIGHT_IN + 0.4), layout="constrained")
+    plot_rollout(fig.add_subplot(), rollout)
+    fig.suptitle(f"Rollout backtest ({rollout.form})", fontsize=8)
+    return fig
 
-    # (1) expert-capacity scaling at the most common layer count
-    if has_layers and len(pts):
-        k = _common(pts["fused_layers"])
-        add("capacity_scaling", f"Expert capacity ({k:g} fused layers)", pts[pts["fused_layers"] == k],
-            table.x)
-    else:
-        add("capacity_scaling", "Expert capacity", pts, table.x)
 
-    # (2) layer-count scaling at one expert width
-    n_layers = pts["fused_layers"].nunique() if has_layers else 0
-    if n_layers < 3:
-        skip(logging.INFO, "figure layer_scaling skipped: the table has %d distinct fused_layers value(s), "
-             "a layer-count law needs at least 3", n_layers)
-    else:
-        rows = pts
-        if "expert_hidden" in pts.columns:
-            spread = pts.groupby("expert_hidden")["fused_layers"].nunique()
-            width = spread.index[spread.to_numpy() == spread.max()].max()
-            rows = pts[pts["expert_hidden"] == width]
-            title = f"Layer count (expert width {width:g})"
-        else:
-            title = "Layer count"
-        add("layer_scaling", title, rows, "fused_layers")
-
-    # (3) the unified law over trainable parameters: every grid row
-    add("unified_scaling", "Unified law (all grid runs)", pts, table.x)
-    return panels
+# --- files -----------------------------------------------------------------------------------
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -271,36 +391,32 @@ def _save_both(fig: Figure, stem: Path) -> list[Path]:
     return paths
 
 
-def scaling_figures(table, out_dir, alpha: float = 0.05, form: str = "log-linear") -> list[Path]:
-    """Fit and save the paper's panels as PDF and PNG (one column wide) plus a combined figure.
+def scaling_figures(table, out_dir, alpha: float = 0.05, form: str = "log-linear", panels: Panels | None = None,
+                    rollout=None) -> list[Path]:
+    """Save the paper's panels as PDF and PNG (one column wide) plus a combined figure, and the rollout's.
 
-    ``table`` is an ``analysis.Table`` (from ``load``). Files: ``capacity_scaling``,
-    ``layer_scaling`` (only with >= 3 distinct fused_layers), ``unified_scaling`` and
-    ``scaling_panels`` (all panels side by side), each ``.pdf`` and ``.png``. Returns the paths.
+    ``table`` is an ``analysis.Table`` (from ``load``); ``panels`` its ``fit_panels`` (fitted here,
+    with ``form``, only when not given). Files: ``capacity_scaling``, ``layer_scaling`` (only with >= 3
+    distinct fused_layers), ``unified_scaling``, ``scaling_panels`` (all panels side by side) and,
+    given a ``backtest.Rollout``, ``rollout_error``; each ``.pdf`` and ``.png``. Returns the paths.
     """
     out_dir = Path(out_dir)
-    skipped: list = []
-    panels = scaling_panels(table, form=form, skipped=skipped)
-    if not panels:  # one error, before anything is written (the reasons are the panels' own)
+    if panels is None:
+        panels = fit_panels(table, form=form)
+    if not panels.panels:  # one error, before anything is written (the reasons are the panels' own)
         source = f"{table.source}: " if getattr(table, "source", None) else ""
-        reason = skipped[0][1].split(": ", 1)[-1] if skipped else f"no rows to fit in {table.x!r}"
+        reason = panels.skipped[0][1].split(": ", 1)[-1] if panels.skipped else f"no rows to fit in {table.x!r}"
         raise AnalysisError(f"{source}no figure could be made: {reason}")
-    for level, message in skipped:
+    for level, message in panels.skipped:
         log.log(level, message)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with matplotlib.rc_context(STYLE):
-        for p in panels:
-            fig = Figure(figsize=(COLUMN_WIDTH_IN, PANEL_HEIGHT_IN), layout="constrained")
-            ax = fig.add_subplot()
-            plot_scaling(ax, p.points, p.result, table.controls, x=p.x, y=table.y, alpha=alpha)
-            ax.set_title(p.title)
-            written += _save_both(fig, out_dir / p.name)
-        fig = Figure(figsize=(COLUMN_WIDTH_IN * len(panels), PANEL_HEIGHT_IN), layout="constrained")
-        axes = fig.subplots(1, len(panels), squeeze=False)[0]
-        for ax, p in zip(axes, panels):
-            plot_scaling(ax, p.points, p.result, table.controls, x=p.x, y=table.y, alpha=alpha)
-            ax.set_title(p.title)
-        written += _save_both(fig, out_dir / "scaling_panels")
+        for p in panels.panels:
+            written += _save_both(panel_figure(p, table.controls, table.y, alpha), out_dir / p.name)
+        written += _save_both(combined_figure(panels.panels, table.controls, table.y, alpha),
+                              out_dir / "scaling_panels")
+        if rollout is not None and rollout.splits:
+            written += _save_both(rollout_figure(rollout), out_dir / "rollout_error")
     log.info("wrote %d figure files to %s", len(written), out_dir)
     return written

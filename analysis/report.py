@@ -1,11 +1,14 @@
-"""One Markdown report per sweep: the results table, the fitted law, predictions, backtest, figures.
+"""One Markdown report per sweep: the results table, the fitted law, predictions, backtests, figures.
 
     from analysis import load
     from analysis.report import write_report
     write_report(load("results/default"), "results/default/report.md", figures_dir="results/default/figures")
 
-The report is written atomically (``drorae_io.atomic_path``: a temporary file in the same folder, then
-``os.replace``).
+Each law is fitted once (``analysis.panels.fit_panels``: one ``FitResults`` per panel; the unified
+panel's is the report's law) and the backtests once, in ``write_report``; the sections and the
+figures only format and draw those results. A table too long to list trial by trial (over
+``MAX_LISTED_TRIALS`` rows) is summarised per capacity. The report is written atomically
+(``drorae_io.atomic_path``: a temporary file in the same folder, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from analysis.backtest import backtest
+from analysis.backtest import ROLLOUT_WEIGHTING, Rollout, backtest, rollout
 from analysis.errors import AnalysisError
-from analysis.fit import FitResults, fit
+from analysis.fit import FitResults
+from analysis.panels import Panels, fit_panels
 from analysis.schema import se_column
 from drorae_io import atomic_path
 
@@ -28,6 +34,9 @@ log = logging.getLogger(__name__)
 TABLE_COLUMNS = ("params", "rfid", "psnr", "ssim", "lpips", "status")
 DEFAULT_MULTIPLES = (10, 100)        # untried capacities: 10x and 100x the largest trained one
 BOOTSTRAP_B = 10_000
+MAX_LISTED_TRIALS = 500              # longer tables: one row per capacity instead of one per trial
+MAX_LISTED_DROPPED = 100
+MAX_ROLLOUT_ROWS = 30                # more splits: this many, evenly spaced, and the overall row
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -72,6 +81,9 @@ def _results_section(table) -> list[str]:
         if df is None or not len(df):
             lines += ["None.", ""]
             continue
+        if len(df) > MAX_LISTED_TRIALS and table.x in df.columns and table.y in df.columns:
+            lines += _per_capacity(df, table.x, table.y)
+            continue
         ids = [c for c in (id_col, "trial_id" if id_col == "point_id" else "point_id") if c in df.columns]
         cols = ids + [c for c in dict.fromkeys((table.x, table.y, se_column(table.y)) + TABLE_COLUMNS)
                       if c in df.columns]
@@ -79,6 +91,15 @@ def _results_section(table) -> list[str]:
             if table.x in df.columns else df
         lines += _md_table(cols, df[cols].values.tolist()) + [""]
     return lines
+
+
+def _per_capacity(df: pd.DataFrame, x: str, y: str) -> list[str]:
+    """A long table in brief: per capacity, its number of trials and the mean, std, min and max of y."""
+    g = pd.to_numeric(df[y], errors="coerce").groupby(df[x])
+    per = pd.DataFrame({"n": g.size(), "mean": g.mean(), "std": g.std(ddof=1), "min": g.min(), "max": g.max()})
+    rows = [[c, int(r["n"]), r["mean"], r["std"], r["min"], r["max"]] for c, r in per.iterrows()]
+    return [f"{len(df):,} trials: too many to list one by one; per capacity instead.", ""] + \
+        _md_table([x, "trials", f"mean {y}", "std", "min", "max"], rows) + [""]
 
 
 def _fit_section(res: FitResults, alpha: float) -> list[str]:
@@ -110,7 +131,15 @@ def _fit_section(res: FitResults, alpha: float) -> list[str]:
     if res.auto_scores is not None:
         lines.append("- Form chosen by leave-one-capacity-out RMSE: " +
                      ", ".join(f"{k} {v:.4g}" for k, v in res.auto_scores.items()))
+    lines += _fit_warnings(res)
     return lines + [""] + _measurement_section(res)
+
+
+def _fit_warnings(res: FitResults) -> list[str]:
+    """What the fit says about itself (``identified``, ``warnings``; absent on fits that say nothing)."""
+    lines = [] if getattr(res, "identified", True) else ["- **Not identified**: the data do not pin down "
+                                                        "every parameter of this law; its intervals do not hold"]
+    return lines + [f"- Warning: {w}" for w in (getattr(res, "warnings", None) or [])]
 
 
 def _measurement_section(res: FitResults) -> list[str]:
@@ -154,25 +183,56 @@ def _prediction_section(res: FitResults, capacities, alpha: float) -> list[str]:
     return ["## Predictions for untried capacities", ""] + _md_table(header, rows) + [""]
 
 
-def _backtest_section(table, holdout: int, alpha: float, form: str) -> list[str]:
+def _backtest_section(bt, holdout: int, x: str, y: str, alpha: float) -> list[str]:
+    """The held-out backtest's rows (``bt``: ``backtest``'s frame, or the AnalysisError it raised)."""
     lines = [f"## Backtest (largest {holdout} capacit{'y' if holdout == 1 else 'ies'} held out)", ""]
-    try:
-        bt = backtest(table, holdout=holdout, form=form, alpha=alpha)
-    except AnalysisError as exc:
-        return lines + [f"Not run: {exc}", ""]
-    header = [table.x, f"true {table.y}", "predicted", f"{100 * (1 - alpha):g}% PI", "error", "rel. error",
-              "covered"]
+    if isinstance(bt, AnalysisError):
+        return lines + [f"Not run: {bt}", ""]
+    header = [x, f"true {y}", "predicted", f"{100 * (1 - alpha):g}% PI", "error", "rel. error", "covered"]
     rows = [[r["capacity"], r["truth"], r["mean"], _interval(r["pi_lower"], r["pi_upper"]), r["error"],
              f"{100 * r['rel_error']:.1f}%", bool(r["covered"])] for r in bt.to_dict("records")]
     return lines + _md_table(header, rows) + [
         "", f"{int(bt['covered'].sum())} of {len(bt)} held-out runs inside their prediction interval.", ""]
 
 
+def _rollout_section(ro, alpha: float) -> list[str]:
+    """The rollout's table: one row per split, then every split pooled (``ro``: a ``Rollout``, or the error)."""
+    lines = ["## Rollout backtest (fit the k smallest capacities, predict every larger one)", ""]
+    if isinstance(ro, AnalysisError):
+        return lines + [f"Not run: {ro}", ""]
+    level = f"{100 * (1 - alpha):g}%"
+    table = ro.table()
+    shown = table if len(table) <= MAX_ROLLOUT_ROWS else \
+        table.iloc[np.unique(np.linspace(0, len(table) - 1, MAX_ROLLOUT_ROWS).round().astype(int))]
+    header = ["k", f"fitted up to {ro.x}", "predicted runs", "reach (decades)", "bias", "mean abs. error",
+              "weighted rel. error", f"in {level} PI"]
+
+    def cells(m: dict) -> list:
+        return [m["n"], f"{m['max_decades']:.2f}", m["bias"], m["mae"], _percent(m["weighted_rel_error"]),
+                _percent(m["coverage"])]
+
+    rows = [[int(r["k"]), r["fitted_max"], *cells(r)] for r in shown.to_dict("records")]
+    overall = ro.overall()
+    rows.append(["all", f"{overall['splits']} split{'s' if overall['splits'] != 1 else ''}", *cells(overall)])
+    lines += [f"Form `{ro.form}`; bias is predicted minus true {ro.y} (mean over the predicted runs); the "
+              f"relative error is {ROLLOUT_WEIGHTING}."]
+    if len(shown) < len(table):
+        lines[-1] += f" {len(shown)} of the {len(table)} splits shown; `drorae backtest --rollout --json` has all."
+    lines += [""] + _md_table(header, rows) + [""]
+    return lines + [f"- Split k = {k} not fitted: {why}" for k, why in ro.skipped] + ([""] if ro.skipped else [])
+
+
+def _percent(v: float) -> str:
+    return "" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
+
+
 def _dropped_section(table) -> list[str]:
     lines = ["## Failed and dropped trials", ""]
     if not table.dropped:
         return lines + ["None.", ""]
-    return lines + [f"- {d}" for d in table.dropped] + [""]
+    more = len(table.dropped) - MAX_LISTED_DROPPED
+    return lines + [f"- {d}" for d in table.dropped[:MAX_LISTED_DROPPED]] + \
+        ([f"- ... and {more} more"] if more > 0 else []) + [""]
 
 
 def _figures_section(paths: list[Path], out_dir: Path) -> list[str]:
@@ -201,38 +261,49 @@ def default_capacities(res: FitResults, multiples=DEFAULT_MULTIPLES) -> list[flo
 
 
 def write_report(table, out_path, figures_dir=None, capacities=None, holdout: int = 1, alpha: float = 0.05,
-                 form: str = "log-linear", title: str | None = None) -> Path:
+                 form: str = "log-linear", title: str | None = None, panels: Panels | None = None) -> Path:
     """Write the sweep's Markdown report to ``out_path`` (atomically) and return its path.
 
-    ``table``: an ``analysis.Table`` (from ``load``). ``capacities``: where to predict (default 10x
-    and 100x the largest trained capacity). ``figures_dir``: when given, ``scaling_figures`` writes
-    the paper's panels there and the report embeds them with relative links. A fit, backtest or
-    figure that the data do not allow is named in the report instead of failing it.
+    ``table``: an ``analysis.Table`` (from ``load``). ``panels``: its laws, ``fit_panels(table, form)``
+    (fitted here when not given): the unified panel's law is the report's. ``capacities``: where to
+    predict (default 10x and 100x the largest trained capacity). The held-out backtest and the rollout
+    use the law's form. ``figures_dir``: when given, ``scaling_figures`` draws the panels and the
+    rollout there and the report embeds them with relative links. A fit, backtest or figure that the
+    data do not allow is named in the report instead of failing it (and, without a law, warned of).
     """
     from analysis.plots import scaling_figures  # matplotlib only when figures are asked for
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    panels = fit_panels(table, form=form) if panels is None else panels
+    res = panels.law
+    bt = ro = None
+    if res is not None:
+        laws: dict = {}  # the held-out backtest's law is the rollout's split k = m - holdout: fitted once
+        bt, ro = (_attempt(lambda: backtest(table, holdout=holdout, form=res.form, alpha=alpha, cache=laws)),
+                  _attempt(lambda: rollout(table, form=res.form, alpha=alpha, cache=laws)))
+    else:
+        warnings.warn(f"no law fitted, the report says why: {panels.law_error}", stacklevel=2)
+
     heading = title or f"Scaling report: {out_path.parent.name or 'sweep'}"
     lines = [f"# {heading}", "",
              f"{len(table.points)} grid trial(s) fitted, {len(table.controls)} control run(s), "
              f"{len(table.dropped)} dropped. Intervals at {100 * (1 - alpha):g}%.", ""]
     lines += _results_section(table)
-    try:
-        res = fit(table, form=form)
-    except AnalysisError as exc:
-        res = None
-        lines += ["## Fitted law", "", f"No fit: {exc}", ""]
-    if res is not None:
+    if res is None:
+        lines += ["## Fitted law", "", f"No fit: {panels.law_error}", ""]
+    else:
         lines += _fit_section(res, alpha)
         caps = default_capacities(res) if capacities is None else list(capacities)
         if caps:
             lines += _prediction_section(res, caps, alpha)
-        lines += _backtest_section(table, holdout, alpha, res.form)
+        lines += _backtest_section(bt, holdout, table.x, table.y, alpha)
+        lines += _rollout_section(ro, alpha)
     lines += _dropped_section(table)
     if figures_dir is not None:
         try:
-            paths = scaling_figures(table, figures_dir, alpha=alpha, form=res.form if res else form)
+            paths = scaling_figures(table, figures_dir, alpha=alpha, panels=panels,
+                                    rollout=ro if isinstance(ro, Rollout) else None)
         except AnalysisError as exc:
             lines += ["## Figures", "", f"None: {exc}", ""]
         else:
@@ -241,3 +312,11 @@ def write_report(table, out_path, figures_dir=None, capacities=None, holdout: in
         tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     log.info("wrote %s", out_path)
     return out_path
+
+
+def _attempt(make):
+    """``make()``, or the AnalysisError it raised (the report names it in the section)."""
+    try:
+        return make()
+    except AnalysisError as exc:
+        return exc

@@ -88,35 +88,52 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_plan(plan))
         return 0
-    from .results import summary
     from .run import run_sweep
 
     log.debug("plan:\n%s", format_plan(plan))
     df = run_sweep(plan, restart=args.restart, address=args.address)
     if df is not None:
-        print(summary(df))
-        _analyze_sweep(spec.sweep_dir, args.prog)
+        _end_of_sweep(df, spec.sweep_dir, args.prog)
     return 0
 
 
-def _analyze_sweep(sweep_dir, prog: str) -> None:
-    """A sweep ends with its law: the fit, the paper's figures and the Markdown report."""
-    from analysis import fit, load
+def _end_of_sweep(df, sweep_dir, prog: str) -> None:
+    """A sweep ends with each point's rFID, then its law, the paper's figures and the Markdown report.
+
+    The law of each panel is fitted once (``analysis.panels.fit_panels``) and passed on: the summary's
+    intervals, the law printed here, the report and its figures all read the same ``FitResults``.
+    """
+    from analysis import load
     from analysis.errors import AnalysisError
+    from analysis.panels import fit_panels
     from analysis.report import write_report
+
+    from .results import summary
 
     try:
         with warnings_as_lines(prog):
             table = load(sweep_dir)
-            result = fit(table)
-            report = write_report(table, sweep_dir / "report.md", figures_dir=sweep_dir / "figures")
-    except AnalysisError as err:  # e.g. fewer than 3 capacities completed: the sweep itself is fine
+            panels = fit_panels(table)
+    except AnalysisError as err:  # e.g. no trial completed: the summary still lists the points
+        print(summary(df))
         log.warning("no scaling-law fit for this sweep: %s", err)
         return
+    result = panels.law
+    print(summary(df, law=result))
+    if result is None:  # e.g. fewer than 3 capacities completed: the sweep itself is fine
+        log.warning("no scaling-law fit for this sweep: %s", panels.law_error)
+        return
+    try:
+        with warnings_as_lines(prog):
+            report = write_report(table, sweep_dir / "report.md", figures_dir=sweep_dir / "figures", panels=panels)
+    except AnalysisError as err:
+        log.warning("no report for this sweep: %s", err)
+        report = None
     lo, hi = result.conf_int(0.05).loc["b"]
     print(f"\nlog-linear law: rFID = {result.params['a']:.4g} + ({result.params['b']:.4g}) log10(params), "
           f"slope 95% CI [{lo:.4g}, {hi:.4g}], R^2 = {result.rsquared:.3f}, n = {int(result.nobs)}")
-    print(f"report: {report}; figures: {sweep_dir / 'figures'}")
+    if report is not None:
+        print(f"report: {report}; figures: {sweep_dir / 'figures'}")
 
 
 # --- the command line ------------------------------------------------------------------------

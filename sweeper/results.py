@@ -103,14 +103,19 @@ def error_line(trial) -> str:
     return lines[-1][:500] if lines else "unknown error"
 
 
-def summary(df: pd.DataFrame, alpha: float = 0.05) -> str:
+_FIT_HERE = object()  # summary's default: fit the law itself
+
+
+def summary(df: pd.DataFrame, alpha: float = 0.05, law=_FIT_HERE) -> str:
     """The lines a user sees at the end of a sweep: each point's rFID with its interval, then every trial
     that did not complete.
 
     A point's interval (``analysis.points``) is the t-interval of its mean over its seeds when it has
     several, else the log-linear law's interval of the mean at its capacity (``analysis.fit``, fitted to
     the sweep's points; no interval while it cannot be fitted, e.g. under 3 capacities); each line
-    says which. Controls are listed without one: they are never fitted.
+    says which. Controls are listed without one: they are never fitted. ``law``: that law when the
+    caller has fitted it already (None: it could not be; the end of a sweep fits it once), by default
+    fitted here.
     """
     from analysis import AnalysisError, fit, load
     from analysis.points import LAW, point_intervals
@@ -119,10 +124,11 @@ def summary(df: pd.DataFrame, alpha: float = 0.05) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dropped rows: the sweep's analysis names them once, after this
         table = load(df)
-        try:
-            law = fit(table)
-        except AnalysisError:
-            law = None
+        if law is _FIT_HERE:
+            try:
+                law = fit(table)
+            except AnalysisError:
+                law = None
     rows = [["point", "params", "seeds", "val L1", "rFID", "rFID se", f"{level} interval", "the interval is"]]
     for p in point_intervals(table, law, alpha).itertuples():
         how = (f"the {law.form} law's CI of the mean at its params" if p.source == LAW else

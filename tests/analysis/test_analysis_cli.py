@@ -1,14 +1,20 @@
 """The analysis commands (`drorae fit|predict|backtest|figures|report`, also `python -m analysis ...`):
-JSON checked against numpy least squares, one-line exit-2 errors, and no torch in the process."""
+JSON checked against numpy least squares, one-line exit-2 errors (fuzzed), and no torch in the process."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from analysis.cli import FORMS, build_parser, run_command
 
@@ -145,7 +151,7 @@ def test_backtest_json(results_dir, capsys):
 @pytest.mark.parametrize("case, words", [
     ("two-capacities", ["'params'", "2 distinct", "at least 3"]),
     ("non-positive", ["'params'", "non-positive", "log-linear"]),
-    ("predict-non-positive", ["'params'", "non-positive"]),
+    ("predict-non-positive", ["--capacity -1", "finite capacity > 0"]),
     ("missing-column", ["'loss'"]),
     ("missing-file", ["nope.parquet", "no such file"]),
     ("holdout-too-large", ["holdout=7", "at least 3"]),
@@ -216,3 +222,197 @@ def test_figures_and_report(results_dir, tmp_path, capsys):
     text = report.read_text()
     assert "log10" in text and "h99-k6-s0-t0" in text        # the law, and the dropped failed trial
     assert any(name.endswith(".png") for name in os.listdir(results_dir / "figures"))
+
+
+# --- backtest --rollout ------------------------------------------------------------------------
+
+
+def test_backtest_rollout_json_matches_numpy(results_dir, capsys):
+    """8 capacities x 2 seeds: splits k = 3..7; the pooled bias and weighted relative error by numpy."""
+    rc, out, _ = run(capsys, "backtest", results_dir, "--rollout", "--json")
+    assert rc == 0
+    res = json.loads(out)
+    assert [s["k"] for s in res["splits"]] == [3, 4, 5, 6, 7] and res["skipped"] == []
+    assert "log10(C / C_max)" in res["weighting"]
+    pts = results_table(extra=False)
+    C, y = pts["params"].to_numpy(float), pts["rfid"].to_numpy(float)
+    caps = np.unique(C)
+    errs, rels, ds = [], [], []
+    for k in range(3, len(caps)):
+        tr, te = C <= caps[k - 1], C > caps[k - 1]
+        X = np.column_stack([np.ones(tr.sum()), np.log10(C[tr])])
+        coef, *_ = np.linalg.lstsq(X, y[tr], rcond=None)
+        e = coef[0] + coef[1] * np.log10(C[te]) - y[te]
+        errs.append(e)
+        rels.append(np.abs(e) / np.abs(y[te]))
+        ds.append(np.log10(C[te] / caps[k - 1]))
+        split = res["splits"][k - 3]
+        assert split["n"] == te.sum() and split["bias"] == pytest.approx(e.mean(), rel=1e-9)
+    e, r, d = (np.concatenate(v) for v in (errs, rels, ds))
+    overall = res["overall"]
+    assert overall["n"] == len(e) == 2 * (5 + 4 + 3 + 2 + 1) and overall["splits"] == 5
+    assert overall["bias"] == pytest.approx(e.mean(), rel=1e-9)
+    assert overall["weighted_rel_error"] == pytest.approx((d * r).sum() / d.sum(), rel=1e-9)
+    assert overall["max_decades"] == pytest.approx(np.log10(caps[-1] / caps[2]))
+    assert 0 <= overall["coverage"] <= 1
+
+
+def test_backtest_rollout_text(results_dir, capsys):
+    rc, out, _ = run(capsys, "backtest", results_dir, "--rollout")
+    assert rc == 0
+    lines = out.splitlines()
+    assert [ln.split()[0] for ln in lines[2:8]] == ["3", "4", "5", "6", "7", "all"]
+    assert "weighted by the reach" in lines[-1]
+
+
+def test_rollout_and_holdout_together_are_refused(results_dir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["backtest", str(results_dir), "--rollout", "--holdout", "2"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+# --- bad input: one line, exit 2 -----------------------------------------------------------
+
+
+def call(*argv) -> tuple[int, str, str]:
+    """The command in this process, its stdout and stderr captured (for Hypothesis, which cannot use capsys)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse's own refusals
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def assert_clean(rc: int, err: str) -> list[str]:
+    """Exit 0, or exit 2 with one error line; every stderr line a `drorae: warning:` or `drorae: error:` line."""
+    lines = err.splitlines()
+    assert rc in (0, 2), err
+    assert "Traceback" not in err
+    assert all(ln.startswith(("drorae: warning: ", "drorae: error: ")) for ln in lines), err
+    errors = [ln for ln in lines if ln.startswith("drorae: error: ")]
+    assert len(errors) == (rc == 2) and (rc == 0 or lines[-1] == errors[0]), err
+    return errors
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-5", "abc"])
+@pytest.mark.parametrize("command", ["predict", "report"])
+def test_a_bad_capacity_is_one_line_naming_capacity(results_dir, tmp_path, command, value):
+    rc, out, err = call(command, results_dir, f"--capacity={value}", "--out", tmp_path / "r.md") \
+        if command == "report" else call(command, results_dir, f"--capacity={value}")
+    (line,) = assert_clean(rc, err)
+    assert rc == 2 and out == ""
+    assert line.startswith(f"drorae: error: --capacity {value!r}: expected a number" if value == "abc" else
+                           f"drorae: error: --capacity {value}: expected a finite capacity > 0")
+    assert not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_constant_metric_is_exit_2_for_every_form(tmp_path, form):
+    path = tmp_path / "trials.parquet"
+    results_table(extra=False).assign(rfid=12.5).to_parquet(path)
+    rc, out, err = call("fit", path, "--form", form)
+    (line,) = assert_clean(rc, err)
+    assert rc == 2 and out == ""
+    assert "column 'rfid' has the same value (12.5) in all 16 rows to fit" in line
+
+
+def test_exact_duplicate_rows_are_named_and_dropped(tmp_path):
+    df = results_table(extra=False)
+    df = pd.concat([df, df.iloc[[3]]], ignore_index=True)       # row 4 written twice: the copy is row 17
+    df.to_csv(tmp_path / "t.csv", index=False)
+    rc, out, err = call("fit", tmp_path / "t.csv", "--json")
+    assert_clean(rc, err)
+    assert rc == 0 and json.loads(out)["n"] == 16
+    assert "dropped 1 exact duplicate row(s)" in err and "row 17 (a copy of row 4)" in err
+    assert "not another seed" in err
+
+
+def test_a_where_that_matches_nothing_says_so(results_dir):
+    rc, _out, err = call("fit", results_dir, "--where", "seed=7")
+    (line,) = assert_clean(rc, err)
+    assert rc == 2 and "where seed=7: no row" in line and "seed = 7" in line and "its values there: 0, 1" in line
+    rc, _out, err = call("fit", results_dir, "--where", "seed=0", "--where", "point_id=nope")
+    (line,) = assert_clean(rc, err)
+    assert "where point_id=nope" in line and "among the rows where seed=0" in line
+
+
+def test_row_numbers_count_alike_in_every_message(tmp_path):
+    """A table without trial ids: the NaN, the missing se, the duplicate and the text cell are each named by
+    their data row (1 = the first row under the header), however many rows came before them were dropped."""
+    df = pd.DataFrame({"params": [1e4, 1e5, 1e6, 1e7, 1e8, 1e5], "rfid": [9.0, np.nan, 7.0, 6.0, 5.1, np.nan],
+                       "rfid_se": [0.1, 0.1, 0.1, np.nan, 0.1, 0.1]})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    rc, out, err = call("fit", tmp_path / "t.csv")
+    assert_clean(rc, err)
+    assert rc == 0
+    assert "row 6 (a copy of row 2)" in err                              # the duplicate: row 6 = row 2
+    assert "NaN or infinite 'params' or 'rfid': row 2" in err            # the NaN metric, in row 2
+    assert "no finite positive rfid_se (row 4)" in out                   # the missing se, in row 4
+    df.astype({"params": object}).assign(params=lambda d: d.params.where(d.index != 4, "big")) \
+        .to_csv(tmp_path / "bad.csv", index=False)
+    rc, _out, err = call("fit", tmp_path / "bad.csv")
+    (line,) = assert_clean(rc, err)
+    assert "'big' in row 5" in line                                      # the text cell, in row 5
+
+
+# --- fuzzing the input contracts -------------------------------------------------------------
+
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@FUZZ
+@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                       st.sampled_from(["nan", "-inf", "0", "-0", "-5", "1e400", "", " 2e8 ", "1_000", "0x10"]),
+                       st.text(max_size=6)))
+def test_fuzz_capacity(results_dir, value):
+    rc, out, err = call("predict", results_dir, f"--capacity={value}", "--json")
+    errors = assert_clean(rc, err)
+    if rc == 0:
+        (entry,) = json.loads(out)
+        assert entry["capacity"] > 0 and np.isfinite(entry["capacity"])
+    else:
+        assert "--capacity" in errors[0]
+
+
+@FUZZ
+@given(where=st.one_of(st.text(alphabet="seedparmt_ol=,0123.x- ", max_size=14),
+                       st.sampled_from(["seed=0", "seed=1", "seed=nan", "kind=grid", "point_id=h3-k6", "best=True",
+                                        "fused_layers=6", "fused_layers=6.0", "=", ",", "seed=0,seed=1"])))
+def test_fuzz_where(results_dir, where):
+    rc, out, err = call("fit", results_dir, f"--where={where}", "--json")
+    assert_clean(rc, err)
+    if rc == 0:
+        assert json.loads(out)["n"] >= 3
+
+
+# Mostly tables a law can be fitted to, so that the fits, predictions and rollouts run too; now and then a
+# zero, negative, NaN or infinite cell, a repeated value, a constant column or a duplicate row.
+CAPACITIES = st.sampled_from([1e3, 1e4, 1e5, 1e6, 1e7, 1e8] * 4 + [0.0, -1.0, np.nan])
+METRICS = st.one_of(st.floats(0.5, 50), st.floats(0.5, 50), st.floats(0.5, 50),
+                    st.sampled_from([1.0, 0.0, -1.0, np.nan, np.inf, 1e6]))
+RARELY = st.sampled_from([False, False, False, True])
+
+
+@FUZZ
+@given(rows=st.one_of(st.lists(st.tuples(CAPACITIES, METRICS), max_size=3),
+                      st.lists(st.tuples(CAPACITIES, METRICS), min_size=8, max_size=24)),
+       constant=RARELY, duplicate=RARELY, with_se=st.booleans(),
+       form=st.sampled_from(FORMS), command=st.sampled_from(["fit", "predict", "backtest"]))
+def test_fuzz_tables(rows, constant, duplicate, with_se, form, command):
+    """Tables with constant, duplicate, NaN, infinite and non-positive cells: exit 0 or one error line."""
+    df = pd.DataFrame(rows, columns=["params", "rfid"], dtype=float)
+    if constant:
+        df["rfid"] = 4.0
+    if duplicate and len(df):
+        df = pd.concat([df, df.iloc[[0]]], ignore_index=True)
+    if with_se:
+        df["rfid_se"] = 0.1
+    extra = {"predict": ["--capacity", "2e8"], "backtest": ["--rollout"]}.get(command, [])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.csv"
+        df.to_csv(path, index=False)
+        rc, _out, err = call(command, path, "--form", form, *extra)
+    assert_clean(rc, err)

@@ -186,3 +186,61 @@ def test_measurement_error_and_costs_from_mlflow_metrics(tmp_path, monkeypatch):
     assert (pts.train_steps == 500).all() and (pts.train_flops == 2e12).all()
     res = fit(load("mlflow:sweep"))
     assert res.measurement_error() is None and "1 of 3 fitted rows have no finite positive rfid_se (c)" in res.summary()
+
+
+# --- rows: how messages count them, duplicates, a where that matches nothing ---------------------
+
+
+def test_points_keep_their_row_in_the_source_table():
+    df = sweep_table()
+    with pytest.warns(UserWarning):
+        table = load(df)
+    for i, row in table.points.iterrows():
+        assert df.loc[i, "trial_id"] == row["trial_id"]                 # index i: row i + 1 of the source
+    assert list(table.controls.index) == list(df.index[df.kind == "control"])
+
+
+def test_rows_without_trial_ids_are_named_by_their_data_row(tmp_path):
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"params": [1e6, 1e7, 1e8, 1e9], "rfid": [2.0, 1.5, np.inf, 1.0],
+                  "status": ["completed", "failed", "completed", "completed"]}).to_csv(path, index=False)
+    with pytest.warns(UserWarning) as record:
+        table = load(path)
+    messages = [str(w.message) for w in record]
+    assert any(m.endswith("dropped 1 failed trial(s): row 2") for m in messages), messages
+    assert any(m.endswith("NaN or infinite 'params' or 'rfid': row 3") for m in messages), messages
+    assert table.dropped == ["row 2", "row 3"]
+
+
+def test_exact_duplicates_are_dropped_and_named_by_row():
+    df = sweep_table()
+    df = pd.concat([df, df.iloc[[2, 0]]], ignore_index=True)              # rows 3 and 1, written again
+    n = len(sweep_table())
+    with pytest.warns(UserWarning) as record:
+        table = load(df)
+    (message,) = [str(w.message) for w in record if "duplicate" in str(w.message)]
+    assert "dropped 2 exact duplicate row(s)" in message and "not another seed" in message
+    assert f"row {n + 1} (a copy of row 3), row {n + 2} (a copy of row 1)" in message
+    assert table.points["trial_id"].is_unique and len(table.points) == 10
+    assert {f"row {n + 1} (a copy of row 3)", f"row {n + 2} (a copy of row 1)"} <= set(table.dropped)
+
+
+def test_rows_that_differ_in_one_column_are_not_duplicates():
+    df = sweep_table()
+    df = pd.concat([df, df.iloc[[0]].assign(seed=7, trial_id="h2-s7")], ignore_index=True)
+    with pytest.warns(UserWarning) as record:
+        table = load(df)
+    assert not [w for w in record if "duplicate" in str(w.message)]
+    assert "h2-s7" in set(table.points.trial_id)
+
+
+@pytest.mark.parametrize("where, match", [
+    ("fused_layers=7", r"where fused_layers=7: no row of the table to fit has fused_layers = 7 "
+                       r"\(its values there: 12, 6\)"),
+    ("fused_layers=6,expert_hidden=2", r"where expert_hidden=2: .* among the rows where fused_layers=6 "
+                                       r"\(its values there: 8\)"),
+    ("point_id=h9", r"point_id = h9 \(its values there: h128, h2, h32, h512, h8, h8-k6\)"),
+])
+def test_a_where_that_matches_nothing_says_so(where, match):
+    with pytest.raises(AnalysisError, match=match):
+        load(sweep_table(), where=where)

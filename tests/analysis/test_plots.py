@@ -1,4 +1,5 @@
-"""Figures: what plot_scaling draws equals the results object's predictions; files are column-sized."""
+"""Figures: what plot_scaling draws equals the results object's predictions; controls alike in every panel;
+error bars say what they are; one legend for the combined figure; plots never refit; files are column-sized."""
 
 import logging
 import math
@@ -7,11 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from analysis import fit, load
-from analysis.plots import COLUMN_WIDTH_IN, DPI, plot_scaling, scaling_figures
+from analysis import fit, load, rollout
+from analysis.panels import fit_panels
+from analysis.plots import (
+    COLUMN_WIDTH_IN,
+    DPI,
+    combined_figure,
+    panel_figure,
+    plot_rollout,
+    plot_scaling,
+    rollout_figure,
+    scaling_figures,
+)
 from helpers import real_or_stand_in, sweep_table
 
 
@@ -21,7 +33,23 @@ def table():
         return load(sweep_table())
 
 
-def test_plot_draws_one_fit_line_and_one_ci_band_from_the_results_object(table):
+def _with_last_layer(df: pd.DataFrame) -> pd.DataFrame:
+    """A third control, drawn on both the capacity (params) and the layer (fused_layers = 1) panels."""
+    row = df[df.point_id == "decoder_only"].iloc[0].to_dict()
+    row.update(trial_id="last_layer-s0-t0", point_id="last_layer", params=500_000, fused_layers=1, rfid=34.0)
+    return pd.concat([df, pd.DataFrame([row])], ignore_index=True)
+
+
+def _legend(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def _band(ax, gid):
+    (band,) = [c for c in ax.collections if isinstance(c, PolyCollection) and c.get_gid() == gid]
+    return band, np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+
+
+def test_plot_draws_the_fit_line_its_ci_band_and_a_lighter_pi_band_from_the_results_object(table):
     res = fit(table)
     ax = Figure().add_subplot()
     plot_scaling(ax, table.points, res, table.controls, alpha=0.1)
@@ -33,29 +61,71 @@ def test_plot_draws_one_fit_line_and_one_ci_band_from_the_results_object(table):
     np.testing.assert_allclose(mean, sf["mean"].to_numpy())
     assert grid.min() == table.points["params"].min() and grid.max() == table.points["params"].max()
 
-    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
-    assert len(bands) == 1 and bands[0].get_gid() == "ci"
-    ys = np.concatenate([p.vertices[:, 1] for p in bands[0].get_paths()])
-    for bound in ("mean_ci_lower", "mean_ci_upper"):
-        gaps = np.abs(ys[:, None] - sf[bound].to_numpy()[None, :]).min(axis=0)
-        assert gaps.max() < 1e-9, bound
-    assert ys.min() == pytest.approx(sf["mean_ci_lower"].min())
-    assert ys.max() == pytest.approx(sf["mean_ci_upper"].max())
+    assert sorted(c.get_gid() for c in ax.collections if isinstance(c, PolyCollection)) == ["ci", "pi"]
+    for gid, (low, high) in (("ci", ("mean_ci_lower", "mean_ci_upper")), ("pi", ("obs_ci_lower", "obs_ci_upper"))):
+        _, ys = _band(ax, gid)
+        for bound in (low, high):
+            gaps = np.abs(ys[:, None] - sf[bound].to_numpy()[None, :]).min(axis=0)
+            assert gaps.max() < 1e-9, bound
+        assert ys.min() == pytest.approx(sf[low].min()) and ys.max() == pytest.approx(sf[high].max())
+    ci, pi = _band(ax, "ci")[0], _band(ax, "pi")[0]
+    assert pi.get_alpha() < ci.get_alpha()                                  # the PI band is the lighter one
+    assert (sf["obs_ci_lower"] < sf["mean_ci_lower"]).all() and (sf["obs_ci_upper"] > sf["mean_ci_upper"]).all()
 
     assert ax.get_xscale() == "log"
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    legend = _legend(ax)
     assert f"b = {res.params['b']:.3g} per decade, R² = {res.rsquared:.2f}" in legend
+    assert "90% CI (mean)" in legend and "90% PI (new run)" in legend
 
 
-def test_points_are_seed_means_with_std_error_bars(table):
-    res = fit(table)
+def test_points_are_seed_means_with_std_bars_without_a_measurement_error(table):
     ax = Figure().add_subplot()
-    plot_scaling(ax, table.points, res)
-    pts = [ln for ln in ax.get_lines() if ln.get_gid() == "points"]
-    assert len(pts) == 1
-    g = table.points.groupby("params")["rfid"]
-    np.testing.assert_allclose(pts[0].get_xdata(), g.mean().index.to_numpy(dtype=float))
-    np.testing.assert_allclose(pts[0].get_ydata(), g.mean().to_numpy())
+    plot_scaling(ax, table.points, fit(table))
+    pts = [ln for ln in ax.get_lines() if str(ln.get_gid()).startswith("points:")]
+    assert [ln.get_gid() for ln in pts] == ["points:seeds"]                 # 2 seeds everywhere, no se column
+    C, y = table.points["params"].to_numpy(float), table.points["rfid"].to_numpy(float)
+    caps = np.unique(C)
+    means = np.array([y[C == c].mean() for c in caps])
+    sds = np.array([np.sqrt(((y[C == c] - y[C == c].mean()) ** 2).sum() / (len(y[C == c]) - 1)) for c in caps])
+    np.testing.assert_allclose(pts[0].get_xdata(), caps)
+    np.testing.assert_allclose(pts[0].get_ydata(), means)
+    np.testing.assert_allclose(_segments(ax, "bars:seeds"), list(zip(caps, means - sds, means + sds)), rtol=1e-12)
+    assert "mean ± std over seeds" in _legend(ax)
+    assert not [c for c in ax.collections if c.get_gid() == "bars:measurement"]
+
+
+def _segments(ax, gid):
+    """The (x, low, high) of each vertical bar of the collection with this gid."""
+    cols = [c for c in ax.collections if c.get_gid() == gid]
+    assert len(cols) == 1, gid
+    return sorted((s[0, 0], s[:, 1].min(), s[:, 1].max()) for s in cols[0].get_segments())
+
+
+def test_error_bars_are_the_measurement_se_where_the_table_has_it_else_the_seed_spread():
+    """±2 se of each point's mean, se = sqrt(se_1^2 + se_2^2) / 2; a single-seed point gets its own se; the
+    point whose seeds lack an se gets ± the std over its seeds; the legend says which is which."""
+    pts = pd.DataFrame({"params": [1e4, 1e4, 1e5, 1e5, 1e6, 1e6, 1e7, 1e8, 1e8],
+                        "rfid": [9.0, 9.4, 7.1, 6.9, 5.2, 4.8, 3.0, 1.2, 0.6],
+                        "rfid_se": [0.3, 0.4, 0.1, 0.1, 0.2, 0.6, 0.5, np.nan, 0.2]})
+    ax = Figure().add_subplot()
+    plot_scaling(ax, pts, fit(pts))
+    half = [2 * math.hypot(0.3, 0.4) / 2, 2 * math.hypot(0.1, 0.1) / 2, 2 * math.hypot(0.2, 0.6) / 2, 2 * 0.5]
+    means = [9.2, 7.0, 5.0, 3.0]
+    want = [(c, m - h, m + h) for c, m, h in zip([1e4, 1e5, 1e6, 1e7], means, half)]
+    np.testing.assert_allclose(_segments(ax, "bars:measurement"), want, rtol=1e-12)
+    sd = abs(1.2 - 0.6) / math.sqrt(2)
+    np.testing.assert_allclose(_segments(ax, "bars:seeds"), [(1e8, 0.9 - sd, 0.9 + sd)], rtol=1e-12)
+    legend = _legend(ax)
+    assert "mean ± 2 se (measurement)" in legend and "mean ± std over seeds" in legend
+
+
+def test_one_seed_without_se_draws_no_bar_and_says_so():
+    pts = pd.DataFrame({"params": [1e4, 1e5, 1e6, 1e7], "rfid": [9.0, 7.1, 5.2, 3.0]})
+    ax = Figure().add_subplot()
+    plot_scaling(ax, pts, fit(pts))
+    assert [ln.get_gid() for ln in ax.get_lines() if str(ln.get_gid()).startswith("points:")] == ["points:none"]
+    assert not [c for c in ax.collections if str(c.get_gid()).startswith("bars:")]
+    assert "runs" in _legend(ax)
 
 
 def test_controls_are_drawn_but_never_fitted(table):
@@ -69,13 +139,109 @@ def test_controls_are_drawn_but_never_fitted(table):
     np.testing.assert_allclose(rae[0].get_ydata(), [35.5, 35.5])
     assert rae[0].get_linestyle() == "--"
     dec = [ln for ln in ax.get_lines() if ln.get_gid() == "control:decoder_only"]
-    assert len(dec) == 1 and dec[0].get_marker() != pts_marker(ax)
+    assert len(dec) == 1 and dec[0].get_marker() != "o"
     np.testing.assert_allclose(dec[0].get_xydata(), [[400_000, 36.0]])
     assert len([ln for ln in ax.get_lines() if ln.get_gid() == "fit"]) == 1
 
 
-def pts_marker(ax):
-    return next(ln for ln in ax.get_lines() if ln.get_gid() == "points").get_marker()
+def test_each_control_has_the_same_marker_and_colour_in_every_panel_and_a_tick_at_its_x():
+    """decoder_only has no positive fused_layers, so the layer panel cannot draw it; last_layer must keep
+    its style there all the same (it used to take the first free colour of each panel)."""
+    with pytest.warns(UserWarning, match="failed"):
+        t = load(_with_last_layer(sweep_table()))
+    panels = fit_panels(t)
+    assert [p.name for p in panels.panels] == ["capacity_scaling", "layer_scaling", "unified_scaling"]
+    fig = combined_figure(panels.panels, t.controls, t.y)
+    styles = {}
+    for ax, p in zip(fig.axes, panels.panels):
+        for ln in ax.get_lines():
+            gid = str(ln.get_gid())
+            if gid.startswith("control:") and gid != "control:rae":
+                styles.setdefault(gid, set()).add((ln.get_marker(), to_rgba(ln.get_color())))
+                (top,) = [a for a in ax.child_axes if a.get_gid() == "control_ticks"]
+                x = ln.get_xdata()[0]
+                assert np.isclose(top.get_xticks(), x).any(), (p.name, gid, x)
+                (label,) = [t for t, tx in zip(top.get_xticklabels(), top.get_xticks()) if np.isclose(tx, x)]
+                assert to_rgba(label.get_color()) == to_rgba(ln.get_color())
+    assert set(styles) == {"control:decoder_only", "control:last_layer"}
+    assert all(len(s) == 1 for s in styles.values()), styles            # one style per control, every panel
+    assert styles["control:decoder_only"] != styles["control:last_layer"]
+    layer_ax = fig.axes[1]
+    assert not [ln for ln in layer_ax.get_lines() if ln.get_gid() == "control:decoder_only"]
+    assert [ln for ln in layer_ax.get_lines() if ln.get_gid() == "control:last_layer"]
+
+
+def test_the_combined_figure_has_one_legend_and_each_panels_law_in_its_title(table):
+    panels = fit_panels(table)
+    fig = combined_figure(panels.panels, table.controls, table.y)
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(labels) == len(set(labels))
+    assert {"fitted law", "95% CI (mean)", "95% PI (new run)", "mean ± std over seeds",
+            "decoder only"} <= set(labels)
+    for ax, p in zip(fig.axes, panels.panels):
+        assert f"b = {p.result.params['b']:.3g} per decade" in ax.get_title()
+
+
+def test_per_decade_only_on_a_log_axis(table):
+    res = fit(table)
+    ax = Figure().add_subplot()
+    plot_scaling(ax, table.points, res, xscale="linear")
+    assert ax.get_xscale() == "linear"
+    texts = _legend(ax)
+    assert not any("per decade" in t for t in texts)
+    assert f"b = {res.params['b']:.3g} per unit of log10 C, R² = {res.rsquared:.2f}" in texts
+    lin = fit(table, form="linear")
+    ax = Figure().add_subplot()
+    plot_scaling(ax, table.points, lin)
+    assert not any("per decade" in t for t in _legend(ax))
+
+
+def test_an_unidentified_fit_draws_no_bands_and_says_so(table):
+    law = fit(table)
+
+    class Unidentified:                       # what a fit that cannot pin its parameters down reports
+        identified = False
+
+        def __getattr__(self, name):
+            return getattr(law, name)
+
+    ax = Figure().add_subplot()
+    plot_scaling(ax, table.points, Unidentified())
+    assert not [c for c in ax.collections if c.get_gid() in ("ci", "pi")]
+    assert any(t.endswith("(not identified)") for t in _legend(ax))
+
+
+def test_plots_draw_what_they_are_given_and_never_fit(table, fit_calls, tmp_path):
+    panels = fit_panels(table)
+    ro = rollout(table)
+    made = len(fit_calls)
+    assert made == 3 + len(ro.splits)                        # three panels' laws, one per rollout split
+    ax = Figure().add_subplot()
+    plot_scaling(ax, table.points, panels.law, table.controls)
+    panel_figure(panels.panels[0], table.controls, table.y)
+    combined_figure(panels.panels, table.controls, table.y)
+    rollout_figure(ro)
+    paths = scaling_figures(table, tmp_path / "figs", panels=panels, rollout=ro)
+    assert len(fit_calls) == made                                      # not one fit while drawing
+    assert {p.stem for p in paths} == {"capacity_scaling", "layer_scaling", "unified_scaling", "scaling_panels",
+                                       "rollout_error"}
+
+
+def test_the_rollout_figure_draws_each_splits_error_and_pi_against_its_reach():
+    rng = np.random.default_rng(3)
+    C = np.repeat(np.geomspace(1e4, 1e8, 6), 2)
+    ro = rollout(pd.DataFrame({"params": C, "rfid": 30 - 2 * np.log10(C) + rng.normal(0, 0.2, C.size)}))
+    ax = Figure().add_subplot()
+    plot_rollout(ax, ro)
+    for split in ro.splits:
+        (line,) = [ln for ln in ax.get_lines() if ln.get_gid() == f"rollout:{split.k}"]
+        r = split.rows
+        np.testing.assert_allclose(line.get_xdata(), np.log10(r["capacity"] / split.fitted_max), rtol=1e-12)
+        np.testing.assert_allclose(line.get_ydata(), r["mean"] - r["truth"], rtol=1e-12)
+    (zero,) = [ln for ln in ax.get_lines() if ln.get_gid() == "zero"]
+    np.testing.assert_allclose(zero.get_ydata(), [0, 0])
+    assert ax.get_legend() is not None and len(_legend(ax)) == len(ro.splits)
 
 
 def _check_files(paths, out_dir, n_panels):
@@ -113,35 +279,6 @@ def test_real_table_controls_unfitted_and_layer_panel_skipped(tmp_path, caplog):
     _check_files(paths, tmp_path / "figs", n_panels=2)
 
 
-def _segments(ax, gid):
-    """The (x, low, high) of each vertical bar of the collection with this gid."""
-    cols = [c for c in ax.collections if c.get_gid() == gid]
-    assert len(cols) == 1, gid
-    return sorted((s[0, 0], s[:, 1].min(), s[:, 1].max()) for s in cols[0].get_segments())
-
-
-def test_measurement_bars_are_two_se_of_each_points_mean():
-    """Two seeds per capacity: the bar is mean ± 2 sqrt(se_1^2 + se_2^2) / 2; a single-seed point gets its own se."""
-    pts = pd.DataFrame({"params": [1e4, 1e4, 1e5, 1e5, 1e6, 1e6, 1e7], "rfid": [9.0, 9.4, 7.1, 6.9, 5.2, 4.8, 3.0],
-                        "rfid_se": [0.3, 0.4, 0.1, 0.1, 0.2, 0.6, 0.5]})
-    res = fit(pts)
-    ax = Figure().add_subplot()
-    plot_scaling(ax, pts, res)
-    half = [2 * math.hypot(0.3, 0.4) / 2, 2 * math.hypot(0.1, 0.1) / 2, 2 * math.hypot(0.2, 0.6) / 2, 2 * 0.5]
-    means = [9.2, 7.0, 5.0, 3.0]
-    want = [(c, m - h, m + h) for c, m, h in zip([1e4, 1e5, 1e6, 1e7], means, half)]
-    np.testing.assert_allclose(_segments(ax, "measurement"), want, rtol=1e-12)
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "± 2 se of mean (measurement)" in legend and "trials (mean ± std over seeds)" in legend
-
-
-def test_no_se_column_draws_no_measurement_bars(table):
-    ax = Figure().add_subplot()
-    plot_scaling(ax, table.points, fit(table), table.controls)
-    assert not [c for c in ax.collections if str(c.get_gid()).endswith("se") or c.get_gid() == "measurement"]
-    assert not any("se" in t.get_text().split() for t in ax.get_legend().get_texts())
-
-
 def test_controls_get_a_two_se_band_or_bar():
     df = sweep_table()
     df["rfid_se"] = 0.25
@@ -155,4 +292,5 @@ def test_controls_get_a_two_se_band_or_bar():
     lo, hi = band[0].get_y(), band[0].get_y() + band[0].get_height()            # a Rectangle, y in data units
     np.testing.assert_allclose([lo, hi], [35.5 - 0.5, 35.5 + 0.5])
     np.testing.assert_allclose(_segments(ax, "control:decoder_only:se"), [(400_000, 36.0 - 0.8, 36.0 + 0.8)])
-    assert "RAE baseline (band: ± 2 se)" in [tx.get_text() for tx in ax.get_legend().get_texts()]
+    legend = _legend(ax)
+    assert "RAE baseline (band: ± 2 se)" in legend and "decoder only (± 2 se)" in legend
