@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import optimize, stats
 
 from analysis import AnalysisError, fit
 
@@ -20,7 +21,8 @@ def test_recovers_noiseless():
     assert res.rsquared == pytest.approx(1.0, abs=1e-9)
 
 
-def test_recovers_low_noise_within_ci():
+def test_recovers_low_noise():
+    """(How often the intervals cover the truth is test_saturating_coverage.py's simulation.)"""
     rng = np.random.default_rng(3)
     Cr = np.repeat(C, 3)
     y = E + A * Cr ** -ALPHA + rng.normal(0, 0.01, Cr.size)
@@ -28,8 +30,7 @@ def test_recovers_low_noise_within_ci():
     np.testing.assert_allclose(res.params[["E", "alpha"]], [E, ALPHA], rtol=0.05)
     np.testing.assert_allclose(res.params["A"], A, rtol=0.25)  # A and alpha trade off: A is the loosest
     ci = res.conf_int(0.05)
-    for name, truth in zip(["E", "A", "alpha"], [E, A, ALPHA]):
-        assert ci.loc[name, "lower"] < truth < ci.loc[name, "upper"], name
+    assert res.identified and (ci.lower < res.params).all() and (res.params < ci.upper).all()
 
 
 def test_huber_loss_resists_an_outlier():
@@ -54,3 +55,180 @@ def test_needs_four_capacities_and_no_bootstrap():
     res = fit(_df(E + A * C ** -ALPHA), form="saturating")
     with pytest.raises(AnalysisError, match="analytic"):
         res.conf_int(method="bootstrap")
+
+
+# --- identification ------------------------------------------------------------------------------------------
+
+CL = np.geomspace(1e6, 1e9, 7)
+
+
+def _loglinear(seed, C=CL, sigma=0.05):
+    """Data that do not saturate: y = 40 - 2 log10 C + N(0, sigma^2) (issue 13's example)."""
+    return 40 - 2 * np.log10(C) + np.random.default_rng(seed).normal(0, sigma, C.size)
+
+
+def test_loglinear_data_are_not_identified_and_have_no_intervals():
+    res = fit(_df(_loglinear(0), CL), form="saturating")
+    assert res.identified is False and res.warnings
+    assert np.isnan(res.conf_int(0.05).to_numpy()).all() and np.isnan(res.bse).all()
+    d = res.to_dict()
+    assert d["identified"] is False and d["warnings"] == res.warnings
+    assert all(np.isnan(v) for pair in d["conf_int"].values() for v in pair)
+    text = res.summary()
+    assert text.count("not identified") == 3 and sum(line.startswith("Not identified: ") for line in
+                                                      text.splitlines()) == 1
+    # inside the fitted range the mean is an estimable function (a finite CI); beyond it, none
+    sf = res.get_prediction([CL[0], 3e7, CL[-1], 10 * CL[-1]]).summary_frame(0.05)
+    assert np.isfinite(sf["mean"]).all() and np.isfinite(sf.mean_se.iloc[:3]).all() and np.isnan(sf.mean_se.iloc[3])
+
+
+def test_identified_data_have_no_warnings_and_linear_forms_are_identified():
+    rng = np.random.default_rng(1)
+    res = fit(_df(E + A * C ** -ALPHA + rng.normal(0, 0.01, C.size)), form="saturating")
+    assert res.identified is True and res.warnings == [] and np.isfinite(res.conf_int(0.05).to_numpy()).all()
+    assert "profile likelihood" in res.summary()
+    d = fit(_df(_loglinear(0, C), C)).to_dict()
+    assert d["identified"] is True and d["warnings"] == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_old_pseudo_inverse_interval_is_gone(seed):
+    """Issue 13: E = -502.6 with CI [-502.59, -502.53] from pinv(J'J); a proper inverse gives se(E) in the
+    thousands. Every cause found is named."""
+    res = fit(_df(_loglinear(seed, CL, 0.02), CL), form="saturating")
+    assert not res.identified
+    assert np.isnan(res.conf_int(0.05).to_numpy()).all()
+
+
+# --- formulas against independent references ------------------------------------------------------------------
+
+
+def _law(theta, C):
+    return theta[0] + theta[1] * C ** -theta[2]
+
+
+def _fd_jacobian(theta, C, h=1e-6):
+    """d law / d(E, A, alpha) by central differences (relative steps)."""
+    theta = np.asarray(theta, dtype=float)
+    cols = []
+    for j in range(3):
+        step = h * max(abs(theta[j]), 1e-3)
+        tp, tm = theta.copy(), theta.copy()
+        tp[j] += step
+        tm[j] -= step
+        cols.append((_law(tp, C) - _law(tm, C)) / (2 * step))
+    return np.column_stack(cols)
+
+
+def _squared_loss_data(scale=0.01):
+    """y = law + e, e = (a_c, -a_c, 0) at each capacity: J'e = 0, so the truth is the least-squares optimum,
+    and every |e| is inside the Huber threshold (1.345 MAD sigmas ~ 2.2 a), so the Huber fit is least squares."""
+    a = np.linspace(1.0, 1.5, C.size) * scale
+    Cr = np.repeat(C, 3)
+    e = np.column_stack([a, -a, np.zeros_like(a)]).ravel()
+    return Cr, _law([E, A, ALPHA], Cr) + e, e
+
+
+def test_squared_loss_covariance_is_s2_inverse_jtj_with_n_minus_p():
+    Cr, y, e = _squared_loss_data()
+    res = fit(_df(y, Cr), form="saturating")
+    assert np.abs(e).max() < res._sat.huber_delta           # the premise: no residual is down-weighted
+    np.testing.assert_allclose(res.params, [E, A, ALPHA], rtol=1e-7)
+    J = _fd_jacobian([E, A, ALPHA], Cr)
+    n = Cr.size
+    s2 = e @ e / (n - 3)
+    np.testing.assert_allclose(res.scale, s2, rtol=1e-9)
+    np.testing.assert_allclose(res.cov_params.to_numpy(), s2 * np.linalg.inv(J.T @ J), rtol=1e-5)
+    np.testing.assert_allclose(res.bse, np.sqrt(np.diag(s2 * np.linalg.inv(J.T @ J))), rtol=1e-5)
+
+
+def test_huber_covariance_is_statsmodels_rlm_h1_on_the_linearised_model():
+    """With an outlier some residuals are beyond delta: the sandwich K^2 (sum psi^2 / (n-p)) / mean(psi')^2
+    (J'J)^-1 is what statsmodels RLM reports (H1) for the model linearised at the optimum."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(11)
+    Cr = np.repeat(C, 2)
+    y = _law([E, A, ALPHA], Cr) + rng.normal(0, 0.01, Cr.size)
+    y[5] += 0.2
+    res = fit(_df(y, Cr), form="saturating")
+    theta, delta = res.params.to_numpy(), res._sat.huber_delta
+    r = y - _law(theta, Cr)
+    assert (np.abs(r) > delta).sum() >= 2                    # the premise: psi' is not 1 everywhere
+    J = _fd_jacobian(theta, Cr)
+    J[:, 0] = 1.0                                            # exactly: statsmodels then sees the constant
+    scale = delta / 1.345
+    rlm = sm.RLM(J @ theta + r, J, M=sm.robust.norms.HuberT(t=1.345)).fit(
+        start_params=theta, start_scale=scale, update_scale=False, conv="coefs", tol=1e-13)
+    np.testing.assert_allclose(rlm.params, theta, rtol=1e-6)  # the optimum is RLM's fixed point
+    np.testing.assert_allclose(res.cov_params.to_numpy(), rlm.bcov_scaled, rtol=1e-4)
+    s2_ls = r @ r / (Cr.size - 3)                             # not the least-squares covariance
+    assert not np.allclose(res.cov_params.to_numpy(), s2_ls * np.linalg.inv(J.T @ J), rtol=0.05)
+
+
+def test_prediction_se_is_the_delta_method_with_t_quantiles():
+    rng = np.random.default_rng(5)
+    y = _law([E, A, ALPHA], C) + rng.normal(0, 0.01, C.size)
+    res = fit(_df(y), form="saturating")
+    new = np.array([3e5, 1e10, 1e11])
+    sf = res.get_prediction(new).summary_frame(0.05)
+    theta, V = res.params.to_numpy(), res.cov_params.to_numpy()
+    g = _fd_jacobian(theta, new)
+    se = np.sqrt(np.einsum("ij,jk,ik->i", g, V, g))
+    mean = sf["mean"]
+    np.testing.assert_allclose(mean, _law(theta, new), rtol=1e-12)
+    np.testing.assert_allclose(sf.mean_se, se, rtol=1e-6)
+    t = stats.t.ppf(0.975, C.size - 3)
+    np.testing.assert_allclose(sf.mean_ci_upper - mean, t * se, rtol=1e-6)
+    np.testing.assert_allclose(mean - sf.mean_ci_lower, t * se, rtol=1e-6)
+    s2 = ((y - _law(theta, C)) ** 2).sum() / (C.size - 3)
+    np.testing.assert_allclose(sf.obs_ci_upper - mean, t * np.sqrt(se ** 2 + s2), rtol=1e-6)
+    np.testing.assert_allclose(mean - sf.obs_ci_lower, t * np.sqrt(se ** 2 + s2), rtol=1e-6)
+
+
+def _huber_loss(r, d):
+    a = np.abs(r)
+    return np.where(a <= d, r * r / 2, d * a - d * d / 2).sum()
+
+
+def test_profile_bounds_are_where_the_drop_in_dispersion_reaches_the_f_quantile():
+    """At each reported bound, an independent profile (Nelder-Mead over the other two parameters of the Huber
+    loss written here) gives 2 (Q(bound) - Q_min) / lambda = F(1, n - 3; 0.95), lambda = K^2 (sum psi^2 / (n-3))
+    / mean(psi') by hand."""
+    rng = np.random.default_rng(8)
+    Cr = np.repeat(C, 2)
+    y = _law([E, A, ALPHA], Cr) + rng.normal(0, 0.02, Cr.size)
+    res = fit(_df(y, Cr), form="saturating")
+    assert res.identified
+    theta, d, n = res.params.to_numpy(), res._sat.huber_delta, Cr.size
+    r = y - _law(theta, Cr)
+    psi, dpsi = np.clip(r, -d, d), (np.abs(r) <= d).astype(float)
+    K = 1 + 3 / n * dpsi.var() / dpsi.mean() ** 2
+    lam = K ** 2 * (psi @ psi / (n - 3)) / dpsi.mean()
+    q_min = _huber_loss(r, d)
+    ci = res.conf_int(0.05).to_numpy()
+    target = stats.f.ppf(0.95, 1, n - 3)
+    for j in range(3):
+        for b in ci[j]:
+            free = [k for k in range(3) if k != j]
+
+            def loss(phi, j=j, b=b, free=free):
+                t = np.empty(3)
+                t[j], t[free] = b, phi
+                return _huber_loss(y - _law(t, Cr), d)
+            best = min((optimize.minimize(loss, theta[free] * f, method="Nelder-Mead",
+                                          options={"xatol": 1e-12, "fatol": 1e-16, "maxiter": 20_000})
+                        for f in (1.0, 1.01, 0.99)), key=lambda s: s.fun)
+            assert 2 * (best.fun - q_min) / lam == pytest.approx(target, rel=2e-3), (j, b)
+        assert ci[j, 0] < theta[j] < ci[j, 1]
+
+
+def test_profile_intervals_are_wald_t_intervals_when_the_loss_is_quadratic():
+    """Squared-loss data (every residual inside the threshold) with tiny noise: the law is linear over the
+    interval and the loss quadratic, so the profile interval is the estimate -+ t_{n-3} bse."""
+    Cr, y, e = _squared_loss_data(scale=1e-6)
+    res = fit(_df(y, Cr), form="saturating")
+    ci = res.conf_int(0.10).to_numpy()
+    half = stats.t.ppf(0.95, Cr.size - 3) * res.bse.to_numpy()
+    np.testing.assert_allclose(ci[:, 1] - res.params, half, rtol=1e-3)
+    np.testing.assert_allclose(res.params - ci[:, 0], half, rtol=1e-3)
