@@ -4,22 +4,25 @@ A Chinchilla-style fit (Hoffmann et al. 2022, appendix D.2: a Huber loss minimis
 starts), then inference that holds where the data determine the curve and says so where they do not.
 
 1. **Fit.** C is scaled by its geometric mean C0, y = E + A' u^-alpha with u = C / C0 and
-   A' = A C0^-alpha, so the problem is well conditioned. For each alpha of a grid, E and A' are
-   linear and solved exactly by least squares on the per-capacity counts and means (exact for the
-   squared loss, so seeds that repeat a capacity cost nothing); the best starts are refined by
-   ``scipy.optimize.least_squares(loss="huber")`` on every row, 0 <= alpha <= ``ALPHA_MAX``. The
-   Huber threshold delta is 1.345 robust sigmas (MAD) of the residuals, re-estimated from the fit.
+   A' = A C0^-alpha, so the problem is well conditioned. By variable projection (Golub & Pereyra
+   1973): for fixed alpha, E and A' are linear and their Huber fit is a convex problem, solved
+   exactly (``_huber_lin``); the loss is then minimised over alpha alone, from a log grid over
+   [``FLAT`` / ln(Cmax / Cmin), ``ALPHA_MAX``] refined by Brent. The Huber threshold delta is
+   ``HUBER_T`` robust sigmas (MAD of the residuals, times sqrt(n / (n - p))), re-estimated from the
+   fit's own residuals, starting from the least-squares fit. Every row counts (seeds are not averaged);
+   the work is a few passes over the rows per alpha tried, so 100,000 rows take seconds.
 2. **Covariance.** Huber's sandwich A^-1 B A^-1 with A = sum psi'(r) J'J / n and B = sum psi(r)^2 J'J
    / (n - p) (J the Jacobian at the optimum), i.e. the model's constant-variance form of the M-estimator
    sandwich, with Huber's small-sample factor K = 1 + p/n var(psi') / mean(psi')^2: statsmodels RLM's
    default ``H1`` covariance on the linearised model. On squared-loss data (every |r| <= delta) it is
-   s^2 (J'J)^-1 with s^2 = SSR / (n - p). The heteroscedasticity-robust form (psi^2 weighted per row)
-   is not used: with 6-8 capacities it undercovers badly.
-3. **Identification.** The fit is *not identified* when any of: alpha sits at its bound 0 (no
-   curvature in log C); the condition number of J'J with unit-norm columns exceeds ``COND_MAX``; E
-   lies more than ``E_RUNOFF`` times the fitted curve's range from the curve (E and A cancel); or a
-   parameter's 95% profile interval (step 4) does not close inside its searched range (the profile is
-   flat on one side). Each cause is one sentence in ``warnings``.
+   s^2 (J'J)^-1 with s^2 = SSR / (n - p). The per-row (heteroscedasticity-robust) sandwich is not
+   used: with 6-8 capacities each psi(r_i)^2 stands for a variance on its own.
+3. **Identification.** The fit is *not identified* when any of: alpha runs to the smallest value
+   searched (no curvature in log C) or the largest (a step); the condition number of J'J with
+   unit-norm columns exceeds ``COND_MAX``; E lies more than ``E_RUNOFF`` times the fitted curve's
+   range from the curve (E and A cancel); or a parameter's 95% profile interval (step 4) does not
+   close inside its searched range (the profile is flat on one side). Each cause is one sentence in
+   ``warnings``.
 4. **Intervals** by profile likelihood: for each value of one parameter the loss is minimised over
    the other two; the bound is where the drop-in-dispersion statistic 2 (Q(v) - Q_min) / lambda (Q
    the Huber loss, lambda = K^2 B / A its dispersion, so that the statistic is t^2 in the quadratic
