@@ -116,12 +116,13 @@ def _huber_lin(X: np.ndarray, z: np.ndarray, delta: float) -> tuple[np.ndarray, 
         a = np.abs(r)
         inside = a <= delta
         g = xt(np.clip(r, -delta, delta))
-        si, det_i = _wsolve(X, np.minimum(1.0, delta / np.maximum(a, 1e-300)), g)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):     # a singular system: its step is not taken
+            si, det_i = _wsolve(X, np.minimum(1.0, delta / np.maximum(a, 1e-300)), g)
             sn, det_n = _wsolve(X, inside.astype(float), g)
         ok = det_n > 1e-12 * det_i                                             # the rows inside determine b
         step = np.where(ok[:, None], sn, si)
-        dz = fitted(step)
+        with np.errstate(invalid="ignore"):
+            dz = fitted(step)
         t, pending, Q_old = np.ones(len(z)), ~done, Q.copy()
         for _ in range(40):                                                    # halve the step until downhill
             rn = r - t[:, None] * dz
@@ -275,6 +276,8 @@ class SaturatingFit:
     y: np.ndarray = field(repr=False)
     grid: np.ndarray = field(repr=False)   # the alphas searched (log grid from FLAT / ln(Cmax/Cmin) to ALPHA_MAX)
     loss: float = 0.0                  # the Huber loss at the optimum
+    cond: float = 0.0                  # the condition number of J'J with unit-norm columns (E, A', alpha)
+    runoff: float = 0.0                # |E - median fitted| / the fitted curve's range
     lam: float = 0.0                   # the loss's dispersion (profile statistic's scale)
     cov_u: np.ndarray | None = field(default=None, repr=False)  # (3, 3) in (E, A', alpha); null directions dropped
     _ci: dict = field(default_factory=dict, repr=False)
@@ -438,7 +441,7 @@ def _inference(theta: np.ndarray, C0: float, u: np.ndarray, y: np.ndarray, delta
     cov_u = factor * _inverse(J, NULL_RCOND) if np.isfinite(factor) else np.full((P, P), np.nan)
     res = SaturatingFit(params=params, cov=T @ cov_u @ T.T, scale=scale, huber_delta=delta, identified=not why,
                         warnings=why, theta=np.asarray(theta, dtype=float), C0=C0, u=u, y=y, grid=grid,
-                        loss=float(_huber_cost(r, delta)), lam=lam, cov_u=cov_u)
+                        loss=float(_huber_cost(r, delta)), lam=lam, cond=cond, runoff=runoff, cov_u=cov_u)
     if res.identified:      # a flat profile: the 95% interval does not close inside the searched range
         ci = res.conf_int(IDENT_LEVEL)
         flat = [f"{NAMES[j]}'s 95% profile interval does not close {'below' if side == 0 else 'above'} "

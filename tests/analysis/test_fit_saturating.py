@@ -60,6 +60,7 @@ def test_needs_four_capacities_and_no_bootstrap():
 # --- identification ------------------------------------------------------------------------------------------
 
 CL = np.geomspace(1e6, 1e9, 7)
+CS = np.geomspace(1e4, 1e8, 8)
 
 
 def _loglinear(seed, C=CL, sigma=0.05):
@@ -78,8 +79,11 @@ def test_loglinear_data_are_not_identified_and_have_no_intervals():
     assert text.count("not identified") == 3 and sum(line.startswith("Not identified: ") for line in
                                                       text.splitlines()) == 1
     # inside the fitted range the mean is an estimable function (a finite CI); beyond it, none
-    sf = res.get_prediction([CL[0], 3e7, CL[-1], 10 * CL[-1]]).summary_frame(0.05)
-    assert np.isfinite(sf["mean"]).all() and np.isfinite(sf.mean_se.iloc[:3]).all() and np.isnan(sf.mean_se.iloc[3])
+    at = [CL[0], 3e7, CL[-1], CL[0] * (1 - 1e-6), CL[-1] * (1 + 1e-6), 1.5 * CL[-1], 10 * CL[-1]]
+    sf = res.get_prediction(at).summary_frame(0.05)
+    assert np.isfinite(sf["mean"]).all()
+    np.testing.assert_array_equal(np.isfinite(sf.mean_se), [True] * 3 + [False] * 4)
+    np.testing.assert_array_equal(np.isfinite(sf.obs_ci_upper), [True] * 3 + [False] * 4)
 
 
 def test_identified_data_have_no_warnings_and_linear_forms_are_identified():
@@ -232,3 +236,96 @@ def test_profile_intervals_are_wald_t_intervals_when_the_loss_is_quadratic():
     half = stats.t.ppf(0.95, Cr.size - 3) * res.bse.to_numpy()
     np.testing.assert_allclose(ci[:, 1] - res.params, half, rtol=1e-3)
     np.testing.assert_allclose(res.params - ci[:, 0], half, rtol=1e-3)
+
+
+def test_huber_regression_is_statsmodels_rlm_with_the_same_threshold():
+    """The inner solver (E, A' for fixed alpha; one column for the profiles) against statsmodels RLM's IRLS
+    with HuberT at the same threshold and a fixed scale."""
+    import statsmodels.api as sm
+
+    from analysis.saturating import _huber_lin
+
+    rng = np.random.default_rng(12)
+    u = np.repeat(np.geomspace(0.01, 100, 9), 2)
+    X2 = np.column_stack([np.ones_like(u), u ** -0.3])
+    y = X2 @ [0.5, 2.0] + rng.standard_t(2, u.size) * 0.02
+    delta = 0.015
+    for X in (X2, X2[:, 1:]):
+        rlm = sm.RLM(y, X, M=sm.robust.norms.HuberT(t=1.0)).fit(start_scale=delta, update_scale=False,
+                                                                 conv="coefs", tol=1e-14, maxiter=10_000)
+        Q, b = _huber_lin(X[None], y[None], delta)
+        np.testing.assert_allclose(b[0], rlm.params, rtol=1e-7)
+        assert Q[0] == pytest.approx(_huber_loss(y - X @ rlm.params, delta), rel=1e-10)
+        assert (np.abs(y - X @ b[0]) > delta).sum() >= 3             # the premise: the Huber part matters
+
+
+def test_refit_of_a_fold_is_the_huber_optimum_of_its_rows():
+    """``refit`` (cross-validation folds) starts from the full fit: on all rows it returns the full fit, on a
+    fold the minimum of the fold's Huber loss at the full fit's threshold (an independent Nelder-Mead)."""
+    from analysis.saturating import fit_saturating, refit
+
+    rng = np.random.default_rng(13)
+    y = _law([E, A, ALPHA], C) + rng.normal(0, 0.01, C.size)
+    f = fit_saturating(C, y)
+    np.testing.assert_allclose(refit(f, C, y), f.params, rtol=1e-6)
+    keep = np.arange(C.size) != 4
+    got = refit(f, C[keep], y[keep])
+    d = f.huber_delta
+
+    def loss(t):
+        return _huber_loss(y[keep] - _law(t, C[keep]), d)
+    ref = optimize.minimize(loss, got * 1.01, method="Nelder-Mead",
+                            options={"xatol": 1e-12, "fatol": 1e-18, "maxiter": 40_000})
+    assert loss(got) <= ref.fun * (1 + 1e-9)
+    np.testing.assert_allclose(got, ref.x, rtol=1e-4)
+    assert not np.allclose(got, f.params, rtol=1e-4)                  # the fold moved the fit
+
+
+def test_threshold_is_the_df_corrected_mad_of_the_residuals():
+    """On the squared-loss data the residuals at every round are e: delta = 2 x 1.4826 MAD(e) sqrt(n / (n - 3))."""
+    Cr, y, e = _squared_loss_data()
+    res = fit(_df(y, Cr), form="saturating")
+    mad = np.median(np.abs(e - np.median(e)))
+    assert res._sat.huber_delta == pytest.approx(2.0 * 1.4826 * mad * np.sqrt(Cr.size / (Cr.size - 3)), rel=1e-7)
+
+
+def test_condition_number_and_runoff_by_hand():
+    """cond: of J'J with unit-norm columns in (E, A', alpha), A' = A C0^-alpha (J by central differences);
+    runoff: |E - median fitted| / range of the fitted curve."""
+    rng = np.random.default_rng(14)
+    y = _law([E, A, ALPHA], C) + rng.normal(0, 0.01, C.size)
+    res = fit(_df(y), form="saturating")
+    sat = res._sat
+    C0 = np.exp(np.log(C).mean())
+    E_, A_, al = res.params.to_numpy()
+    theta = np.array([E_, A_ * C0 ** -al, al])
+
+    def law_u(t):
+        return t[0] + t[1] * (C / C0) ** -t[2]
+    cols = []
+    for j in range(3):
+        h = 1e-6 * abs(theta[j])
+        tp, tm = theta.copy(), theta.copy()
+        tp[j] += h
+        tm[j] -= h
+        cols.append((law_u(tp) - law_u(tm)) / (2 * h))
+    J = np.column_stack(cols)
+    J /= np.linalg.norm(J, axis=0)
+    assert sat.cond == pytest.approx(np.linalg.cond(J) ** 2, rel=1e-5)
+    fitted = _law(res.params.to_numpy(), C)
+    assert sat.runoff == pytest.approx(abs(E_ - np.median(fitted)) / np.ptp(fitted), rel=1e-9)
+
+
+def test_each_cause_of_non_identification_is_named():
+    res = fit(_df(40 - 2 * np.log10(CL), CL), form="saturating")           # exactly log-linear: alpha -> 0
+    text = " | ".join(res.warnings)
+    assert "smallest value searched" in text and "condition number" in text and "runs off" in text
+    assert res._sat.cond > 1e12 and res._sat.runoff > 20
+    step = np.where(C == C[0], 1.0, 0.0)                                   # a step at the smallest capacity
+    res = fit(_df(step), form="saturating")
+    assert not res.identified and any("largest value searched" in w for w in res.warnings)
+    y = 0.5 + 3 * CS ** -0.3 + np.random.default_rng(4).normal(0, 0.02, CS.size)    # curved, but not enough
+    res = fit(_df(y, CS), form="saturating")
+    assert not res.identified and res._sat.cond < 1e4 and res._sat.runoff < 20
+    assert [w.split("'")[0] for w in res.warnings] == ["E", "alpha"]
+    assert all("profile interval does not close below" in w for w in res.warnings)
