@@ -329,3 +329,33 @@ def test_each_cause_of_non_identification_is_named():
     assert not res.identified and res._sat.cond < 1e4 and res._sat.runoff < 20
     assert [w.split("'")[0] for w in res.warnings] == ["E", "alpha"]
     assert all("profile interval does not close below" in w for w in res.warnings)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_profile_search_limits(sign):
+    """Where a profile that never rises is given up: alpha over the grid's ends (FLAT / ln(Cmax/Cmin) to 10),
+    E within 100 fitted-curve ranges, A within a factor 1e6 toward 0 and away from it (sign kept)."""
+    from analysis.saturating import A_SEARCH, ALPHA_MAX, E_SEARCH, FLAT
+
+    rng = np.random.default_rng(15)
+    y = sign * (A * C ** -ALPHA) + E + rng.normal(0, 0.01, C.size)      # sign -1: a rising metric, A < 0
+    sat = fit(_df(y), form="saturating")._sat
+    E_, A_, _ = sat.params
+    assert np.sign(A_) == sign
+    np.testing.assert_allclose([sat._limit(2, -1), sat._limit(2, 1)], [FLAT / np.log(C[-1] / C[0]), ALPHA_MAX],
+                               rtol=1e-12)
+    span = np.ptp(_law(sat.params, C))
+    np.testing.assert_allclose([sat._limit(0, -1), sat._limit(0, 1)], [E_ - E_SEARCH * span, E_ + E_SEARCH * span],
+                               rtol=1e-9)
+    lims = [sat._limit(1, -1), sat._limit(1, 1)]
+    np.testing.assert_allclose(lims, sorted([A_ / A_SEARCH, A_ * A_SEARCH]), rtol=1e-12)
+
+
+def test_an_exact_fit_has_zero_width_profiles():
+    """lambda = 0 (no scatter): any departure from the optimum is infinitely unlikely, none is not."""
+    rng = np.random.default_rng(16)
+    sat = fit(_df(_law([E, A, ALPHA], C) + rng.normal(0, 0.01, C.size)), form="saturating")._sat
+    sat.lam, sat._memo = 0.0, {}
+    sat.loss = sat.profile(2, sat.params[2])           # the optimum's own loss, as the profile computes it
+    assert sat._root(2, sat.params[2] * 1.1) == np.inf
+    assert sat._root(2, sat.params[2]) == 0.0
