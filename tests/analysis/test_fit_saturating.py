@@ -291,10 +291,12 @@ def test_threshold_is_the_df_corrected_mad_of_the_residuals():
 
 def test_condition_number_and_runoff_by_hand():
     """cond: of J'J with unit-norm columns in (E, A', alpha), A' = A C0^-alpha (J by central differences);
-    runoff: |E - median fitted| / range of the fitted curve."""
+    runoff: |E - median fitted| / range of the fitted curve. (C here is not symmetric about C0 in log C,
+    where u^-alpha and u^alpha would take the same values.)"""
+    C = np.append(np.geomspace(1e5, 1e9, 9), 3e5)        # not symmetric in log C about C0
     rng = np.random.default_rng(14)
-    y = _law([E, A, ALPHA], C) + rng.normal(0, 0.01, C.size)
-    res = fit(_df(y), form="saturating")
+    y = _law([E, 6.0, ALPHA], C) + rng.normal(0, 0.001, C.size)    # A' = 6 C0^-0.35 ~ 0.03: small columns too
+    res = fit(_df(y, C), form="saturating")
     sat = res._sat
     C0 = np.exp(np.log(C).mean())
     E_, A_, al = res.params.to_numpy()
@@ -359,3 +361,50 @@ def test_an_exact_fit_has_zero_width_profiles():
     sat.loss = sat.profile(2, sat.params[2])           # the optimum's own loss, as the profile computes it
     assert sat._root(2, sat.params[2] * 1.1) == np.inf
     assert sat._root(2, sat.params[2]) == 0.0
+
+
+def test_threshold_without_scatter():
+    """More than half the residuals exactly 0 (MAD 0): the threshold is 1e-6 of y's sd (1e-18 for constant y)."""
+    from analysis.saturating import _threshold
+
+    y = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    assert _threshold(np.array([0.0, 0.0, 0.0, 0.1, -0.2]), y) == pytest.approx(1e-6 * np.std(y), rel=1e-12)
+    assert _threshold(np.zeros(5), np.ones(5)) == pytest.approx(1e-18, rel=1e-12)
+    r = np.array([0.0, 0.0, 0.1, 0.3, -0.2])
+    assert _threshold(r, y) == pytest.approx(2.0 * 1.4826 * 0.1 * np.sqrt(5 / 2), rel=1e-12)
+
+
+@pytest.mark.parametrize("alpha, warned", [("first", True), ("1.5 first", False), ("last", True),
+                                           ("0.9 last", False)])
+def test_alpha_at_the_ends_of_the_search_is_named(alpha, warned):
+    """The alpha-at-a-bound causes fire at the searched range's ends only (the fit's inference on a given
+    optimum: E, A', alpha)."""
+    from analysis.saturating import _alpha_grid, _inference
+
+    C0 = np.exp(np.log(C).mean())
+    u = C / C0
+    grid = _alpha_grid(u)
+    a = {"first": grid[0], "1.5 first": 1.5 * grid[0], "last": grid[-1], "0.9 last": 0.9 * grid[-1]}[alpha]
+    theta = np.array([0.5, 0.3, a])
+    y = _resid(theta, u) + np.random.default_rng(17).normal(0, 0.01, C.size)
+    res = _inference(theta, C0, u, y, 0.02, grid)
+    text = " | ".join(res.warnings)
+    assert (("smallest value searched" in text) or ("largest value searched" in text)) == warned
+
+
+def _resid(theta, u):
+    return theta[0] + theta[1] * u ** -theta[2]
+
+
+def test_the_alpha_grid_is_searched_in_chunks_the_same(monkeypatch):
+    """Large tables evaluate the alpha grid a few alphas at a time (BATCH): the same fit and intervals."""
+    import analysis.saturating as sat_mod
+
+    rng = np.random.default_rng(18)
+    y = _law([E, A, ALPHA], C) + rng.normal(0, 0.01, C.size)
+    whole = fit(_df(y), form="saturating")
+    for batch in (20, 1):                         # 2 alphas at a time for these 9 rows; then one
+        monkeypatch.setattr(sat_mod, "BATCH", batch)
+        chunked = fit(_df(y), form="saturating")
+        np.testing.assert_allclose(chunked.params, whole.params, rtol=1e-9)
+        np.testing.assert_allclose(chunked.conf_int(0.05), whole.conf_int(0.05), rtol=1e-6)
