@@ -426,7 +426,7 @@ def _inference(theta: np.ndarray, C0: float, u: np.ndarray, y: np.ndarray, delta
     if alpha >= grid[-1] * (1 - 1e-6):
         why.append(f"alpha = {alpha:.3g} is the largest value searched: the curve is a step at the "
                    "smallest capacity")
-    cond = (s[0] / s[-1]) ** 2 if s[-1] > 0 else math.inf
+    cond = float(s[0] / s[-1]) ** 2 if s[-1] > 0 and s[0] / s[-1] < 1e150 else math.inf
     if cond > COND_MAX:
         why.append(f"the condition number of J'J is {cond:.2g} (> {COND_MAX:.0e}): E, A and alpha trade off "
                    "along a direction the data do not constrain")
@@ -438,7 +438,8 @@ def _inference(theta: np.ndarray, C0: float, u: np.ndarray, y: np.ndarray, delta
     if not np.isfinite(factor):
         why.append("every residual is beyond the Huber threshold: no covariance")
     scale = float(r @ r) / (n - P)
-    cov_u = factor * _inverse(J, NULL_RCOND) if np.isfinite(factor) else np.full((P, P), np.nan)
+    with np.errstate(over="ignore", invalid="ignore"):    # a degenerate J: inf / NaN, and not identified
+        cov_u = factor * _inverse(J, NULL_RCOND) if np.isfinite(factor) else np.full((P, P), np.nan)
     res = SaturatingFit(params=params, cov=T @ cov_u @ T.T, scale=scale, huber_delta=delta, identified=not why,
                         warnings=why, theta=np.asarray(theta, dtype=float), C0=C0, u=u, y=y, grid=grid,
                         loss=float(_huber_cost(r, delta)), lam=lam, cond=cond, runoff=runoff, cov_u=cov_u)

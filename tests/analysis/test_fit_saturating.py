@@ -409,3 +409,37 @@ def test_the_alpha_grid_is_searched_in_chunks_the_same(monkeypatch):
         chunked = fit(_df(y), form="saturating")
         np.testing.assert_allclose(chunked.params, whole.params, rtol=1e-9)
         np.testing.assert_allclose(chunked.conf_int(0.05), whole.conf_int(0.05), rtol=1e-6)
+
+
+# --- the contract, fuzzed ---------------------------------------------------------------------------------------
+
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(4, 9), seeds=st.integers(1, 3), lo=st.floats(1.0, 1e6), decades=st.floats(0.5, 6),
+       E_=st.floats(-5, 5), A_=st.floats(-50, 50), alpha=st.floats(0.0, 2.0), noise=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2 ** 16))
+def test_any_table_gets_a_verdict_and_honest_intervals(m, seeds, lo, decades, E_, A_, alpha, noise, seed):
+    """Whatever the curve (flat, steep, rising, falling, noiseless or not): a bool verdict, warnings iff not
+    identified, intervals around the estimate when identified and none otherwise, strict JSON out."""
+    import json
+
+    from analysis.cli import _finite
+
+    Cr = np.repeat(np.geomspace(lo, lo * 10 ** decades, m), seeds)
+    y = E_ + A_ * (Cr / lo) ** -alpha + np.random.default_rng(seed).normal(0, noise, Cr.size)
+    assume(np.ptp(y) > 1e-9 * max(np.abs(y).max(), 1.0))     # constant y: issue 13 part 6's one-line error
+    res = fit(_df(y, Cr), form="saturating")
+    assert isinstance(res.identified, bool) and (res.identified == (res.warnings == []))
+    ci = res.conf_int(0.05).to_numpy()
+    if res.identified:
+        assert np.isfinite(res.params).all()
+        assert ((ci[:, 0] <= res.params + 1e-9 * np.abs(res.params)) |
+                np.isnan(ci[:, 0])).all()
+        assert ((res.params - 1e-9 * np.abs(res.params) <= ci[:, 1]) | np.isnan(ci[:, 1])).all()
+    else:
+        assert np.isnan(ci).all() and np.isnan(res.bse).all()
+    json.dumps(_finite(res.to_dict()), allow_nan=False)
+    assert len(res.summary().splitlines()) > 5
