@@ -180,6 +180,7 @@ def test_prediction_se_is_the_delta_method_with_t_quantiles():
     g = _fd_jacobian(theta, new)
     se = np.sqrt(np.einsum("ij,jk,ik->i", g, V, g))
     mean = sf["mean"]
+    assert sf.index.name == "params"
     np.testing.assert_allclose(mean, _law(theta, new), rtol=1e-12)
     np.testing.assert_allclose(sf.mean_se, se, rtol=1e-6)
     t = stats.t.ppf(0.975, C.size - 3)
