@@ -10,8 +10,10 @@ Linear-in-parameters forms (log-linear, linear, power) are statsmodels OLS (or W
 ``weights="seed-variance"``) on the form's design matrix, and their predictions are statsmodels'
 own ``get_prediction``. ``power`` is fitted on ln y: its R², AIC and intervals live in that space,
 and predictions are mapped back with exp (the mean's se by the delta method). ``saturating`` is a
-robust Huber fit (``scipy.optimize.least_squares``) from a grid of starting values; its standard
-errors and intervals come from the Jacobian at the optimum (delta method, t quantiles).
+robust Huber fit from a grid of starting values (``analysis.saturating``): its covariance is Huber's
+sandwich, its parameter intervals are profile-likelihood ones, and ``identified`` / ``warnings`` say
+when the data do not determine E, A and alpha (then its parameter intervals are NaN). For every form
+``identified`` is True and ``warnings`` empty unless the fit says otherwise.
 Replicates (several seeds per capacity) are kept as rows, never averaged away. Where the rows carry
 their metric's measurement error (a ``<y>_se`` column), ``measurement_error()`` says how much of the
 residual scatter it accounts for (``analysis.measurement``).
@@ -26,16 +28,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
-from scipy import optimize, stats
+from scipy import stats
 
 from analysis import bootstrap as boot
 from analysis import measurement
+from analysis import saturating as sat_law
 from analysis.errors import AnalysisError
 from analysis.laws import FORMS, Law, get_law
 from analysis.schema import se_column
 
 CI_METHODS = ("analytic", "bootstrap")
 WEIGHTS = (None, "seed-variance")
+AUTO_FOLDS = 20   # form="auto": leave-one-capacity-out up to 20 capacities, else 20 folds of interleaved capacities
+AUTO_RULE = "cross-validation over capacities (RMSE; the simplest form within one se of the best)"
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,9 @@ class FitResults:
         self._w = None
         self._ols = ols
         self._sat = sat
-        self.auto_scores: pd.Series | None = None   # leave-one-out RMSE per form when form="auto"
+        self.auto_scores: pd.Series | None = None   # cross-validated RMSE per form when form="auto"
+        self.auto_ineligible: list[str] = []        # forms form="auto" scored but could not choose (not identified)
+        self.identified, self.warnings = True, []    # the saturating law's identification (others: always)
         names = list(law.param_names)
         if ols is not None:
             self._w = ols.model.weights if weights else None
@@ -197,18 +204,19 @@ class FitResults:
             self.rsquared, self.rsquared_adj = float(ols.rsquared), float(ols.rsquared_adj)
             self.aic, self.bic, self.scale = float(ols.aic), float(ols.bic), float(ols.scale)
             self.ssr = float(ols.ssr)
-        else:
-            self.params = pd.Series(sat["params"], index=names, name="params")
-            self.cov_params = pd.DataFrame(sat["cov"], index=names, columns=names)
-            self.bse = pd.Series(np.sqrt(np.diag(sat["cov"])), index=names, name="bse")
+        else:  # sat: a saturating.SaturatingFit
+            self.identified, self.warnings = sat.identified, list(sat.warnings)
+            self.params = pd.Series(sat.params, index=names, name="params")
+            self.cov_params = pd.DataFrame(sat.cov, index=names, columns=names)
+            self.bse = pd.Series(np.sqrt(np.diag(sat.cov)), index=names, name="bse")
             n, p = len(self.yobs), len(names)
             self.nobs, self.df_resid = n, n - p
-            resid = self.yobs - law.predict(sat["params"], self.C)
+            resid = self.yobs - law.predict(sat.params, self.C)
             self.ssr = float(resid @ resid)
             sst = float(((self.yobs - self.yobs.mean()) ** 2).sum())
             self.rsquared = 1 - self.ssr / sst
             self.rsquared_adj = 1 - (1 - self.rsquared) * (n - 1) / (n - p)
-            self.scale = self.ssr / (n - p)
+            self.scale = sat.scale   # SSR / (n - p)
             llf = -n / 2 * (math.log(2 * math.pi) + math.log(max(self.ssr / n, 1e-300)) + 1)  # 0 on exact data
             self.aic, self.bic = -2 * llf + 2 * p, -2 * llf + p * math.log(n)
 
@@ -222,12 +230,15 @@ class FitResults:
 
     def conf_int(self, alpha: float = 0.05, method: str = "analytic", B: int = 10_000, kind: str = "residual",
                  seed=0) -> pd.DataFrame:
-        """Intervals for the params: t-based (``analytic``) or the studentized residual bootstrap."""
+        """Intervals for the params: t-based (``analytic``) or the studentized residual bootstrap.
+        The saturating law's ``analytic`` intervals are profile-likelihood ones (NaN when not identified)."""
         if method not in CI_METHODS:
             raise AnalysisError(f"unknown interval method {method!r}: expected one of {', '.join(CI_METHODS)}")
         if not 0 < alpha < 1:
             raise AnalysisError(f"alpha must be in (0, 1), got {alpha}")
-        if method == "analytic":
+        if method == "analytic" and self._sat is not None:
+            ci = self._sat.conf_int(alpha)
+        elif method == "analytic":
             t = stats.t.ppf(1 - alpha / 2, self.df_resid)
             ci = np.column_stack([self.params - t * self.bse, self.params + t * self.bse])
         else:
@@ -248,12 +259,9 @@ class FitResults:
         return PredictionResults(self, C)
 
     def _delta_prediction(self, C) -> tuple[np.ndarray, np.ndarray]:
-        """Saturating law: the mean at C and its se by the delta method."""
-        E, A, alpha = self.params.to_numpy()
-        Ca = np.power(C, -alpha)
-        grad = np.column_stack([np.ones_like(C), Ca, -A * Ca * np.log(C)])          # (m, 3)
-        se = np.sqrt(np.einsum("ij,jk,ik->i", grad, self.cov_params.to_numpy(), grad))
-        return E + A * Ca, se
+        """Saturating law: the mean at C and its se by the delta method (``SaturatingFit.prediction``:
+        NaN outside the fitted range when the fit is not identified)."""
+        return self._sat.prediction(C)
 
     def lack_of_fit(self) -> LackOfFit | None:
         """F = (SS_lof / (m - p)) / (SS_pe / (n - m)); None without replicates (or m = p)."""
@@ -305,16 +313,23 @@ class FitResults:
                  f"AIC: {self.aic:.3f}   BIC: {self.bic:.3f}",
                  "", f"{'':>8}{'coef':>12}{'std err':>12}{'t':>9}{'P>|t|':>9}{lo:>12}{hi:>12}"]
         for name in self.params.index:
+            if not self.identified:
+                lines.append(f"{name:>8}{self.params[name]:>12.5g}{'not identified':>27}")
+                continue
             lines.append(f"{name:>8}{self.params[name]:>12.5g}{self.bse[name]:>12.4g}{self.tvalues[name]:>9.3f}"
                          f"{self.pvalues[name]:>9.3g}{ci.loc[name, 'lower']:>12.5g}{ci.loc[name, 'upper']:>12.5g}")
+        if self._sat is not None:
+            lines.append("Not identified: " + "; ".join(self.warnings) + ": no parameter intervals" if
+                         not self.identified else "Intervals: profile likelihood; std err: Huber sandwich")
         lof = self.lack_of_fit()
         lines.append("")
         lines.append("Lack of fit: no replicates" if lof is None else
                      f"Lack of fit: F({lof.df_num}, {lof.df_den}) = {lof.F:.4g}, p = {lof.pvalue:.4g}")
         lines += self.measurement_error_lines()
         if self.auto_scores is not None:
-            lines.append("Form chosen by leave-one-capacity-out RMSE: " +
-                         ", ".join(f"{k} {v:.4g}" for k, v in self.auto_scores.items()))
+            lines.append(f"Form chosen by {AUTO_RULE}: " +
+                         ", ".join(f"{k} {v:.4g}" + (" (not identified)" if k in self.auto_ineligible else "")
+                                   for k, v in self.auto_scores.items()))
         return "\n".join(lines)
 
     def to_dict(self, alpha: float = 0.05, ci_method: str = "analytic") -> dict:
@@ -334,7 +349,8 @@ class FitResults:
                                                          "pvalue": lof.pvalue},
                 "measurement_error": None if me is None else me.to_dict(),
                 "auto_scores": None if self.auto_scores is None else
-                {k: float(v) for k, v in self.auto_scores.items()}}
+                {k: float(v) for k, v in self.auto_scores.items()},
+                "identified": self.identified, "warnings": list(self.warnings)}
 
     def __repr__(self) -> str:
         ps = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())
@@ -345,7 +361,7 @@ class FitResults:
 
 
 def fit(df, x: str | None = None, y: str | None = None, form: str = "log-linear", weights=None) -> FitResults:
-    """Fit ``form`` (or ``"auto"``: the best by leave-one-capacity-out error) to the rows of ``df``.
+    """Fit ``form`` (or ``"auto"``: chosen by cross-validation over capacities, ``_fit_auto``) to the rows of ``df``.
 
     ``df`` is a DataFrame or the ``Table`` from ``load`` (whose x and y are then the defaults;
     otherwise ``params`` and ``rfid``). ``weights="seed-variance"``: WLS by 1 / per-capacity variance.
@@ -369,7 +385,7 @@ def _fit_arrays(law: Law, C, Y, x: str, y: str, weights=None, yse=None, ids=None
         if weights:
             raise AnalysisError(f"weights={weights!r} is implemented for the linear-in-parameter forms, "
                                 f"not {law.name!r}")
-        return FitResults(law, C, Y, x, y, sat=_fit_saturating(C, Y), yse=yse, ids=ids)
+        return FitResults(law, C, Y, x, y, sat=sat_law.fit_saturating(C, Y), yse=yse, ids=ids)
     X, yt = law.design(C), law.to_fit_space(Y)
     if weights == "seed-variance":
         model = sm.WLS(yt, X, weights=_seed_variance_weights(C, yt, x))
@@ -378,83 +394,64 @@ def _fit_arrays(law: Law, C, Y, x: str, y: str, weights=None, yse=None, ids=None
     return FitResults(law, C, Y, x, y, weights=weights, ols=model.fit(), yse=yse, ids=ids)
 
 
-def _fit_saturating(C: np.ndarray, y: np.ndarray, alphas=None) -> dict:
-    """y = E + A C^-alpha by a robust Huber loss summed over points, from a grid of starts.
+def _folds(C: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each row's fold: its capacity's rank modulo ``AUTO_FOLDS`` (one capacity per fold when there are
+    at most ``AUTO_FOLDS``: leave-one-capacity-out), and the number of folds."""
+    _, inv = np.unique(C, return_inverse=True)
+    K = min(int(inv.max()) + 1, AUTO_FOLDS)
+    return inv % K, K
 
-    Internally C is scaled by its geometric mean C0 (A' = A C0^-alpha) so the problem is well
-    conditioned. For each alpha of the grid, E and A' are linear and solved exactly: that gives
-    the starts; each start is refined by ``least_squares(loss="huber")`` and the lowest loss kept.
-    The Huber threshold is 1.345 robust sigmas (MAD) of the residuals, re-estimated from the fit.
-    """
-    C0 = float(np.exp(np.mean(np.log(C))))
-    u = C / C0
-    alphas = np.geomspace(0.01, 3.0, 25) if alphas is None else alphas
-    starts = []
-    for a in alphas:
-        X = np.column_stack([np.ones_like(u), u ** -a])
-        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-        r = y - X @ coef
-        starts.append((float(r @ r), [coef[0], coef[1], a]))
-    starts.sort(key=lambda s: s[0])
 
-    def resid(theta):
-        return theta[0] + theta[1] * u ** -theta[2] - y
-
-    def huber_fit(thetas, delta):
-        best = None
-        for theta0 in thetas:
-            sol = optimize.least_squares(resid, theta0, loss="huber", f_scale=delta, method="trf",
-                                         bounds=([-np.inf, -np.inf, 0.0], [np.inf, np.inf, 10.0]),
-                                         x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=100)
-            if best is None or sol.cost < best.cost:
-                best = sol
-        return best
-
-    def threshold(r):
-        sigma = 1.4826 * np.median(np.abs(r - np.median(r)))
-        return 1.345 * sigma if sigma > 0 else 1e-6 * max(float(np.std(y)), 1e-12)
-
-    # The threshold is re-estimated from the fit's own residuals (an outlier inflates the first).
-    thetas = [theta for _, theta in starts[:5]]
-    delta = threshold(resid(thetas[0]))
-    for _ in range(5):
-        best, used = huber_fit(thetas, delta), delta
-        delta = threshold(best.fun)
-        if abs(delta - used) <= 0.05 * used:
-            break
-        thetas = [best.x]  # later rounds refine the best solution
-    E, Ap, alpha = best.x
-    # Covariance from the (unweighted) Jacobian at the optimum, in (E, A', alpha), then to (E, A, alpha).
-    r = resid(best.x)
-    J = np.column_stack([np.ones_like(u), u ** -alpha, -Ap * u ** -alpha * np.log(u)])
-    n, p = len(y), 3
-    s2 = float(r @ r) / (n - p)
-    cov_int = s2 * np.linalg.pinv(J.T @ J)
-    A = Ap * C0 ** alpha
-    T = np.array([[1, 0, 0], [0, C0 ** alpha, Ap * C0 ** alpha * np.log(C0)], [0, 0, 1]])
-    return {"params": np.array([E, A, alpha]), "cov": T @ cov_int @ T.T, "huber_delta": used}
+def _fold_mse(law: Law, C, Y, x, y, weights, fold, K, full: FitResults | None) -> np.ndarray:
+    """(K,) mean squared error (in y) of each fold's rows predicted from a fit without them. The
+    saturating law refits each fold from the full fit's optimum (``saturating.refit``)."""
+    mse = np.empty(K)
+    for k in range(K):
+        out = fold == k
+        keep = ~out
+        if full is not None and full._sat is not None:
+            pred = law.predict(sat_law.refit(full._sat, C[keep], Y[keep]), C[out])
+        else:
+            pred = _fit_arrays(law, C[keep], Y[keep], x, y, weights).predict(C[out])
+        mse[k] = np.mean((pred - Y[out]) ** 2)
+    return mse
 
 
 def _fit_auto(C, Y, x, y, weights, yse=None, ids=None) -> FitResults:
-    """The form with the lowest leave-one-capacity-out RMSE (in y) among those the data allow."""
-    caps = np.unique(C)
-    scores = {}
+    """The form chosen by cross-validation over capacities (``AUTO_RULE``): each form's mean squared
+    error per fold; among the forms within one standard error of the best (the se of the per-fold
+    differences from it, paired), the one with the fewest parameters, ties going to the first in
+    ``FORMS`` (log-linear, the default: data that cannot tell the forms apart keep it). The
+    saturating law takes part only when identified on all rows: otherwise it fits as well as the
+    log-linear law only by letting E and A run off, and its extrapolation means nothing."""
+    fold, K = _folds(C)
+    mse, full = {}, {}
     for name, law in FORMS.items():
         try:
             law.check(C, Y)
-            errs = []
-            for c in caps:
-                keep = C != c
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    res = _fit_arrays(law, C[keep], Y[keep], x, y, weights)
-                errs.append(res.predict(C[~keep]) - Y[~keep])
-            scores[name] = float(np.sqrt(np.mean(np.concatenate(errs) ** 2)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if not law.linear:
+                    full[name] = _fit_arrays(law, C, Y, x, y, weights, yse=yse, ids=ids)
+                mse[name] = _fold_mse(law, C, Y, x, y, weights, fold, K, full.get(name))
         except (AnalysisError, np.linalg.LinAlgError, ValueError):
             continue
-    if not scores:
-        raise AnalysisError("form='auto': no form could be fitted with one capacity left out")
-    best = min(scores, key=scores.get)
-    res = _fit_arrays(FORMS[best], C, Y, x, y, weights, yse=yse, ids=ids)
-    res.auto_scores = pd.Series(scores, name="loo_rmse").sort_values()
+    if not mse:
+        raise AnalysisError("form='auto': no form could be fitted with a fold of capacities left out")
+    eligible = [k for k in mse if k not in full or full[k].identified]
+    if not eligible:
+        raise AnalysisError("form='auto': the only form that could be fitted (saturating) is not identified")
+    best = min(eligible, key=lambda k: mse[k].mean())
+
+    def close(k):   # within one se of the best, paired by fold
+        d = mse[k] - mse[best]
+        return k == best or d.mean() <= d.std(ddof=1) / math.sqrt(K)
+
+    order = list(FORMS)     # log-linear first: the paper's law and the default
+    chosen = min((k for k in eligible if close(k)), key=lambda k: (len(FORMS[k].param_names), order.index(k)))
+    res = full.get(chosen) or _fit_arrays(FORMS[chosen], C, Y, x, y, weights, yse=yse, ids=ids)
+    sizes = np.bincount(fold, minlength=K)
+    res.auto_scores = pd.Series({k: math.sqrt(float(v @ sizes) / sizes.sum()) for k, v in mse.items()},
+                                name="cv_rmse").sort_values()
+    res.auto_ineligible = [k for k in mse if k not in eligible]
     return res
