@@ -31,14 +31,16 @@ import statsmodels.api as sm
 from scipy import stats
 
 from analysis import bootstrap as boot
-from analysis import measurement
+from analysis import measurement, noise, robust
 from analysis import saturating as sat_law
 from analysis.errors import AnalysisError
 from analysis.laws import FORMS, Law, get_law
 from analysis.schema import se_column
 
 CI_METHODS = ("analytic", "bootstrap")
-WEIGHTS = (None, "seed-variance")
+WEIGHTS = (None, "seed-variance", "measurement")
+COV_TYPES = robust.COV_TYPES
+BOOTSTRAP_KINDS = ("wild",) + boot.KINDS
 AUTO_FOLDS = 20   # form="auto": leave-one-capacity-out up to 20 capacities, else 20 folds of interleaved capacities
 AUTO_RULE = "cross-validation over capacities (RMSE; the simplest form within one se of the best)"
 
@@ -125,27 +127,48 @@ def _check_capacities(C: np.ndarray, x: str, need: int = 3, source: str = "") ->
 
 
 def _seed_variance_weights(C: np.ndarray, y: np.ndarray, x: str) -> np.ndarray:
-    """1 / (per-capacity sample variance), normalised to mean 1 (a new point then has weight 1)."""
-    var = np.empty_like(y)
+    """Feasible GLS weights: 1 / sigma^2(C) from the noise model (``analysis.noise``: log variance
+    linear in log C, fitted to every capacity's seed variance with its degrees of freedom),
+    normalised to mean 1. Each capacity's own sample variance from 2-3 seeds is not used as known:
+    with 2 degrees of freedom it is off by a factor of 3 one time in five, and WLS by it covers 65-75%."""
     for c in np.unique(C):
-        sel = C == c
-        if sel.sum() < 2:
+        if (C == c).sum() < 2:
             raise AnalysisError(f"weights='seed-variance' needs at least 2 seeds at every capacity; "
                                 f"{x}={c:g} has 1")
-        v = np.var(y[sel], ddof=1)
-        if v <= 0:
-            raise AnalysisError(f"weights='seed-variance': the seeds at {x}={c:g} all have the same value, "
-                                "their variance is 0")
-        var[sel] = v
-    w = 1.0 / var
+    model = noise.fit(C, y)
+    if model is None:
+        raise AnalysisError("weights='seed-variance': fewer than 3 capacities have seeds that differ, "
+                            "so the noise has no trend to estimate")
+    w = 1.0 / np.exp(model.log_var(C)[0])
     return w / w.mean()
+
+
+def _measurement_weights(law: Law, Y: np.ndarray, yse, y: str, ids) -> np.ndarray:
+    """1 / (each row's measurement variance in the law's fit space): the ``<y>_se`` column as known."""
+    col = se_column(y)
+    if yse is None:
+        raise AnalysisError(f"weights='measurement' needs a {col!r} column (each row's measurement error)")
+    yse = np.asarray(yse, dtype=float)
+    bad = ~(np.isfinite(yse) & (yse > 0))
+    if bad.any():
+        from analysis.load import listed
+
+        raise AnalysisError(f"weights='measurement' needs a finite positive {col!r} on every row; "
+                            f"it is missing or not positive in {listed(np.asarray(ids, dtype=object)[bad])}")
+    se_fit = yse / Y if law.log_y else yse            # the delta method onto ln y
+    return 1.0 / se_fit ** 2
 
 
 # --- results ---------------------------------------------------------------------------------
 
 
+PI_NOTE = ("the noise at this capacity is extrapolated from few degrees of freedom (effective df {df:.2g} < 2): "
+           "the PI is wide and rests on the log-variance trend")
+NO_NOISE_MODEL = "no noise model (fewer than 3 capacities with a residual variance): no PI"
+
+
 class PredictionResults:
-    """Predictions at new capacities: ``summary_frame(alpha)`` with the mean's CI and the observation PI."""
+    """Predictions at new capacities: ``summary_frame(alpha, method)`` with the mean's CI and the PI."""
 
     def __init__(self, res: FitResults, C):
         self._res = res
@@ -156,31 +179,102 @@ class PredictionResults:
     def predicted_mean(self) -> np.ndarray:
         return self._res.predict(self.C)
 
-    def summary_frame(self, alpha: float = 0.05) -> pd.DataFrame:
+    def summary_frame(self, alpha: float = 0.05, method: str = "analytic", B: int = 9_999,
+                      seed=0) -> pd.DataFrame:
+        """mean, mean_se, mean_df, mean_ci_lower/upper, obs_sd, pi_df, obs_ci_lower/upper, pi_note.
+
+        Linear forms (the default ``cov_type="CR2"``): the mean's se is cluster-robust, its interval a t
+        with Bell-McCaffrey df (``mean_df``); the PI integrates the noise model's uncertainty at C
+        (``obs_sd``: its noise sd there; ``pi_df``: the effective df it rests on; ``pi_note`` when < 2;
+        bounds of +-inf and a note without a noise model). ``method="bootstrap"``: the mean's interval
+        by the restricted wild cluster bootstrap, the PI from wild draws of the mean's error plus the
+        noise model's. ``cov_type="nonrobust"``: statsmodels' classical intervals (df n - p, one pooled
+        variance). Intervals of ``power`` are computed on ln y and mapped back by exp (the mean's se by
+        the delta method)."""
         res = self._res
+        _check_alpha(alpha)
+        if method not in CI_METHODS:
+            raise AnalysisError(f"unknown interval method {method!r}: expected one of {', '.join(CI_METHODS)}")
         if res._ols is not None:
-            sf = res._ols.get_prediction(res.law.design(self.C)).summary_frame(alpha=alpha)
-            sf = sf[["mean", "mean_se", "mean_ci_lower", "mean_ci_upper", "obs_ci_lower", "obs_ci_upper"]].copy()
-            if res.law.log_y:  # back from ln y: bounds by exp, the mean's se by the delta method
-                for col in ("mean", "mean_ci_lower", "mean_ci_upper", "obs_ci_lower", "obs_ci_upper"):
-                    sf[col] = np.exp(sf[col])
-                sf["mean_se"] = sf["mean"] * sf["mean_se"]
+            sf = self._linear(alpha, method, B, seed)
         else:
+            if method == "bootstrap":
+                raise AnalysisError(f"method='bootstrap' is implemented for the linear-in-parameter forms "
+                                    f"(log-linear, linear, power), not {res.form!r}: use method='analytic'")
             mean, se = res._delta_prediction(self.C)
             t = stats.t.ppf(1 - alpha / 2, res.df_resid)
             obs = np.sqrt(se ** 2 + res.scale)
-            sf = pd.DataFrame({"mean": mean, "mean_se": se, "mean_ci_lower": mean - t * se,
-                               "mean_ci_upper": mean + t * se, "obs_ci_lower": mean - t * obs,
-                               "obs_ci_upper": mean + t * obs})
+            sf = pd.DataFrame({"mean": mean, "mean_se": se, "mean_df": float(res.df_resid),
+                               "mean_ci_lower": mean - t * se, "mean_ci_upper": mean + t * se,
+                               "obs_sd": math.sqrt(res.scale), "pi_df": float(res.df_resid),
+                               "obs_ci_lower": mean - t * obs, "obs_ci_upper": mean + t * obs, "pi_note": ""})
         sf.index = pd.Index(self.C, name=res.x)
         return sf
+
+    def _linear(self, alpha, method, B, seed) -> pd.DataFrame:
+        res = self._res
+        L = res.law.design(self.C)
+        mean = L @ res.params.to_numpy()
+        se = np.sqrt(np.einsum("ip,pq,iq->i", L, res.cov_params.to_numpy(), L))
+        df = res._contrast_df(L)
+        t = stats.t.ppf(1 - alpha / 2, df)
+        lo, hi = mean - t * se, mean + t * se
+        note = np.full(len(mean), "", dtype=object)
+        if res.cov_type == "nonrobust" and res.weights != "measurement":
+            sf = res._ols.get_prediction(L).summary_frame(alpha=alpha)
+            pi_lo, pi_hi = sf["obs_ci_lower"].to_numpy(), sf["obs_ci_upper"].to_numpy()
+            obs_sd, pi_df = np.full(len(mean), math.sqrt(res.scale)), np.full(len(mean), float(res.df_resid))
+        elif res.noise is None:
+            pi_lo, pi_hi = np.full(len(mean), -math.inf), np.full(len(mean), math.inf)
+            obs_sd, pi_df = np.full(len(mean), math.nan), np.full(len(mean), math.nan)
+            note[:] = NO_NOISE_MODEL
+        else:
+            m, v = res.noise.log_var(self.C)
+            obs_sd, pi_df = np.exp(m / 2), res.noise.effective_df(self.C)
+            if method == "bootstrap":
+                pi_lo, pi_hi = self._bootstrap_pi(mean, L, m, v, alpha, B, seed)
+            else:
+                pi_lo, pi_hi = noise.interval(mean, se, df, m, v, alpha)
+            for i in np.flatnonzero(pi_df < noise.NOTE_DF):
+                note[i] = PI_NOTE.format(df=pi_df[i])
+        if method == "bootstrap":
+            for i, row in enumerate(L):
+                lo[i], hi[i] = boot.wild_interval(res._clusters(), mean[i], row, alpha, B=B, seed=seed)
+        sf = pd.DataFrame({"mean": mean, "mean_se": se, "mean_df": df, "mean_ci_lower": lo, "mean_ci_upper": hi,
+                           "obs_sd": obs_sd, "pi_df": pi_df, "obs_ci_lower": pi_lo, "obs_ci_upper": pi_hi,
+                           "pi_note": note})
+        if res.law.log_y:  # back from ln y: bounds by exp, the mean's se by the delta method
+            for col in ("mean", "mean_ci_lower", "mean_ci_upper", "obs_ci_lower", "obs_ci_upper"):
+                sf[col] = np.exp(sf[col])
+            sf["mean_se"] = sf["mean"] * sf["mean_se"]
+            sf["obs_sd"] = sf["mean"] * sf["obs_sd"]
+        return sf
+
+    def _bootstrap_pi(self, mean, L, m, v, alpha, B, seed) -> tuple[np.ndarray, np.ndarray]:
+        """PI from B draws of a new run's error: the mean's (unrestricted wild cluster draws) plus the
+        noise's (sigma from the noise model with its uncertainty, times a normal)."""
+        res = self._res
+        lo, hi = np.empty_like(mean), np.empty_like(mean)
+        for i, row in enumerate(L):
+            eta = boot.wild_mean_errors(res._clusters(), row, B=B, seed=seed)
+            rng = np.random.default_rng([seed, 1])
+            sig = np.exp((m[i] + math.sqrt(max(v[i], 0.0)) * rng.standard_normal(B)) / 2)
+            d = eta + sig * rng.standard_normal(B)
+            q_lo, q_hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
+            lo[i], hi[i] = mean[i] + q_lo, mean[i] + q_hi
+        return lo, hi
+
+
+def _check_alpha(alpha) -> None:
+    if not 0 < alpha < 1:
+        raise AnalysisError(f"alpha must be in (0, 1), got {alpha}")
 
 
 class FitResults:
     """A fitted scaling law, in the statsmodels manner (see the module docstring)."""
 
     def __init__(self, law: Law, C, y, x: str, y_name: str, weights=None, ols=None, sat=None, yse=None,
-                 ids=None):
+                 ids=None, cov_type: str = "CR2", w=None):
         self.law, self.x, self.y = law, x, y_name
         self.form = law.name
         self.C, self.yobs = np.asarray(C, dtype=float), np.asarray(y, dtype=float)
@@ -190,17 +284,22 @@ class FitResults:
         self.weights = weights          # None or the name of the weighting
         self._w = None
         self._ols = ols
+        self.cov_type = cov_type
+        self.noise: noise.NoiseModel | None = None     # the noise model of a linear form (PI)
+        self._cl = None
         self._sat = sat
         self.auto_scores: pd.Series | None = None   # cross-validated RMSE per form when form="auto"
         self.auto_ineligible: list[str] = []        # forms form="auto" scored but could not choose (not identified)
         self.identified, self.warnings = True, []    # the saturating law's identification (others: always)
         names = list(law.param_names)
         if ols is not None:
-            self._w = ols.model.weights if weights else None
+            self._w = None if w is None else np.asarray(w, dtype=float)
             self.params = pd.Series(np.asarray(ols.params), index=names, name="params")
-            self.bse = pd.Series(np.asarray(ols.bse), index=names, name="bse")
-            self.cov_params = pd.DataFrame(np.asarray(ols.cov_params()), index=names, columns=names)
             self.nobs, self.df_resid = int(ols.nobs), int(ols.df_resid)
+            cov = self._linear_cov(ols)
+            self.cov_params = pd.DataFrame(cov, index=names, columns=names)
+            self.bse = pd.Series(np.sqrt(np.diag(cov)), index=names, name="bse")
+            self.df_params = pd.Series(self._contrast_df(np.eye(len(names))), index=names, name="df")
             self.rsquared, self.rsquared_adj = float(ols.rsquared), float(ols.rsquared_adj)
             self.aic, self.bic, self.scale = float(ols.aic), float(ols.bic), float(ols.scale)
             self.ssr = float(ols.ssr)
@@ -217,8 +316,43 @@ class FitResults:
             self.rsquared = 1 - self.ssr / sst
             self.rsquared_adj = 1 - (1 - self.rsquared) * (n - 1) / (n - p)
             self.scale = sat.scale   # SSR / (n - p)
+            self.df_params = pd.Series(float(n - p), index=names, name="df")
             llf = -n / 2 * (math.log(2 * math.pi) + math.log(max(self.ssr / n, 1e-300)) + 1)  # 0 on exact data
             self.aic, self.bic = -2 * llf + 2 * p, -2 * llf + p * math.log(n)
+
+    def _linear_cov(self, ols) -> np.ndarray:
+        """The params' covariance: CR2 with capacities as clusters (``analysis.robust``); with
+        ``weights="measurement"`` the known-variance (X'WX)^-1; ``nonrobust``: OLS/WLS's s^2 (X'WX)^-1.
+        The noise model (for the PI) is fitted here too, on the rows in the law's fit space."""
+        yt = self.law.to_fit_space(self.yobs)
+        if self.weights == "measurement":
+            X = self.law.design(self.C)
+            # the measurement variances' own trend in log C: a new run's is read off it (known, no df)
+            Z = np.column_stack([np.ones_like(self.C), np.log10(self.C)])
+            g, *_ = np.linalg.lstsq(Z, -np.log(self._w), rcond=None)
+            self.noise = noise.NoiseModel(g, np.zeros((2, 2)), len(np.unique(self.C)))
+            return np.linalg.inv((X * self._w[:, None]).T @ X)
+        self.noise = noise.fit(self.C, yt)
+        if self.cov_type == "nonrobust":
+            return np.asarray(ols.cov_params())
+        return robust.cr2_cov(self._clusters())
+
+    def _clusters(self) -> robust.Clusters:
+        if self._cl is None:
+            X = self.law.design(self.C)
+            resid = self.law.to_fit_space(self.yobs) - X @ self.params.to_numpy()
+            self._cl = robust.clusters(X, resid, self.C, self._w)
+        return self._cl
+
+    def _contrast_df(self, L) -> np.ndarray:
+        """Degrees of freedom of the t for contrasts L (rows): Bell-McCaffrey under CR2, inf with known
+        (measurement) variances, n - p otherwise."""
+        L = np.atleast_2d(L)
+        if self.weights == "measurement":
+            return np.full(len(L), math.inf)
+        if self.cov_type == "CR2" and self._ols is not None:
+            return robust.bm_df(self._clusters(), L)
+        return np.full(len(L), float(self.df_resid))
 
     @property
     def tvalues(self) -> pd.Series:
@@ -226,27 +360,36 @@ class FitResults:
 
     @property
     def pvalues(self) -> pd.Series:
-        return pd.Series(2 * stats.t.sf(np.abs(self.tvalues), self.df_resid), index=self.params.index)
+        return pd.Series(2 * stats.t.sf(np.abs(self.tvalues), self.df_params), index=self.params.index)
 
-    def conf_int(self, alpha: float = 0.05, method: str = "analytic", B: int = 10_000, kind: str = "residual",
+    def conf_int(self, alpha: float = 0.05, method: str = "analytic", B: int = 9_999, kind: str = "wild",
                  seed=0) -> pd.DataFrame:
-        """Intervals for the params: t-based (``analytic``) or the studentized residual bootstrap.
-        The saturating law's ``analytic`` intervals are profile-likelihood ones (NaN when not identified)."""
+        """Intervals for the params. ``analytic``: t with each param's df (``df_params``: Bell-McCaffrey
+        under CR2); the saturating law's are profile-likelihood ones (NaN when not identified).
+        ``bootstrap``: ``kind="wild"`` (default) inverts the restricted wild cluster bootstrap-t test
+        (``bootstrap.wild_interval``); ``"residual"`` and ``"case"`` are the i.i.d. resamplings of
+        ``analysis.bootstrap`` (constant noise, no clusters: kept for comparison)."""
         if method not in CI_METHODS:
             raise AnalysisError(f"unknown interval method {method!r}: expected one of {', '.join(CI_METHODS)}")
-        if not 0 < alpha < 1:
-            raise AnalysisError(f"alpha must be in (0, 1), got {alpha}")
+        _check_alpha(alpha)
         if method == "analytic" and self._sat is not None:
             ci = self._sat.conf_int(alpha)
         elif method == "analytic":
-            t = stats.t.ppf(1 - alpha / 2, self.df_resid)
+            t = stats.t.ppf(1 - alpha / 2, self.df_params.to_numpy())
             ci = np.column_stack([self.params - t * self.bse, self.params + t * self.bse])
         else:
             if not self.law.linear:
                 raise AnalysisError(f"method='bootstrap' is implemented for the linear-in-parameter forms "
                                     f"(log-linear, linear, power), not {self.form!r}: use method='analytic'")
-            ci = boot.conf_int(self.law.design(self.C), self.law.to_fit_space(self.yobs), alpha=alpha, B=B,
-                               kind=kind, weights=self._w, seed=seed)
+            if kind not in BOOTSTRAP_KINDS:
+                raise AnalysisError(f"unknown bootstrap kind {kind!r}: expected one of {', '.join(BOOTSTRAP_KINDS)}")
+            if kind == "wild":
+                p = len(self.params)
+                ci = np.array([boot.wild_interval(self._clusters(), self.params.iloc[j], np.eye(p)[j], alpha,
+                                                  B=B, seed=seed) for j in range(p)])
+            else:
+                ci = boot.conf_int(self.law.design(self.C), self.law.to_fit_space(self.yobs), alpha=alpha, B=B,
+                                   kind=kind, weights=self._w, seed=seed)
         return pd.DataFrame(ci, index=self.params.index, columns=["lower", "upper"])
 
     def predict(self, C) -> np.ndarray:
@@ -318,6 +461,8 @@ class FitResults:
                 continue
             lines.append(f"{name:>8}{self.params[name]:>12.5g}{self.bse[name]:>12.4g}{self.tvalues[name]:>9.3f}"
                          f"{self.pvalues[name]:>9.3g}{ci.loc[name, 'lower']:>12.5g}{ci.loc[name, 'upper']:>12.5g}")
+        if self._ols is not None:
+            lines.append(self._cov_line())
         if self._sat is not None:
             lines.append("Not identified: " + "; ".join(self.warnings) + ": no parameter intervals" if
                          not self.identified else "Intervals: profile likelihood; std err: Huber sandwich")
@@ -332,6 +477,14 @@ class FitResults:
                                    for k, v in self.auto_scores.items()))
         return "\n".join(lines)
 
+    def _cov_line(self) -> str:
+        if self.weights == "measurement":
+            return "Std err: known measurement variances (weights 1/se²); intervals: normal"
+        if self.cov_type == "nonrobust":
+            return f"Std err: classical (one pooled variance); intervals: t({self.df_resid})"
+        dfs = ", ".join(f"{k} {v:.3g}" for k, v in self.df_params.items())
+        return f"Std err: CR2, capacities as clusters; intervals: t with Bell-McCaffrey df ({dfs})"
+
     def to_dict(self, alpha: float = 0.05, ci_method: str = "analytic") -> dict:
         """A JSON-ready dict: form, x, y, n, params, bse, conf_int, ci_method, r2, r2_adj, aic, bic, ...,
         measurement_error (``MeasurementError.to_dict()``; None without a finite positive se on every row)."""
@@ -339,9 +492,10 @@ class FitResults:
         lof = self.lack_of_fit()
         me = self.measurement_error()
         return {"form": self.form, "equation": self.law.equation, "x": self.x, "y": self.y, "n": self.nobs,
-                "n_capacities": int(len(np.unique(self.C))), "weights": self.weights,
+                "n_capacities": int(len(np.unique(self.C))), "weights": self.weights, "cov_type": self._cov_name(),
                 "params": {k: float(v) for k, v in self.params.items()},
                 "bse": {k: float(v) for k, v in self.bse.items()},
+                "df": {k: float(v) for k, v in self.df_params.items()},
                 "conf_int": {k: [float(ci.loc[k, "lower"]), float(ci.loc[k, "upper"])] for k in ci.index},
                 "ci_method": ci_method, "alpha": alpha,
                 "r2": self.rsquared, "r2_adj": self.rsquared_adj, "aic": self.aic, "bic": self.bic,
@@ -352,6 +506,12 @@ class FitResults:
                 {k: float(v) for k, v in self.auto_scores.items()},
                 "identified": self.identified, "warnings": list(self.warnings)}
 
+    def _cov_name(self) -> str:
+        """What the params' covariance is: CR2 | nonrobust | known (measurement) | huber (saturating)."""
+        if self._sat is not None:
+            return "huber"
+        return "known" if self.weights == "measurement" else self.cov_type
+
     def __repr__(self) -> str:
         ps = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())
         return f"<FitResults {self.form}: {ps}; R2={self.rsquared:.3f}, n={self.nobs}>"
@@ -360,25 +520,32 @@ class FitResults:
 # --- fitting ---------------------------------------------------------------------------------
 
 
-def fit(df, x: str | None = None, y: str | None = None, form: str = "log-linear", weights=None) -> FitResults:
+def fit(df, x: str | None = None, y: str | None = None, form: str = "log-linear", weights=None,
+        cov_type: str = "CR2") -> FitResults:
     """Fit ``form`` (or ``"auto"``: chosen by cross-validation over capacities, ``_fit_auto``) to the rows of ``df``.
 
     ``df`` is a DataFrame or the ``Table`` from ``load`` (whose x and y are then the defaults;
-    otherwise ``params`` and ``rfid``). ``weights="seed-variance"``: WLS by 1 / per-capacity variance.
+    otherwise ``params`` and ``rfid``). ``weights``: None (OLS), ``"seed-variance"`` (feasible GLS by
+    the noise model's variance at each capacity) or ``"measurement"`` (WLS by 1 / ``<y>_se``^2, taken
+    as known: right when the measurement error is all the scatter there is, see ``measurement_error``).
+    ``cov_type``: ``"CR2"`` (default: cluster-robust by capacity, Bell-McCaffrey df) or ``"nonrobust"``.
     """
     x, y = _names(df, x, y)
     if weights not in WEIGHTS:
-        raise AnalysisError(f"unknown weights {weights!r}: expected None or 'seed-variance'")
+        raise AnalysisError(f"unknown weights {weights!r}: expected None, 'seed-variance' or 'measurement'")
+    if cov_type not in COV_TYPES:
+        raise AnalysisError(f"unknown cov_type {cov_type!r}: expected one of {', '.join(COV_TYPES)}")
     if form != "auto":
         get_law(form)
     C, Y, se, ids = _columns(df, x, y)
     _check_capacities(C, x, source=_source(df))
     if form == "auto":
-        return _fit_auto(C, Y, x, y, weights, yse=se, ids=ids)
-    return _fit_arrays(get_law(form), C, Y, x, y, weights, yse=se, ids=ids)
+        return _fit_auto(C, Y, x, y, weights, yse=se, ids=ids, cov_type=cov_type)
+    return _fit_arrays(get_law(form), C, Y, x, y, weights, yse=se, ids=ids, cov_type=cov_type)
 
 
-def _fit_arrays(law: Law, C, Y, x: str, y: str, weights=None, yse=None, ids=None) -> FitResults:
+def _fit_arrays(law: Law, C, Y, x: str, y: str, weights=None, yse=None, ids=None,
+                cov_type: str = "CR2") -> FitResults:
     law.check(C, Y, x_name=x, y_name=y)
     if not law.linear:
         _check_capacities(C, x, need=len(law.param_names) + 1)
@@ -387,11 +554,13 @@ def _fit_arrays(law: Law, C, Y, x: str, y: str, weights=None, yse=None, ids=None
                                 f"not {law.name!r}")
         return FitResults(law, C, Y, x, y, sat=sat_law.fit_saturating(C, Y), yse=yse, ids=ids)
     X, yt = law.design(C), law.to_fit_space(Y)
+    w = None
     if weights == "seed-variance":
-        model = sm.WLS(yt, X, weights=_seed_variance_weights(C, yt, x))
-    else:
-        model = sm.OLS(yt, X)
-    return FitResults(law, C, Y, x, y, weights=weights, ols=model.fit(), yse=yse, ids=ids)
+        w = _seed_variance_weights(C, yt, x)
+    elif weights == "measurement":
+        w = _measurement_weights(law, Y, yse, y, list(range(len(Y))) if ids is None else ids)
+    model = sm.OLS(yt, X) if w is None else sm.WLS(yt, X, weights=w)
+    return FitResults(law, C, Y, x, y, weights=weights, ols=model.fit(), yse=yse, ids=ids, cov_type=cov_type, w=w)
 
 
 def _folds(C: np.ndarray) -> tuple[np.ndarray, int]:
@@ -402,7 +571,7 @@ def _folds(C: np.ndarray) -> tuple[np.ndarray, int]:
     return inv % K, K
 
 
-def _fold_mse(law: Law, C, Y, x, y, weights, fold, K, full: FitResults | None) -> np.ndarray:
+def _fold_mse(law: Law, C, Y, x, y, weights, fold, K, full: FitResults | None, full_yse=None) -> np.ndarray:
     """(K,) mean squared error (in y) of each fold's rows predicted from a fit without them. The
     saturating law refits each fold from the full fit's optimum (``saturating.refit``)."""
     mse = np.empty(K)
@@ -412,12 +581,13 @@ def _fold_mse(law: Law, C, Y, x, y, weights, fold, K, full: FitResults | None) -
         if full is not None and full._sat is not None:
             pred = law.predict(sat_law.refit(full._sat, C[keep], Y[keep]), C[out])
         else:
-            pred = _fit_arrays(law, C[keep], Y[keep], x, y, weights).predict(C[out])
+            yse = None if full_yse is None else full_yse[keep]
+            pred = _fit_arrays(law, C[keep], Y[keep], x, y, weights, yse=yse, cov_type="nonrobust").predict(C[out])
         mse[k] = np.mean((pred - Y[out]) ** 2)
     return mse
 
 
-def _fit_auto(C, Y, x, y, weights, yse=None, ids=None) -> FitResults:
+def _fit_auto(C, Y, x, y, weights, yse=None, ids=None, cov_type: str = "CR2") -> FitResults:
     """The form chosen by cross-validation over capacities (``AUTO_RULE``): each form's mean squared
     error per fold; among the forms within one standard error of the best (the se of the per-fold
     differences from it, paired), the one with the fewest parameters, ties going to the first in
@@ -432,8 +602,8 @@ def _fit_auto(C, Y, x, y, weights, yse=None, ids=None) -> FitResults:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if not law.linear:
-                    full[name] = _fit_arrays(law, C, Y, x, y, weights, yse=yse, ids=ids)
-                mse[name] = _fold_mse(law, C, Y, x, y, weights, fold, K, full.get(name))
+                    full[name] = _fit_arrays(law, C, Y, x, y, weights, yse=yse, ids=ids, cov_type=cov_type)
+                mse[name] = _fold_mse(law, C, Y, x, y, weights, fold, K, full.get(name), yse)
         except (AnalysisError, np.linalg.LinAlgError, ValueError):
             continue
     if not mse:
@@ -449,7 +619,7 @@ def _fit_auto(C, Y, x, y, weights, yse=None, ids=None) -> FitResults:
 
     order = list(FORMS)     # log-linear first: the paper's law and the default
     chosen = min((k for k in eligible if close(k)), key=lambda k: (len(FORMS[k].param_names), order.index(k)))
-    res = full.get(chosen) or _fit_arrays(FORMS[chosen], C, Y, x, y, weights, yse=yse, ids=ids)
+    res = full.get(chosen) or _fit_arrays(FORMS[chosen], C, Y, x, y, weights, yse=yse, ids=ids, cov_type=cov_type)
     sizes = np.bincount(fold, minlength=K)
     res.auto_scores = pd.Series({k: math.sqrt(float(v @ sizes) / sizes.sum()) for k, v in mse.items()},
                                 name="cv_rmse").sort_values()

@@ -140,3 +140,21 @@ def real_or_stand_in(tmp_path) -> Path:
     else:  # no sweep has run here: the same shape of table, made up
         sweep_table(layers=(6,), widths=(2, 8, 32, 128, 512, 2048), seeds=(0,), failed=False).to_parquet(src)
     return src
+
+
+def fgls_variance(C, y):
+    """By hand, for the tests: each row's noise variance under the noise model of ``analysis.noise``:
+    per-capacity sample variances (nu = seeds - 1) of y, log s^2 less E log(chi2_nu / nu) =
+    digamma(nu/2) - log(nu/2), weighted by 1 / trigamma(nu/2), regressed on log10 C."""
+    import numpy as np
+    import pandas as pd
+    from scipy.special import digamma, polygamma
+
+    C, y = np.asarray(C, float), np.asarray(y, float)
+    s = pd.Series(y).groupby(C)
+    caps, var, nu = s.var(ddof=1).index.to_numpy(), s.var(ddof=1).to_numpy(), s.count().to_numpy() - 1.0
+    z = np.log(var) - (digamma(nu / 2) - np.log(nu / 2))
+    sw = 1 / np.sqrt(polygamma(1, nu / 2))
+    Z = np.column_stack([np.ones_like(caps), np.log10(caps)])
+    g, *_ = np.linalg.lstsq(Z * sw[:, None], z * sw, rcond=None)
+    return np.exp(g[0] + g[1] * np.log10(C))

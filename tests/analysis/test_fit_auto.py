@@ -6,6 +6,7 @@ import pytest
 
 from analysis import fit
 from analysis.fit import AUTO_FOLDS, _folds
+from helpers import fgls_variance
 
 C8 = np.geomspace(1e6, 1e9, 8)
 
@@ -136,9 +137,9 @@ def test_the_chosen_fit_keeps_names_ids_measurement_error_and_weights(truth):
         assert w.weights == "seed-variance" and "saturating" not in w.auto_scores.index
         np.testing.assert_allclose(w.params, ref.params, rtol=1e-12)
 
-        def wls(keep, Cout):                      # the folds are weighted too, by their own rows' variances
+        def wls(keep, Cout):                      # the folds are weighted too, by their own rows' noise model
             Ck, yk = C[keep], y[keep]
-            var = pd.Series(yk).groupby(Ck).transform(lambda v: v.var(ddof=1)).to_numpy()
+            var = fgls_variance(Ck, yk)
             X = np.column_stack([np.ones_like(Ck), np.log10(Ck)])
             coef, *_ = np.linalg.lstsq(X / np.sqrt(var)[:, None], yk / np.sqrt(var), rcond=None)
             return coef[0] + coef[1] * np.log10(Cout)

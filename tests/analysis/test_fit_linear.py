@@ -9,6 +9,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from analysis import AnalysisError, fit
+from helpers import fgls_variance
 
 
 def _lstsq_reference(x, y):
@@ -26,7 +27,7 @@ def _lstsq_reference(x, y):
 @pytest.mark.parametrize("form, transform", [("log-linear", np.log10), ("linear", lambda c: c / 1.0)])
 def test_params_bse_r2_against_lstsq(loglinear_df, form, transform):
     C, y = loglinear_df.params.to_numpy(), loglinear_df.rfid.to_numpy()
-    res = fit(loglinear_df, form=form)
+    res = fit(loglinear_df, form=form, cov_type="nonrobust")  # the classical errors (CR2: test_robust.py)
     beta, bse, r2, r2_adj, _ = _lstsq_reference(transform(C), y)
     np.testing.assert_allclose(res.params[["a", "b"]], beta, rtol=1e-9)
     np.testing.assert_allclose(res.bse[["a", "b"]], bse, rtol=1e-7)
@@ -42,7 +43,7 @@ def test_params_bse_r2_against_lstsq(loglinear_df, form, transform):
 def test_against_direct_statsmodels_on_log10(loglinear_df):
     C, y = loglinear_df.params.to_numpy(), loglinear_df.rfid.to_numpy()
     ref = sm.OLS(y, sm.add_constant(np.log10(C))).fit()
-    res = fit(loglinear_df)
+    res = fit(loglinear_df, cov_type="nonrobust")
     np.testing.assert_allclose(res.params, ref.params, rtol=1e-10)
     np.testing.assert_allclose(res.conf_int(0.1), ref.conf_int(0.1), rtol=1e-10)
     assert (res.aic, res.bic) == pytest.approx((ref.aic, ref.bic), rel=1e-10)
@@ -77,9 +78,11 @@ def test_prediction_intervals_closed_form(loglinear_df):
     se_mean = np.sqrt(s2 * (1 / n + (x0 - x.mean()) ** 2 / sxx))
     se_obs = np.sqrt(s2 * (1 + 1 / n + (x0 - x.mean()) ** 2 / sxx))
     t = stats.t.ppf(0.95, n - 2)
-    res = fit(loglinear_df)
+    res = fit(loglinear_df, cov_type="nonrobust")      # the classical intervals (the default's: test_robust.py)
     sf = res.get_prediction(C0).summary_frame(alpha=0.1)
-    assert list(sf.columns) == ["mean", "mean_se", "mean_ci_lower", "mean_ci_upper", "obs_ci_lower", "obs_ci_upper"]
+    assert list(sf.columns) == ["mean", "mean_se", "mean_df", "mean_ci_lower", "mean_ci_upper", "obs_sd", "pi_df",
+                                "obs_ci_lower", "obs_ci_upper", "pi_note"]
+    assert (sf["mean_df"] == n - 2).all() and (sf["pi_note"] == "").all()
     np.testing.assert_allclose(sf["mean"], mean, rtol=1e-9)
     np.testing.assert_allclose(res.predict(C0), mean, rtol=1e-9)
     np.testing.assert_allclose(sf["mean_se"], se_mean, rtol=1e-7)
@@ -90,9 +93,9 @@ def test_prediction_intervals_closed_form(loglinear_df):
 def test_seed_variance_weights_are_wls(loglinear_df):
     df = loglinear_df.copy()
     df.loc[df.params == df.params.max(), "rfid"] += np.array([0.3, -0.3, 0.0])  # one noisy capacity
-    var = df.groupby("params").rfid.transform("var").to_numpy()
+    var = fgls_variance(df.params, df.rfid)      # feasible GLS: the noise model's variance, not each capacity's own
     ref = sm.WLS(df.rfid.to_numpy(), sm.add_constant(np.log10(df.params.to_numpy())), weights=1 / var).fit()
-    res = fit(df, weights="seed-variance")
+    res = fit(df, weights="seed-variance", cov_type="nonrobust")
     np.testing.assert_allclose(res.params, ref.params, rtol=1e-9)
     np.testing.assert_allclose(res.bse, ref.bse, rtol=1e-7)
     assert res.to_dict()["weights"] == "seed-variance"

@@ -10,6 +10,7 @@ from scipy import optimize, stats
 
 from analysis import fit, schema
 from analysis.cli import build_parser, run_command
+from helpers import fgls_variance
 
 A, B = 40.0, -2.0
 
@@ -98,7 +99,7 @@ def test_seed_variance_weights_whiten_the_ratio_and_leave_chi2_alone():
     se = np.array([0.1, 0.3, 0.2, 0.5, 0.15, 0.4, 0.25, 0.1, 0.3, 0.2])
     df = table(se, noise=0.2)
     C, y = df.params.to_numpy(), df.rfid.to_numpy()
-    var = pd.Series(y).groupby(C).transform(lambda v: v.var(ddof=1)).to_numpy()
+    var = fgls_variance(C, y)
     w = (1 / var) / (1 / var).mean()
     weighted = fit(df, weights="seed-variance").measurement_error()
     check(weighted, by_hand(C, y, se, w))

@@ -39,7 +39,7 @@ def test_several_seeds_give_the_t_interval_of_their_mean():
 def test_a_single_seed_gets_the_log_linear_laws_ci_of_the_mean_at_its_capacity():
     ys = {1: 30.0, 4: 26.5, 16: 24.0, 64: 20.5, 256: 18.2}
     t = table({k: [v] for k, v in ys.items()})
-    out = point_intervals(t, fit(t), alpha=0.05).set_index("point_id")
+    out = point_intervals(t, fit(t, cov_type="nonrobust"), alpha=0.05).set_index("point_id")
     assert set(out["source"]) == {LAW}
     # Independently: OLS of y on log10(C); the mean's CI is yhat ± t(n-2) s sqrt(1/n + (x0 - xbar)^2 / Sxx).
     x = np.log10([1000.0 * k for k in ys])

@@ -1,0 +1,139 @@
+"""How the noise of a run changes with capacity, and the prediction interval of a new run it implies.
+
+A new run at an untried capacity C0 scatters around the law with the noise at C0, not with the
+average noise of the fitted rows: when the noise grows with capacity, a PI from the pooled residual
+variance is too narrow exactly where it is used (an extrapolation). The model here is the usual one
+for a variance trend: log sigma^2(C) = g0 + g1 log10 C, fitted to
+
+- each capacity with 2+ rows: its within-capacity variance s^2 (nu = rows - 1 degrees of freedom,
+  free of the law: pure error);
+- each capacity with one row: its squared residual from the OLS fit over its 1 - h (nu = 1).
+
+Under normal noise, log(s^2 / sigma^2) is log(chi2_nu / nu): its mean digamma(nu/2) - log(nu/2) is
+subtracted, and its variance trigamma(nu/2) is known, so (g0, g1) is weighted least squares with
+known variances and log sigma^2(C0) has a known standard error sqrt(v). The PI then integrates over
+that uncertainty (log sigma^2(C0) ~ N(m, v)) and over the mean's (the law's se at C0 with its
+degrees of freedom, a scaled t): see ``interval``. Its calibration rests on the trend; with one seed
+per capacity each point carries one degree of freedom and the variance at 10x the largest capacity is
+known within a factor of several, so such a PI is wide, and says so (``effective_df`` < 2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special, stats
+
+MIN_CAPACITIES = 3          # below this many capacities with residual information there is no trend to fit
+NOTE_DF = 2.0               # a PI whose noise rests on fewer effective degrees of freedom gets a note
+_NODES = 64                 # quadrature nodes per dimension (equal-probability midpoints)
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """log sigma^2(C) = gamma[0] + gamma[1] log10 C, with gamma's covariance (known variances)."""
+
+    gamma: np.ndarray            # (2,)
+    cov: np.ndarray              # (2, 2)
+    n_capacities: int
+
+    def _z(self, C) -> np.ndarray:
+        C = np.atleast_1d(np.asarray(C, dtype=float))
+        return np.column_stack([np.ones_like(C), np.log10(C)])
+
+    def log_var(self, C) -> tuple[np.ndarray, np.ndarray]:
+        """(m, v): the estimate of log sigma^2 at C and its variance."""
+        Z = self._z(C)
+        return Z @ self.gamma, np.einsum("ip,pq,iq->i", Z, self.cov, Z)
+
+    def sd(self, C) -> np.ndarray:
+        """The noise sd at C (exp(m / 2))."""
+        return np.exp(self.log_var(C)[0] / 2)
+
+    def effective_df(self, C) -> np.ndarray:
+        """The degrees of freedom nu whose log(chi2_nu / nu) has the variance v of the estimate at C:
+        how many degrees of freedom a variance estimate as good as this one would rest on."""
+        return np.array([_df_of_log_variance(v) for v in self.log_var(C)[1]])
+
+
+def _df_of_log_variance(v: float) -> float:
+    """nu with trigamma(nu / 2) = v (inf for v = 0)."""
+    if v <= 0:
+        return math.inf
+    f = lambda lognu: special.polygamma(1, math.exp(lognu) / 2) - v  # noqa: E731  (decreasing in nu)
+    lo, hi = math.log(1e-6), math.log(1e12)
+    if f(hi) > 0:
+        return math.inf
+    if f(lo) < 0:
+        return 1e-6
+    return math.exp(optimize.brentq(f, lo, hi, xtol=1e-10))
+
+
+def log_chi2_moments(nu) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of log(chi2_nu / nu)."""
+    nu = np.asarray(nu, dtype=float)
+    return special.digamma(nu / 2) - np.log(nu / 2), special.polygamma(1, nu / 2)
+
+
+def fit(C, y) -> NoiseModel | None:
+    """The noise model of rows (C, y) (y in the law's fit space, its design intercept + log10 C or any
+    design: the residuals of single-row capacities come from an OLS fit on [1, log10 C]); None when
+    fewer than ``MIN_CAPACITIES`` capacities carry a nonzero variance estimate."""
+    C = np.asarray(C, dtype=float)
+    y = np.asarray(y, dtype=float)
+    caps, inv, counts = np.unique(C, return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    means = np.bincount(inv, weights=y) / counts
+    ss = np.bincount(inv, weights=(y - means[inv]) ** 2)
+    nu = (counts - 1).astype(float)
+    s2 = np.divide(ss, nu, out=np.zeros_like(ss), where=nu > 0)
+    single = counts == 1
+    if single.any():
+        X = np.column_stack([np.ones_like(C), np.log10(C)])
+        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+        h = np.einsum("ip,pq,iq->i", X, np.linalg.pinv(X.T @ X), X)
+        r2 = (y - X @ beta) ** 2 / np.clip(1 - h, 1e-12, None)
+        rows = np.flatnonzero(single[inv])
+        s2[inv[rows]] = r2[rows]
+        nu[single] = 1.0
+    ok = (s2 > 0) & np.isfinite(s2) & (nu > 0)
+    if ok.sum() < MIN_CAPACITIES:
+        return None
+    bias, var = log_chi2_moments(nu[ok])
+    z = np.log(s2[ok]) - bias
+    Z = np.column_stack([np.ones(ok.sum()), np.log10(caps[ok])])
+    W = 1.0 / var
+    cov = np.linalg.inv((Z * W[:, None]).T @ Z)
+    gamma = cov @ (Z * W[:, None]).T @ z
+    return NoiseModel(gamma, cov, int(ok.sum()))
+
+
+def _nodes(dist, n: int = _NODES) -> np.ndarray:
+    """n equal-probability points of a distribution (midpoints of its n quantile bins)."""
+    return dist.ppf((np.arange(n) + 0.5) / n)
+
+
+def interval(mean, mean_se, mean_df, m, v, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) of the (1 - alpha) PI of a new run: mean + e + s t, with e ~ N(0, sigma^2),
+    log sigma^2 ~ N(m, v), and t the mean's t with ``mean_df`` degrees of freedom (inf: normal).
+    The half-width q solves P(|e + s t| <= q) = 1 - alpha, integrated over both by quadrature."""
+    mean, mean_se, mean_df, m, v = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (mean, mean_se, mean_df, m, v))
+    q = np.empty_like(mean)
+    znodes = _nodes(stats.norm)
+    for i in range(len(mean)):
+        sig2 = np.exp(m[i] + math.sqrt(max(v[i], 0.0)) * znodes)                 # (K,)
+        if np.isfinite(mean_df[i]):
+            u = _nodes(stats.chi2(mean_df[i])) / mean_df[i]                       # (J,): chi2_df / df
+        else:
+            u = np.ones(1)
+        var = sig2[:, None] + mean_se[i] ** 2 / u[None, :]                        # (K, J)
+        sd = np.sqrt(var).ravel()
+
+        def coverage(half, sd=sd):
+            return float(np.mean(2 * special.ndtr(half / sd) - 1)) - (1 - alpha)
+
+        hi = 2.0 * float(sd.max()) * stats.norm.ppf(1 - alpha / 2) + 1e-300
+        q[i] = optimize.brentq(coverage, 0.0, hi, xtol=1e-12 * hi, rtol=1e-12)
+    return mean - q, mean + q
