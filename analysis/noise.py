@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, special
 
 MIN_CAPACITIES = 3          # below this many capacities with residual information there is no trend to fit
 NOTE_DF = 2.0               # a PI whose noise rests on fewer effective degrees of freedom gets a note
@@ -110,9 +110,8 @@ def fit(C, y) -> NoiseModel | None:
     return NoiseModel(gamma, cov, int(ok.sum()))
 
 
-def _nodes(dist, n: int = _NODES) -> np.ndarray:
-    """n equal-probability points of a distribution (midpoints of its n quantile bins)."""
-    return dist.ppf((np.arange(n) + 0.5) / n)
+_PROBS = (np.arange(_NODES) + 0.5) / _NODES       # equal-probability midpoints of _NODES quantile bins
+_Z = special.ndtri(_PROBS)                         # standard normal nodes
 
 
 def interval(mean, mean_se, mean_df, m, v, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -121,11 +120,10 @@ def interval(mean, mean_se, mean_df, m, v, alpha: float) -> tuple[np.ndarray, np
     The half-width q solves P(|e + s t| <= q) = 1 - alpha, integrated over both by quadrature."""
     mean, mean_se, mean_df, m, v = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (mean, mean_se, mean_df, m, v))
     q = np.empty_like(mean)
-    znodes = _nodes(stats.norm)
     for i in range(len(mean)):
-        sig2 = np.exp(m[i] + math.sqrt(max(v[i], 0.0)) * znodes)                 # (K,)
+        sig2 = np.exp(m[i] + math.sqrt(max(v[i], 0.0)) * _Z)                 # (K,)
         if np.isfinite(mean_df[i]):
-            u = _nodes(stats.chi2(mean_df[i])) / mean_df[i]                       # (J,): chi2_df / df
+            u = special.chdtri(mean_df[i], 1 - _PROBS) / mean_df[i]                  # (J,): chi2_df / df quantiles
         else:
             u = np.ones(1)
         var = sig2[:, None] + mean_se[i] ** 2 / u[None, :]                        # (K, J)
@@ -134,6 +132,6 @@ def interval(mean, mean_se, mean_df, m, v, alpha: float) -> tuple[np.ndarray, np
         def coverage(half, sd=sd):
             return float(np.mean(2 * special.ndtr(half / sd) - 1)) - (1 - alpha)
 
-        hi = 2.0 * float(sd.max()) * stats.norm.ppf(1 - alpha / 2) + 1e-300
+        hi = 2.0 * float(sd.max()) * special.ndtri(1 - alpha / 2) + 1e-300
         q[i] = optimize.brentq(coverage, 0.0, hi, xtol=1e-12 * hi, rtol=1e-12)
     return mean - q, mean + q

@@ -75,3 +75,86 @@ def test_bad_kind(data):
 
     with pytest.raises(AnalysisError, match="bootstrap kind"):
         boot.bootstrap(*data, kind="wild")
+
+
+# --- the wild cluster bootstrap ------------------------------------------------------------------
+
+
+def _clustered(seed=11):
+    rng = np.random.default_rng(seed)
+    C = np.repeat(np.geomspace(1e4, 1e7, 6), [2, 3, 1, 2, 3, 2])
+    X = np.column_stack([np.ones(C.size), np.log10(C)])
+    y = 10 - 1.2 * X[:, 1] + rng.normal(0, 0.2 * X[:, 1] / 4, C.size)
+    return C, X, y
+
+
+def _brute_pvalue(C, X, y, theta0, ell, B, seed):
+    """The restricted wild cluster bootstrap-t p-value of ell'b = theta0, the slow way: the restricted
+    fit, B resampled data sets (the same Webb draws), each refitted by lstsq and studentized by a dense CR2."""
+    from analysis import robust
+    b = np.linalg.lstsq(X, y, rcond=None)[0]
+    K = np.linalg.inv(X.T @ X)
+    bt = b - K @ ell * (ell @ b - theta0) / (ell @ K @ ell)
+    et = y - X @ bt
+    cl = robust.clusters(X, y - X @ b, C)
+    se = np.sqrt(ell @ robust.cr2_cov(cl) @ ell)
+    t_obs = (ell @ b - theta0) / se
+    _, inv = np.unique(C, return_inverse=True)
+    V = boot._webb(np.random.default_rng(seed), B, inv.max() + 1)
+    hits = 0
+    for v in V:
+        ys = X @ bt + v[inv] * et
+        bs = np.linalg.lstsq(X, ys, rcond=None)[0]
+        cls = robust.clusters(X, ys - X @ bs, C)
+        ts = (ell @ bs - theta0) / np.sqrt(ell @ robust.cr2_cov(cls) @ ell)
+        hits += abs(ts) >= abs(t_obs)
+    return hits / B
+
+
+def test_webb_weights_have_mean_0_and_variance_1():
+    assert boot.WEBB.mean() == pytest.approx(0, abs=1e-15) and (boot.WEBB ** 2).mean() == pytest.approx(1, rel=1e-15)
+
+
+def test_wild_interval_ends_are_where_the_brute_force_test_starts_rejecting():
+    from analysis import robust
+    C, X, y = _clustered()
+    b = np.linalg.lstsq(X, y, rcond=None)[0]
+    cl = robust.clusters(X, y - X @ b, C)
+    B, alpha = 399, 0.1
+    for ell in (np.array([0.0, 1.0]), np.array([1.0, 8.0])):
+        lo, hi = boot.wild_interval(cl, ell @ b, ell, alpha=alpha, B=B, seed=5)
+        assert lo < ell @ b < hi
+        width = hi - lo
+        for end, inside in ((lo, lo + 1e-6 * width), (hi, hi - 1e-6 * width)):
+            outside = 2 * end - inside
+            assert _brute_pvalue(C, X, y, inside, ell, B, 5) > alpha
+            assert _brute_pvalue(C, X, y, outside, ell, B, 5) <= alpha
+
+
+def test_wild_mean_errors_have_the_cr2_variance():
+    from analysis import robust
+    C, X, y = _clustered()
+    b = np.linalg.lstsq(X, y, rcond=None)[0]
+    cl = robust.clusters(X, y - X @ b, C)
+    ell = np.array([1.0, 7.5])
+    d = boot.wild_mean_errors(cl, ell, B=200_000, seed=1)
+    assert d.var() == pytest.approx(ell @ robust.cr2_cov(cl) @ ell, rel=0.01)
+    assert abs(d.mean()) < 4 * d.std() / np.sqrt(d.size)
+
+
+def test_fit_bootstrap_intervals_are_the_wild_ones_and_a_bootstrap_pi_exists():
+    import pandas as pd
+
+    from analysis import fit
+    C, X, y = _clustered()
+    res = fit(pd.DataFrame({"params": C, "rfid": y}))
+    ci = res.conf_int(0.05, method="bootstrap", B=999, seed=3)
+    lo, hi = boot.wild_interval(res._clusters(), res.params["b"], [0.0, 1.0], alpha=0.05, B=999, seed=3)
+    assert (ci.loc["b", "lower"], ci.loc["b", "upper"]) == (lo, hi)
+    sf = res.get_prediction([1e8]).summary_frame(0.05, method="bootstrap", B=2000)
+    an = res.get_prediction([1e8]).summary_frame(0.05)
+    assert (sf.obs_ci_lower < sf["mean"]).all() and (sf["mean"] < sf.obs_ci_upper).all()
+    assert sf.obs_ci_upper.iloc[0] - sf.obs_ci_lower.iloc[0] == pytest.approx(
+        an.obs_ci_upper.iloc[0] - an.obs_ci_lower.iloc[0], rel=0.15)      # the same noise model, drawn
+    with pytest.raises(Exception, match="bootstrap kind"):
+        res.conf_int(method="bootstrap", kind="pairs")
