@@ -132,40 +132,51 @@ def _blocks(B: int, S: int):
         yield start, min(B, start + step)
 
 
-def wild_interval(cl, estimate: float, contrast, alpha: float = 0.05, B: int = 9_999, seed=0) -> tuple[float, float]:
-    """The (1 - alpha) interval of the contrast l'b (l: ``contrast``) by inverting the restricted wild cluster bootstrap
-    test (WCR; MacKinnon & Webb 2018), studentized by CR2: the set of theta0 that a symmetric
-    bootstrap-t test of l'b = theta0 does not reject at level alpha.
-
-    ``cl``: ``robust.Clusters`` of the fit (capacities as clusters). Under l'b = theta0 the restricted
-    fit's residuals, the resampled fit and its CR2 se are all linear in d = l'b_hat - theta0, so each
-    draw reduces to five numbers, one pass over the data builds them (in blocks of draws), and the
-    test at any theta0 is O(B): the interval's ends are found by bisection on d. A bound the test
-    never rejects, however far, is infinite."""
+def _wild_draws(cl, m: np.ndarray, r0: np.ndarray, r1: np.ndarray, B: int, seed) -> np.ndarray:
+    """(B, 5) per draw: N0, N1, A, B, C with, for cluster residual sums r_s = r0_s + r1_s d,
+    l'(b* - b0) = N0 + N1 d and the resample's CR2 variance of l'b* = A + 2 B d + C d^2.
+    The resample's residual sums: a_s' e*_s = v_s r_s - q_s x_s' K sum_t v_t x_t r_t."""
     from analysis.robust import _adjust
 
-    if not 0 < alpha < 1:
-        raise AnalysisError(f"alpha must be in (0, 1), got {alpha}")
-    c = np.asarray(contrast, dtype=float)
-    adj = _adjust(cl)
-    m = cl.x @ cl.K @ c                                  # (S,)  x_s' K l
-    lkl = float(c @ cl.K @ c)
-    r0, r1 = cl.ae, cl.q * m / lkl                       # a_s' e~_s = r0 + r1 d
-    se = math.sqrt(float((m ** 2 * adj * r0 ** 2).sum()))
-    if not se > 0:
-        return (estimate, estimate)
-    w2 = m ** 2 * adj
+    w2 = m ** 2 * _adjust(cl)
     rng = np.random.default_rng(seed)
     parts = []
     for b0, b1 in _blocks(B, len(cl.q)):
         V = _webb(rng, b1 - b0, len(cl.q))
         out = []
-        for r in (r0, r1):            # a_s' e*_s = v_s r_s - q_s x_s' K sum_t v_t x_t r_t
+        for r in (r0, r1):
             Vr = V * r
             out.append((Vr @ m, Vr - cl.q * (Vr @ cl.x @ cl.K @ cl.x.T)))
         (N0, P), (N1, Q) = out
         parts.append(np.column_stack([N0, N1, (w2 * P * P).sum(1), (w2 * P * Q).sum(1), (w2 * Q * Q).sum(1)]))
-    N0, N1, A, Bq, Cq = np.concatenate(parts).T
+    return np.concatenate(parts)
+
+
+def _cr2_se(cl, m: np.ndarray) -> float:
+    from analysis.robust import _adjust
+
+    return math.sqrt(float((m ** 2 * _adjust(cl) * cl.ae ** 2).sum()))
+
+
+def wild_interval(cl, estimate: float, contrast, alpha: float = 0.05, B: int = 9_999, seed=0) -> tuple[float, float]:
+    """The (1 - alpha) interval of the contrast l'b (l: ``contrast``) by inverting the restricted wild
+    cluster bootstrap test (WCR; MacKinnon & Webb 2018), studentized by CR2: the set of theta0 that a
+    symmetric bootstrap-t test of l'b = theta0 does not reject at level alpha.
+
+    ``cl``: ``robust.Clusters`` of the fit (capacities as clusters). Under l'b = theta0 the restricted
+    fit's residuals, the resampled fit and its CR2 se are all linear in d = l'b_hat - theta0, so each
+    draw reduces to five numbers (``_wild_draws``), one pass over the data builds them (in blocks of
+    draws), and the test at any theta0 is O(B): the interval's ends are found by bisection on d. A
+    bound the test never rejects, however far, is infinite."""
+    if not 0 < alpha < 1:
+        raise AnalysisError(f"alpha must be in (0, 1), got {alpha}")
+    c = np.asarray(contrast, dtype=float)
+    m = cl.x @ cl.K @ c                                  # (S,)  x_s' K l
+    se = _cr2_se(cl, m)
+    if not se > 0:
+        return (estimate, estimate)
+    # the restricted fit: b~ = b - K l d / (l'K l), so a_s' e~_s = a_s' e_s + q_s m_s d / (l'K l)
+    N0, N1, A, Bq, Cq = _wild_draws(cl, m, cl.ae, cl.q * m / float(c @ cl.K @ c), B, seed).T
 
     def pvalue(d: float) -> float:
         num = (N0 + N1 * d) ** 2
@@ -187,11 +198,14 @@ def wild_interval(cl, estimate: float, contrast, alpha: float = 0.05, B: int = 9
 
 
 def wild_mean_errors(cl, contrast, B: int = 9_999, seed=0) -> np.ndarray:
-    """(B,) unrestricted wild cluster draws of l'(b* - b_hat) from CR2-adjusted residuals (their
-    variance is the CR2 variance of l'b): the mean's part of a bootstrap prediction error."""
+    """(B,) bootstrap-t draws of the error of l'b_hat, se * t*: t* = l'(b* - b_hat) / se* from the
+    unrestricted wild cluster bootstrap on CR2-adjusted residuals, each resample studentized by its own
+    CR2 se. They carry the uncertainty of the se with few capacities (a heavy tail) into a bootstrap PI."""
     from analysis.robust import _adjust
 
     m = cl.x @ cl.K @ np.asarray(contrast, dtype=float)
-    c = m * cl.ae * np.sqrt(_adjust(cl))
-    rng = np.random.default_rng(seed)
-    return np.concatenate([_webb(rng, b1 - b0, len(c)) @ c for b0, b1 in _blocks(B, len(c))])
+    se = _cr2_se(cl, m)
+    N0, _, A, _, _ = _wild_draws(cl, m, cl.ae * np.sqrt(_adjust(cl)), np.zeros_like(m), B, seed).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = N0 / np.sqrt(A)
+    return se * t[np.isfinite(t)]

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable
 
 from analysis import laws
+from analysis.robust import COV_TYPES
 from drorae_io import UserInputError
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,16 @@ def _fit_options(*, weights: bool = True) -> argparse.ArgumentParser:
                    help="fit only the rows whose column KEY equals VALUE, e.g. --where fused_layers=6; "
                         "repeat (or join with commas) for several")
     if weights:
-        p.add_argument("--weights", choices=("seed-variance",), default=None,
-                       help="seed-variance: weighted least squares by 1 / the per-capacity variance over "
-                            "seeds (needs 2+ seeds per capacity; default: unweighted)")
+        p.add_argument("--weights", choices=("seed-variance", "measurement"), default=None,
+                       help="seed-variance: feasible GLS by the noise model's variance at each capacity (log "
+                            "variance linear in log C, from the seeds; needs 2+ seeds per capacity); "
+                            "measurement: weights 1 / <y>_se^2 taken as known variances (right when the "
+                            "measurement error is all the scatter; see the fit's measurement-error line); "
+                            "default: unweighted")
+        p.add_argument("--cov", choices=COV_TYPES, default="CR2",
+                       help="the parameters' errors: CR2 (default: cluster-robust with capacities as clusters, "
+                            "t with Bell-McCaffrey df; holds when the noise changes with capacity) or "
+                            "nonrobust (one pooled variance, t with n - p df)")
     p.add_argument("--alpha", type=_alpha, default=0.05, metavar="A",
                    help="intervals at level 1 - A (default: 0.05, i.e. 95%%)")
     return p
@@ -184,7 +192,8 @@ def _fit(args: argparse.Namespace):
     from analysis import fit
 
     table = _load(args)
-    return table, fit(table, form=args.form, weights=getattr(args, "weights", None))
+    return table, fit(table, form=args.form, weights=getattr(args, "weights", None),
+                      cov_type=getattr(args, "cov", "CR2"))
 
 
 def _finite(obj):
@@ -211,7 +220,7 @@ examples:
   drorae fit results/default                         # law, params with CIs, R², lack of fit
   drorae fit results/default --x fused_layers --form linear --where expert_hidden=512
   drorae fit published.csv --where panel=capacity    # select the rows of one panel of a table
-  drorae fit results/default --ci bootstrap          # studentized residual-bootstrap intervals
+  drorae fit results/default --ci bootstrap          # wild cluster bootstrap intervals
   drorae fit results/default --form auto             # the form with the lowest leave-one-out error
   drorae fit mlflow:default --json                   # straight from the tracking store, as JSON
   drorae fit published.csv --x params --y rfid       # any table with a capacity and a metric column
@@ -237,9 +246,7 @@ def add_fit(sub) -> argparse.ArgumentParser:
                     "averaged) and print the law, its parameters with intervals, R², AIC/BIC, a\n"
                     "lack-of-fit F-test when seeds repeat a capacity, and the share of the scatter that\n"
                     "the runs' measurement error (<y>_se) accounts for where the table has it.")
-    p.add_argument("--ci", choices=("analytic", "bootstrap"), default="analytic",
-                   help="parameter intervals: analytic (t-based; default) or bootstrap (studentized "
-                        "residual bootstrap, 10,000 resamples; linear-in-parameter forms only)")
+    _ci_option(p, "parameter intervals")
     _json_option(p, "one object: form, x, y, n, params, bse, conf_int, ci_method, r2, r2_adj, aic, bic, "
                     "lack_of_fit, measurement_error (null without <y>_se on every row), ...")
     return p
@@ -256,7 +263,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         text = res.summary(alpha=args.alpha)
         if args.ci == "bootstrap":
             ci = res.conf_int(args.alpha, method="bootstrap")
-            text += f"\n\nBootstrap {1 - args.alpha:.0%} intervals (studentized residual, 10,000 resamples):\n" + \
+            text += f"\n\nBootstrap {1 - args.alpha:.0%} intervals ({BOOTSTRAP_WORDS}):\n" + \
                 "\n".join(f"{name:>8}  [{ci.loc[name, 'lower']:.5g}, {ci.loc[name, 'upper']:.5g}]"
                           for name in ci.index)
     print(text)
@@ -273,7 +280,11 @@ examples:
   make predict CAPACITY=2e8
 
 For each capacity: the law's mean, the (1 - alpha) interval of that mean (ci) and the prediction
-interval for one new trial at that capacity (pi), which also holds the seed-to-seed noise.
+interval for one new trial at that capacity (pi), which also holds the run-to-run noise there: the
+noise model (log variance linear in log C, fitted to the residuals or the seeds) read at that
+capacity, with its own uncertainty. Where that rests on few degrees of freedom (one seed per
+capacity, far beyond the largest), the PI is wide and a note says so; with too few capacities to
+fit a noise model it is unbounded.
 """
 
 
@@ -285,18 +296,30 @@ def add_predict(sub) -> argparse.ArgumentParser:
     p.add_argument("--capacity", metavar="C", action="append", required=True,
                    help="a capacity in the units of --x (a finite number > 0), e.g. 2e8 trainable parameters; "
                         "repeat for several")
-    _json_option(p, "a list with one entry per capacity: capacity, mean, mean_se, ci [low, high], pi [low, high]")
+    _ci_option(p, "the mean's CI and the PI")
+    _json_option(p, "a list with one entry per capacity: capacity, mean, mean_se, mean_df, ci [low, high], "
+                    "pi [low, high], obs_sd, pi_df, pi_note")
     return p
+
+
+BOOTSTRAP_WORDS = "restricted wild cluster bootstrap, capacities as clusters, 9,999 Webb draws"
+
+
+def _ci_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ci", choices=("analytic", "bootstrap"), default="analytic",
+                   help=f"{what}: analytic (default: t with Bell-McCaffrey df on CR2 errors) or bootstrap "
+                        f"({BOOTSTRAP_WORDS}; linear-in-parameter forms only)")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     capacities = _capacities(args)
     with warnings_as_lines(args.prog):
         _table, res = _fit(args)
-        sf = res.get_prediction(capacities).summary_frame(args.alpha)
+        sf = res.get_prediction(capacities).summary_frame(args.alpha, method=args.ci)
     rows = [{"capacity": float(c), "mean": float(r["mean"]), "mean_se": float(r["mean_se"]),
-             "ci": [float(r["mean_ci_lower"]), float(r["mean_ci_upper"])],
-             "pi": [float(r["obs_ci_lower"]), float(r["obs_ci_upper"])]}
+             "mean_df": float(r["mean_df"]), "ci": [float(r["mean_ci_lower"]), float(r["mean_ci_upper"])],
+             "pi": [float(r["obs_ci_lower"]), float(r["obs_ci_upper"])], "obs_sd": float(r["obs_sd"]),
+             "pi_df": float(r["pi_df"]), "pi_note": r["pi_note"], "ci_method": args.ci}
             for c, (_, r) in zip(capacities, sf.iterrows())]
     if args.json:
         _print_json(rows)
@@ -309,6 +332,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for r in rows:
         ci, pi = (f"[{lo:.5g}, {hi:.5g}]" for lo, hi in (r["ci"], r["pi"]))
         print(f"{r['capacity']:>12.4g}{r['mean']:>12.5g}{ci:>26}{pi:>26}")
+    for r in rows:
+        if r["pi_note"]:
+            print(f"note at {r['capacity']:.4g}: {r['pi_note']}")
+    if args.ci == "bootstrap":
+        print(f"intervals: {BOOTSTRAP_WORDS}")
     return 0
 
 

@@ -240,6 +240,8 @@ class PredictionResults:
         if method == "bootstrap":
             for i, row in enumerate(L):
                 lo[i], hi[i] = boot.wild_interval(res._clusters(), mean[i], row, alpha, B=B, seed=seed)
+            # a new run's interval holds its mean's: the inversion can be the wider with few capacities
+            pi_lo, pi_hi = np.minimum(pi_lo, lo), np.maximum(pi_hi, hi)
         sf = pd.DataFrame({"mean": mean, "mean_se": se, "mean_df": df, "mean_ci_lower": lo, "mean_ci_upper": hi,
                            "obs_sd": obs_sd, "pi_df": pi_df, "obs_ci_lower": pi_lo, "obs_ci_upper": pi_hi,
                            "pi_note": note})
@@ -251,15 +253,16 @@ class PredictionResults:
         return sf
 
     def _bootstrap_pi(self, mean, L, m, v, alpha, B, seed) -> tuple[np.ndarray, np.ndarray]:
-        """PI from B draws of a new run's error: the mean's (unrestricted wild cluster draws) plus the
-        noise's (sigma from the noise model with its uncertainty, times a normal)."""
+        """PI from B draws of a new run's error: the mean's (wild cluster bootstrap-t draws,
+        ``bootstrap.wild_mean_errors``) plus the noise's (sigma from the noise model with its
+        uncertainty, times a normal); widened where needed to hold the mean's interval."""
         res = self._res
         lo, hi = np.empty_like(mean), np.empty_like(mean)
         for i, row in enumerate(L):
             eta = boot.wild_mean_errors(res._clusters(), row, B=B, seed=seed)
             rng = np.random.default_rng([seed, 1])
-            sig = np.exp((m[i] + math.sqrt(max(v[i], 0.0)) * rng.standard_normal(B)) / 2)
-            d = eta + sig * rng.standard_normal(B)
+            sig = np.exp((m[i] + math.sqrt(max(v[i], 0.0)) * rng.standard_normal(len(eta))) / 2)
+            d = eta + sig * rng.standard_normal(len(eta))
             q_lo, q_hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
             lo[i], hi[i] = mean[i] + q_lo, mean[i] + q_hi
         return lo, hi

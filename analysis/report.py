@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ("params", "rfid", "psnr", "ssim", "lpips", "status")
 DEFAULT_MULTIPLES = (10, 100)        # untried capacities: 10x and 100x the largest trained one
-BOOTSTRAP_B = 10_000
+BOOTSTRAP_B = 9_999
 MAX_LISTED_TRIALS = 500              # longer tables: one row per capacity instead of one per trial
 MAX_LISTED_DROPPED = 100
 MAX_ROLLOUT_ROWS = 30                # more splits: this many, evenly spaced, and the overall row
@@ -67,6 +67,10 @@ def _md_table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def _interval(lo, hi) -> str:
+    """[lo, hi]; "not identified" for an interval the fit could not give (NaN: a saturating fit that
+    does not pin down its parameters)."""
+    if isinstance(lo, float | np.floating) and isinstance(hi, float | np.floating) and np.isnan(lo) and np.isnan(hi):
+        return "not identified"
     return f"[{_num(lo)}, {_num(hi)}]"
 
 
@@ -116,9 +120,10 @@ def _fit_section(res: FitResults, alpha: float) -> list[str]:
         lines += [f"Slope b = {res.params['b']:.4g} {res.y} per decade of {res.x} "
                   f"({level} CI {_interval(*analytic.loc['b'])}).", ""]
     header = ["param", "estimate", "std err", f"{level} CI (analytic)", f"{level} CI (bootstrap)"]
-    rows = [[k, res.params[k], res.bse[k], _interval(*analytic.loc[k]),
+    rows = [[k, res.params[k], res.bse[k] if res.identified else "not identified", _interval(*analytic.loc[k]),
              _interval(*bootstrap.loc[k]) if bootstrap is not None else "n/a"] for k in res.params.index]
     lines += _md_table(header, rows) + [""]
+    lines += [f"- Intervals: {_errors_note(res)}"]
     space = " (on ln y)" if res.law.log_y else ""
     lines += [f"- n = {res.nobs} observations at {len(np.unique(res.C))} distinct capacities",
               f"- R²{space} = {res.rsquared:.4f}, adjusted R² = {res.rsquared_adj:.4f}",
@@ -133,6 +138,13 @@ def _fit_section(res: FitResults, alpha: float) -> list[str]:
                      ", ".join(f"{k} {v:.4g}" for k, v in res.auto_scores.items()))
     lines += _fit_warnings(res)
     return lines + [""] + _measurement_section(res)
+
+
+def _errors_note(res: FitResults) -> str:
+    """Which errors the table's intervals use (the fit's own words for the linear forms)."""
+    if res._ols is not None:
+        return res._cov_line().removeprefix("Std err: ") + "; bootstrap: restricted wild cluster bootstrap-t"
+    return "profile likelihood (std err: Huber sandwich); no bootstrap for this form"
 
 
 def _fit_warnings(res: FitResults) -> list[str]:
@@ -180,7 +192,9 @@ def _prediction_section(res: FitResults, capacities, alpha: float) -> list[str]:
     header = [f"{res.x}", f"predicted {res.y}", f"{level} CI (mean)", f"{level} PI (new run)"]
     rows = [[c, r["mean"], _interval(r["mean_ci_lower"], r["mean_ci_upper"]),
              _interval(r["obs_ci_lower"], r["obs_ci_upper"])] for c, r in zip(sf.index, sf.to_dict("records"))]
-    return ["## Predictions for untried capacities", ""] + _md_table(header, rows) + [""]
+    notes = [f"- At {c:g}: {note}" for c, note in zip(sf.index, sf["pi_note"]) if note]
+    return ["## Predictions for untried capacities", ""] + _md_table(header, rows) + [""] + \
+        (notes + [""] if notes else [])
 
 
 def _backtest_section(bt, holdout: int, x: str, y: str, alpha: float) -> list[str]:

@@ -131,15 +131,31 @@ def test_wild_interval_ends_are_where_the_brute_force_test_starts_rejecting():
             assert _brute_pvalue(C, X, y, outside, ell, B, 5) <= alpha
 
 
-def test_wild_mean_errors_have_the_cr2_variance():
+def test_wild_mean_errors_are_se_times_the_brute_force_bootstrap_t():
     from analysis import robust
     C, X, y = _clustered()
     b = np.linalg.lstsq(X, y, rcond=None)[0]
-    cl = robust.clusters(X, y - X @ b, C)
+    e = y - X @ b
+    cl = robust.clusters(X, e, C)
     ell = np.array([1.0, 7.5])
-    d = boot.wild_mean_errors(cl, ell, B=200_000, seed=1)
-    assert d.var() == pytest.approx(ell @ robust.cr2_cov(cl) @ ell, rel=0.01)
-    assert abs(d.mean()) < 4 * d.std() / np.sqrt(d.size)
+    se = np.sqrt(ell @ robust.cr2_cov(cl) @ ell)
+    d = boot.wild_mean_errors(cl, ell, B=60, seed=1)
+    # by hand: CR2-adjusted residuals A_s e_s ((I - H_ss)^-1/2 by eigendecomposition), Webb weights per
+    # capacity, refit, t* = l'(b* - b) / its own CR2 se
+    H = X @ np.linalg.inv(X.T @ X) @ X.T
+    adj = np.empty_like(e)
+    for c in np.unique(C):
+        s = C == c
+        val, U = np.linalg.eigh(np.eye(s.sum()) - H[np.ix_(s, s)])
+        adj[s] = U @ np.diag(val ** -0.5) @ U.T @ e[s]
+    _, inv = np.unique(C, return_inverse=True)
+    V = boot._webb(np.random.default_rng(1), 60, inv.max() + 1)
+    ref = []
+    for v in V:
+        ys = X @ b + v[inv] * adj
+        bs = np.linalg.lstsq(X, ys, rcond=None)[0]
+        ref.append(se * ell @ (bs - b) / np.sqrt(ell @ robust.cr2_cov(robust.clusters(X, ys - X @ bs, C)) @ ell))
+    np.testing.assert_allclose(d, ref, rtol=1e-8)
 
 
 def test_fit_bootstrap_intervals_are_the_wild_ones_and_a_bootstrap_pi_exists():
