@@ -1,15 +1,19 @@
 """Fit a scaling law and return a results object in the statsmodels manner.
 
     res = fit(df, x="params", y="rfid", form="log-linear")
-    res.params, res.bse, res.conf_int(0.05, method="analytic" | "bootstrap")
+    res.params, res.bse, res.df_params, res.conf_int(0.05, method="analytic" | "bootstrap")
     res.rsquared, res.rsquared_adj, res.aic, res.bic, res.nobs
-    res.predict(C), res.get_prediction(C).summary_frame(alpha), res.summary(), res.to_dict()
+    res.predict(C), res.get_prediction(C).summary_frame(alpha, method), res.summary(), res.to_dict()
     res.lack_of_fit(), res.measurement_error()
 
 Linear-in-parameters forms (log-linear, linear, power) are statsmodels OLS (or WLS with
-``weights="seed-variance"``) on the form's design matrix, and their predictions are statsmodels'
-own ``get_prediction``. ``power`` is fitted on ln y: its R², AIC and intervals live in that space,
-and predictions are mapped back with exp (the mean's se by the delta method). ``saturating`` is a
+``weights="seed-variance"`` or ``"measurement"``) on the form's design matrix. Their default errors
+are cluster-robust with the capacities as clusters (CR2) and their intervals t with Bell-McCaffrey
+df (``analysis.robust``); the PI of a new run reads the noise at its capacity off a noise model
+(``analysis.noise``); ``method="bootstrap"`` is the restricted wild cluster bootstrap
+(``analysis.bootstrap``); ``cov_type="nonrobust"`` keeps statsmodels' classical intervals.
+``power`` is fitted on ln y: its R², AIC and intervals live in that space, and predictions are
+mapped back with exp (the mean's se by the delta method). ``saturating`` is a
 robust Huber fit from a grid of starting values (``analysis.saturating``): its covariance is Huber's
 sandwich, its parameter intervals are profile-likelihood ones, and ``identified`` / ``warnings`` say
 when the data do not determine E, A and alpha (then its parameter intervals are NaN). For every form
