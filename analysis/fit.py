@@ -292,7 +292,7 @@ class FitResults:
         self._w = None
         self._ols = ols
         self.cov_type = cov_type
-        self.noise: noise.NoiseModel | None = None     # the noise model of a linear form (PI)
+        self._noise: noise.NoiseModel | None | bool = False   # the noise model of a linear form (PI); False: not yet
         self._cl = None
         self._sat = sat
         self.auto_scores: pd.Series | None = None   # cross-validated RMSE per form when form="auto"
@@ -330,19 +330,25 @@ class FitResults:
     def _linear_cov(self, ols) -> np.ndarray:
         """The params' covariance: CR2 with capacities as clusters (``analysis.robust``); with
         ``weights="measurement"`` the known-variance (X'WX)^-1; ``nonrobust``: OLS/WLS's s^2 (X'WX)^-1.
-        The noise model (for the PI) is fitted here too, on the rows in the law's fit space."""
-        yt = self.law.to_fit_space(self.yobs)
+        With measurement weights the noise of a new run is their own trend (``noise``)."""
         if self.weights == "measurement":
             X = self.law.design(self.C)
             # the measurement variances' own trend in log C: a new run's is read off it (known, no df)
             Z = np.column_stack([np.ones_like(self.C), np.log10(self.C)])
             g, *_ = np.linalg.lstsq(Z, -np.log(self._w), rcond=None)
-            self.noise = noise.NoiseModel(g, np.zeros((2, 2)), len(np.unique(self.C)))
+            self._noise = noise.NoiseModel(g, np.zeros((2, 2)), len(np.unique(self.C)))
             return np.linalg.inv((X * self._w[:, None]).T @ X)
-        self.noise = noise.fit(self.C, yt)
         if self.cov_type == "nonrobust":
             return np.asarray(ols.cov_params())
         return robust.cr2_cov(self._clusters())
+
+    @property
+    def noise(self) -> noise.NoiseModel | None:
+        """The noise model of a linear form's rows (``analysis.noise``; None where it cannot be fitted),
+        fitted on first use: a fit that predicts no PI (a cross-validation fold) never pays for it."""
+        if self._noise is False:
+            self._noise = noise.fit(self.C, self.law.to_fit_space(self.yobs)) if self._ols is not None else None
+        return self._noise
 
     def _clusters(self) -> robust.Clusters:
         if self._cl is None:
