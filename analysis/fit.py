@@ -134,7 +134,8 @@ def _seed_variance_weights(C: np.ndarray, y: np.ndarray, x: str) -> np.ndarray:
     """Feasible GLS weights: 1 / sigma^2(C) from the noise model (``analysis.noise``: log variance
     linear in log C, fitted to every capacity's seed variance with its degrees of freedom),
     normalised to mean 1. Each capacity's own sample variance from 2-3 seeds is not used as known:
-    with 2 degrees of freedom it is off by a factor of 3 one time in five, and WLS by it covers 65-75%."""
+    with 2 degrees of freedom it is off by a factor of 3 or more one time in three, and WLS by it
+    covered 65-75%."""
     for c in np.unique(C):
         if (C == c).sum() < 2:
             raise AnalysisError(f"weights='seed-variance' needs at least 2 seeds at every capacity; "
