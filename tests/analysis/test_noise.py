@@ -57,6 +57,33 @@ def test_single_rows_use_their_leverage_adjusted_ols_residual():
     np.testing.assert_allclose(model.cov, math.pi ** 2 / 2 * np.linalg.inv(X.T @ X), rtol=1e-10)
 
 
+def test_mixed_designs_take_pure_error_where_seeds_repeat_and_residuals_elsewhere():
+    from scipy.special import digamma, polygamma
+    rng = np.random.default_rng(12)
+    caps = np.geomspace(1e4, 1e8, 5)
+    seeds = np.array([1, 3, 1, 2, 1])
+    C = np.repeat(caps, seeds)
+    y = 3 - 0.5 * np.log10(C) + rng.normal(0, 0.3, C.size)
+    X = np.column_stack([np.ones(C.size), np.log10(C)])
+    H = X @ np.linalg.inv(X.T @ X) @ X.T
+    e = y - H @ y
+    s2, nu = [], []
+    for c, k in zip(caps, seeds):
+        sel = C == c
+        if k > 1:
+            s2.append(y[sel].var(ddof=1))
+            nu.append(k - 1.0)
+        else:
+            s2.append(e[sel][0] ** 2 / (1 - H[sel, sel][0]))
+            nu.append(1.0)
+    s2, nu = np.array(s2), np.array(nu)
+    z = np.log(s2) - digamma(nu / 2) + np.log(nu / 2)
+    sw = 1 / np.sqrt(polygamma(1, nu / 2))
+    Z = np.column_stack([np.ones(5), np.log10(caps)])
+    g = np.linalg.lstsq(Z * sw[:, None], z * sw, rcond=None)[0]
+    np.testing.assert_allclose(noise.fit(C, y).gamma, g, rtol=1e-10)
+
+
 def test_recovers_a_doubling_sd_from_many_seeds():
     rng = np.random.default_rng(2)
     caps = np.geomspace(1e4, 1e7, 6)
@@ -77,6 +104,8 @@ def test_effective_df_inverts_trigamma():
     for nu in (0.5, 1.0, 3.0, 40.0):
         assert noise._df_of_log_variance(float(polygamma(1, nu / 2))) == pytest.approx(nu, rel=1e-8)
     assert noise._df_of_log_variance(0.0) == math.inf
+    assert noise._df_of_log_variance(1e-13) == math.inf          # beyond nu = 1e12: as good as known
+    assert noise._df_of_log_variance(1e13) == 1e-6               # below nu = 1e-6: the floor
 
 
 def test_interval_limits_closed_forms():
