@@ -192,3 +192,19 @@ def test_fit_bootstrap_intervals_are_the_wild_ones_and_a_bootstrap_pi_exists():
         an.obs_ci_upper.iloc[0] - an.obs_ci_lower.iloc[0], rel=0.15)      # the same noise model, drawn
     with pytest.raises(Exception, match="bootstrap kind"):
         res.conf_int(method="bootstrap", kind="pairs")
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5])
+def test_alpha_outside_0_1_is_refused(data, alpha):
+    from analysis import AnalysisError, robust
+    X, y = data
+    with pytest.raises(AnalysisError, match="alpha must be in"):
+        boot.conf_int(X, y, alpha=alpha, B=50)
+    cl = robust.clusters(X, y - X @ np.linalg.lstsq(X, y, rcond=None)[0], X[:, 1])
+    with pytest.raises(AnalysisError, match="alpha must be in"):
+        boot.wild_interval(cl, 0.0, [0.0, 1.0], alpha=alpha, B=50)
+
+
+def test_conf_int_defaults_are_a_95_percent_interval_of_10000_draws(data):
+    X, y = data
+    np.testing.assert_array_equal(boot.conf_int(X, y), boot.conf_int(X, y, alpha=0.05, B=10_000, seed=0))
