@@ -98,12 +98,12 @@ def test_bad_kind(data):
 # --- the wild cluster bootstrap ------------------------------------------------------------------
 
 
-def _clustered(seed=11):
+def _clustered(seed=11, scale=1.0):
     rng = np.random.default_rng(seed)
     C = np.repeat(np.geomspace(1e4, 1e7, 6), [2, 3, 1, 2, 3, 2])
     X = np.column_stack([np.ones(C.size), np.log10(C)])
     y = 10 - 1.2 * X[:, 1] + rng.normal(0, 0.2 * X[:, 1] / 4, C.size)
-    return C, X, y
+    return C, X, scale * y
 
 
 def _brute_pvalue(C, X, y, theta0, ell, B, seed):
@@ -129,16 +129,29 @@ def _brute_pvalue(C, X, y, theta0, ell, B, seed):
     return hits / B
 
 
-def test_webb_weights_have_mean_0_and_variance_1():
+def test_webb_weights_have_mean_0_and_variance_1_and_are_drawn_alike():
     assert boot.WEBB.mean() == pytest.approx(0, abs=1e-15) and (boot.WEBB ** 2).mean() == pytest.approx(1, rel=1e-15)
+    draws = boot._webb(np.random.default_rng(0), 6000, 2)
+    values, counts = np.unique(draws, return_counts=True)
+    np.testing.assert_array_equal(values, np.sort(boot.WEBB))
+    assert counts.min() > 1800                       # 2000 each expected
 
 
-def test_wild_interval_ends_are_where_the_brute_force_test_starts_rejecting():
+def test_an_exact_fit_has_a_zero_width_wild_interval():
     from analysis import robust
-    C, X, y = _clustered()
+    C = np.geomspace(1e4, 1e7, 5)
+    X = np.column_stack([np.ones(5), np.log10(C)])
+    cl = robust.clusters(X, np.zeros(5), C)
+    assert boot.wild_interval(cl, -1.5, [0.0, 1.0], B=99) == (-1.5, -1.5)
+
+
+@pytest.mark.parametrize("alpha, scale", [(0.1, 1000.0), (0.5, 1.0)])   # an se > 1; an end inside an se < 1
+def test_wild_interval_ends_are_where_the_brute_force_test_starts_rejecting(alpha, scale):
+    from analysis import robust
+    C, X, y = _clustered(scale=scale)
     b = np.linalg.lstsq(X, y, rcond=None)[0]
     cl = robust.clusters(X, y - X @ b, C)
-    B, alpha = 399, 0.1
+    B = 399
     for ell in (np.array([0.0, 1.0]), np.array([1.0, 8.0])):
         lo, hi = boot.wild_interval(cl, ell @ b, ell, alpha=alpha, B=B, seed=5)
         assert lo < ell @ b < hi
