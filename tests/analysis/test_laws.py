@@ -45,7 +45,7 @@ def test_fit_space_is_ln_y_for_power_only():
 def test_a_log_of_the_capacity_needs_every_value_positive_and_names_the_first_bad_one(form):
     law = get_law(form)
     law.check([1e-3, 0.5, 1.0, 2.0])                        # below 1 is fine: only <= 0 has no log
-    for bad, first in (([3.0, -2.0, 0.0], "-2"), ([0.0, 5.0, -1.0], "0")):
+    for bad, first in (([3.0, -2.0, 0.0], "-2"), ([0.0, 5.0, -1.0], "0"), ([0.5, 3.0, -2.0], "-2")):
         with pytest.raises(AnalysisError) as exc:
             law.check(bad)
         assert str(exc.value) == (f"column 'x' has a non-positive value ({first}): form {form!r} takes the log "
@@ -61,7 +61,7 @@ def test_linear_takes_any_capacity_and_only_power_needs_a_positive_metric():
     power = get_law("power")
     power.check([1.0, 2.0, 3.0], [1e-3, 0.5, 1.0])            # below 1 is fine
     power.check([1.0, 2.0, 3.0])                              # no metric given: nothing to check
-    for bad, first in (([2.0, 0.0, -1.0], "0"), ([2.0, -0.5, 0.0], "-0.5")):
+    for bad, first in (([2.0, 0.0, -1.0], "0"), ([2.0, -0.5, 0.0], "-0.5"), ([0.5, 2.0, -1.0], "-1")):
         with pytest.raises(AnalysisError) as exc:
             power.check([1.0, 2.0, 3.0], bad)
         assert str(exc.value) == (f"column 'y' has a non-positive value ({first}): form 'power' takes the log "
