@@ -341,3 +341,30 @@ def test_rollout_errors_name_the_file_and_what_was_needed(tmp_path):
     with pytest.raises(AnalysisError, match=rf"^{p}: no rollout split could be fitted \(k = 3: column 'g' has the "
                                             r"same value \(2\)"):
         rollout(t)
+
+
+def test_held_out_runs_keep_the_tables_order():
+    """Rows interleaved by capacity (200 of them: numpy's default sort is not stable there): the held-out runs
+    are listed in the table's order, so the i-th row is the i-th run at that capacity."""
+    C = np.tile(np.geomspace(1e6, 1e9, 5), 40)
+    y = 5 - 0.5 * np.log10(C) + np.random.default_rng(21).normal(0, 0.05, C.size)
+    out = backtest(pd.DataFrame({"params": C, "rfid": y}), holdout=1)
+    np.testing.assert_array_equal(out.truth, y[C == C.max()])
+    np.testing.assert_array_equal(out.capacity, np.full(40, C.max()))
+
+
+def test_a_truth_on_a_bound_of_the_prediction_interval_is_covered():
+    """The PI is closed: held-out runs set exactly on its lower and upper bounds (the PI of the law fitted on
+    the same rows, through the public API) count as covered, in the backtest and in the rollout's split."""
+    C = np.repeat(np.geomspace(1e6, 1e9, 5), 2)
+    y = 5 - 0.5 * np.log10(C) + np.random.default_rng(22).normal(0, 0.05, C.size)
+    top = C.max()
+    law = fit(pd.DataFrame({"params": C[:8], "rfid": y[:8]}))
+    sf = law.get_prediction([top, top]).summary_frame(0.05)
+    y[8:] = sf["obs_ci_lower"].iloc[0], sf["obs_ci_upper"].iloc[0]
+    df = pd.DataFrame({"params": C, "rfid": y})
+    assert backtest(df, holdout=1).covered.tolist() == [True, True]
+    sf = law.get_prediction([top]).summary_frame(0.05)                  # the rollout predicts each capacity once
+    y[8:] = sf["obs_ci_lower"].iloc[0], sf["obs_ci_upper"].iloc[0]
+    (split,) = [s for s in rollout(pd.DataFrame({"params": C, "rfid": y})).splits if s.k == 4]
+    assert split.rows["coverage"].tolist() == [1.0]

@@ -1,11 +1,11 @@
-"""Linear-in-parameters laws against independent references: numpy lstsq, closed forms, statsmodels."""
+"""Linear-in-parameters laws against independent references: numpy lstsq, closed forms, NIST StRD's certified
+values (statsmodels, which the forms are fitted with, is never the reference)."""
 
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
-import statsmodels.api as sm
 from scipy import stats
 
 from analysis import AnalysisError, fit
@@ -40,24 +40,100 @@ def test_params_bse_r2_against_lstsq(loglinear_df, form, transform):
     np.testing.assert_allclose(ci["upper"], beta + t * bse, rtol=1e-7)
 
 
-def test_against_direct_statsmodels_on_log10(loglinear_df):
+def _gaussian_aic_bic(ssr, n, p):
+    """AIC and BIC of a least-squares fit with Gaussian errors, sigma^2 at its MLE SSR / n."""
+    llf = -n / 2 * (np.log(2 * np.pi) + np.log(ssr / n) + 1)
+    return -2 * llf + 2 * p, -2 * llf + p * np.log(n)
+
+
+def test_intervals_aic_bic_by_explicit_normal_equations(loglinear_df):
+    """beta = (X'X)^-1 X'y, cov = s^2 (X'X)^-1 with s^2 = SSR / (n - 2), t_{n-2} intervals; AIC and BIC of the
+    Gaussian likelihood at sigma^2 = SSR / n."""
     C, y = loglinear_df.params.to_numpy(), loglinear_df.rfid.to_numpy()
-    ref = sm.OLS(y, sm.add_constant(np.log10(C))).fit()
-    res = fit(loglinear_df, cov_type="nonrobust")
-    np.testing.assert_allclose(res.params, ref.params, rtol=1e-10)
-    np.testing.assert_allclose(res.conf_int(0.1), ref.conf_int(0.1), rtol=1e-10)
-    assert (res.aic, res.bic) == pytest.approx((ref.aic, ref.bic), rel=1e-10)
+    X = np.column_stack([np.ones_like(C), np.log10(C)])
+    XtX_inv = np.linalg.inv(X.T @ X)
+    beta = XtX_inv @ X.T @ y
+    r = y - X @ beta
+    n = len(y)
+    s2 = r @ r / (n - 2)
+    se = np.sqrt(np.diag(s2 * XtX_inv))
+    res = fit(loglinear_df, cov_type="nonrobust")      # the classical errors (the default's: test_robust.py)
+    np.testing.assert_allclose(res.params, beta, rtol=1e-10)
+    np.testing.assert_allclose(res.cov_params.to_numpy(), s2 * XtX_inv, rtol=1e-8)
+    assert res.scale == pytest.approx(s2, rel=1e-10) and res.ssr == pytest.approx(r @ r, rel=1e-10)
+    assert res.df_resid == n - 2
+    t = stats.t.ppf(0.95, n - 2)
+    np.testing.assert_allclose(res.conf_int(0.1).to_numpy(), np.column_stack([beta - t * se, beta + t * se]),
+                               rtol=1e-8)
+    np.testing.assert_allclose(res.tvalues, beta / se, rtol=1e-8)
+    np.testing.assert_allclose(res.pvalues, 2 * stats.t.sf(np.abs(beta / se), n - 2), rtol=1e-6)
+    assert (res.aic, res.bic) == pytest.approx(_gaussian_aic_bic(r @ r, n, 2), rel=1e-10)
+
+
+# NIST StRD, Norris (https://www.itl.nist.gov/div898/strd/lls/data/Norris.shtml): y, x, 36 observations, and the
+# certified values of y = B0 + B1 x, typed in from NIST's page.
+NORRIS_Y = [0.1, 338.8, 118.1, 888.0, 9.2, 228.1, 668.5, 998.5, 449.1, 778.9, 559.2, 0.3, 0.1, 778.1, 668.8,
+            339.3, 448.9, 10.8, 557.7, 228.3, 998.0, 888.8, 119.6, 0.3, 0.6, 557.6, 339.3, 888.0, 998.5, 778.9,
+            10.2, 117.6, 228.9, 668.4, 449.2, 0.2]
+NORRIS_X = [0.2, 337.4, 118.2, 884.6, 10.1, 226.5, 666.3, 996.3, 448.6, 777.0, 558.2, 0.4, 0.6, 775.5, 666.9,
+            338.0, 447.5, 11.6, 556.0, 228.1, 995.8, 887.6, 120.2, 0.3, 0.3, 556.8, 339.1, 887.2, 999.0, 779.0,
+            11.1, 118.3, 229.2, 669.1, 448.9, 0.5]
+NORRIS = {"B": [-0.262323073774029, 1.00211681802045], "sd": [0.232818234301152, 0.429796848199937E-03],
+          "residual_sd": 0.884796396144373, "r2": 0.999993745883712, "ssr": 26.6173985294224, "df": 34}
+
+
+def test_norris_against_nist_certified_values():
+    """The linear form on NIST's Norris data: estimates, their standard deviations, the residual standard
+    deviation, R² and the residual sum of squares as certified (15 digits; double precision keeps 10 and more);
+    the t intervals and AIC / BIC follow from them by the closed forms."""
+    res = fit(pd.DataFrame({"x": NORRIS_X, "y": NORRIS_Y}), x="x", y="y", form="linear", cov_type="nonrobust")
+    np.testing.assert_allclose(res.params, NORRIS["B"], rtol=1e-10)
+    np.testing.assert_allclose(res.bse, NORRIS["sd"], rtol=1e-9)
+    assert np.sqrt(res.scale) == pytest.approx(NORRIS["residual_sd"], rel=1e-10)
+    assert res.rsquared == pytest.approx(NORRIS["r2"], rel=1e-12)
+    assert res.ssr == pytest.approx(NORRIS["ssr"], rel=1e-10)
+    assert (res.nobs, res.df_resid) == (36, NORRIS["df"])
+    assert res.rsquared_adj == pytest.approx(1 - (1 - NORRIS["r2"]) * 35 / 34, rel=1e-12)
+    t = stats.t.ppf(0.975, NORRIS["df"])
+    B, sd = np.array(NORRIS["B"]), np.array(NORRIS["sd"])
+    np.testing.assert_allclose(res.conf_int(0.05).to_numpy(), np.column_stack([B - t * sd, B + t * sd]),
+                               rtol=1e-9)
+    assert (res.aic, res.bic) == pytest.approx(_gaussian_aic_bic(NORRIS["ssr"], 36, 2), rel=1e-10)
 
 
 def test_power_law_on_logs():
+    """ln y = a + b ln C by least squares; predictions mapped back: mean = exp(a + b ln C0), its se by the delta
+    method (the gradient of exp(a + b ln C0) by central differences through s^2 (X'X)^-1), and the intervals the
+    exp of ln y's t intervals (closed form)."""
     C = np.geomspace(1e6, 1e9, 7)
     y = np.exp(2.0) * C ** -0.3 * np.exp(np.random.default_rng(1).normal(0, 0.02, 7))
-    res = fit(pd.DataFrame({"params": C, "rfid": y}), form="power")
-    beta, *_ = np.linalg.lstsq(np.column_stack([np.ones(7), np.log(C)]), np.log(y), rcond=None)
+    res = fit(pd.DataFrame({"params": C, "rfid": y}), form="power", cov_type="nonrobust")
+    X, z = np.column_stack([np.ones(7), np.log(C)]), np.log(y)
+    beta, *_ = np.linalg.lstsq(X, z, rcond=None)
+    r = z - X @ beta
+    s2 = r @ r / 5
+    V = s2 * np.linalg.inv(X.T @ X)
     np.testing.assert_allclose(res.params, beta, rtol=1e-9)
+    np.testing.assert_allclose(res.bse, np.sqrt(np.diag(V)), rtol=1e-8)
+    assert res.rsquared == pytest.approx(1 - r @ r / ((z - z.mean()) ** 2).sum(), rel=1e-10)   # on ln y
     np.testing.assert_allclose(res.predict(C), np.exp(beta[0]) * C ** beta[1], rtol=1e-9)
-    sf = res.get_prediction([1e10]).summary_frame()
-    assert sf.mean_ci_lower.iloc[0] < sf["mean"].iloc[0] < sf.mean_ci_upper.iloc[0]
+    C0 = np.array([3e7, 1e10, 1e11])
+    sf = res.get_prediction(C0).summary_frame(0.1)
+    mean = np.exp(beta[0] + beta[1] * np.log(C0))
+    np.testing.assert_allclose(sf["mean"], mean, rtol=1e-9)
+    def law(b):
+        return np.exp(b[0] + b[1] * np.log(C0))
+    h = 1e-6
+    grad = np.column_stack([(law(beta + h * e) - law(beta - h * e)) / (2 * h) for e in np.eye(2)])
+    np.testing.assert_allclose(sf["mean_se"], np.sqrt(np.einsum("ij,jk,ik->i", grad, V, grad)), rtol=1e-6)
+    x0 = np.column_stack([np.ones(3), np.log(C0)])
+    se_log = np.sqrt(np.einsum("ij,jk,ik->i", x0, V, x0))
+    t = stats.t.ppf(0.95, 5)
+    eta = x0 @ beta
+    np.testing.assert_allclose(sf["mean_ci_lower"], np.exp(eta - t * se_log), rtol=1e-8)
+    np.testing.assert_allclose(sf["mean_ci_upper"], np.exp(eta + t * se_log), rtol=1e-8)
+    np.testing.assert_allclose(sf["obs_ci_lower"], np.exp(eta - t * np.sqrt(s2 + se_log ** 2)), rtol=1e-8)
+    np.testing.assert_allclose(sf["obs_ci_upper"], np.exp(eta + t * np.sqrt(s2 + se_log ** 2)), rtol=1e-8)
 
 
 def test_known_law_recovered_within_ci(loglinear_df):
@@ -91,14 +167,30 @@ def test_prediction_intervals_closed_form(loglinear_df):
 
 
 def test_seed_variance_weights_are_wls(loglinear_df):
+    """WLS by hand with w = 1 / the noise model's variance at each capacity (normalised to mean 1):
+    beta = (X'WX)^-1 X'Wy, cov = s_w^2 (X'WX)^-1, s_w^2 = sum w r^2 / (n - 2)."""
     df = loglinear_df.copy()
     df.loc[df.params == df.params.max(), "rfid"] += np.array([0.3, -0.3, 0.0])  # one noisy capacity
-    var = fgls_variance(df.params, df.rfid)      # feasible GLS: the noise model's variance, not each capacity's own
-    ref = sm.WLS(df.rfid.to_numpy(), sm.add_constant(np.log10(df.params.to_numpy())), weights=1 / var).fit()
+    C, y = df.params.to_numpy(), df.rfid.to_numpy()
+    w = 1 / fgls_variance(C, y)        # feasible GLS: the noise model's variance, not each capacity's own
+    w = w / w.mean()
+    X = np.column_stack([np.ones_like(C), np.log10(C)])
+    H_inv = np.linalg.inv(X.T @ (w[:, None] * X))
+    beta = H_inv @ X.T @ (w * y)
+    r = y - X @ beta
+    s2 = (w * r * r).sum() / (len(y) - 2)
     res = fit(df, weights="seed-variance", cov_type="nonrobust")
-    np.testing.assert_allclose(res.params, ref.params, rtol=1e-9)
-    np.testing.assert_allclose(res.bse, ref.bse, rtol=1e-7)
+    np.testing.assert_allclose(res.params, beta, rtol=1e-9)
+    np.testing.assert_allclose(res.bse, np.sqrt(np.diag(s2 * H_inv)), rtol=1e-7)
     assert res.to_dict()["weights"] == "seed-variance"
+    # a new observation has the mean weight: its PI adds s_w^2 / mean(w) to the mean's variance
+    C0 = np.array([3e9])
+    x0 = np.column_stack([np.ones(1), np.log10(C0)])
+    var_mean = np.einsum("ij,jk,ik->i", x0, s2 * H_inv, x0)
+    sf = res.get_prediction(C0).summary_frame(0.05)
+    t = stats.t.ppf(0.975, len(y) - 2)
+    np.testing.assert_allclose(sf["mean_se"], np.sqrt(var_mean), rtol=1e-7)
+    np.testing.assert_allclose(sf["obs_ci_upper"] - sf["mean"], t * np.sqrt(var_mean + s2 / w.mean()), rtol=1e-7)
 
 
 def test_to_dict_and_summary(loglinear_df):

@@ -146,6 +146,28 @@ def test_squared_loss_covariance_is_s2_inverse_jtj_with_n_minus_p():
     np.testing.assert_allclose(res.bse, np.sqrt(np.diag(s2 * np.linalg.inv(J.T @ J))), rtol=1e-5)
 
 
+def test_fit_statistics_by_closed_forms():
+    """On the squared-loss data (the optimum is the truth, the residuals e): R² = 1 - SSR / SST, adjusted with
+    (n - 1) / (n - 3), AIC and BIC of the Gaussian likelihood at sigma^2 = SSR / n with p = 3, t = estimate /
+    se with se from s^2 (J'J)^-1 (J by central differences), two-sided p-values from t_{n-3}."""
+    Cr, y, e = _squared_loss_data()
+    res = fit(_df(y, Cr), form="saturating")
+    n, ssr = Cr.size, e @ e
+    r2 = 1 - ssr / ((y - y.mean()) ** 2).sum()
+    assert (res.nobs, res.df_resid) == (n, n - 3)
+    assert res.ssr == pytest.approx(ssr, rel=1e-9)
+    assert res.rsquared == pytest.approx(r2, rel=1e-12)
+    assert res.rsquared_adj == pytest.approx(1 - (1 - r2) * (n - 1) / (n - 3), rel=1e-12)
+    llf = -n / 2 * (np.log(2 * np.pi) + np.log(ssr / n) + 1)
+    assert res.aic == pytest.approx(-2 * llf + 6, rel=1e-9)
+    assert res.bic == pytest.approx(-2 * llf + 3 * np.log(n), rel=1e-9)
+    J = _fd_jacobian([E, A, ALPHA], Cr)
+    se = np.sqrt(np.diag(ssr / (n - 3) * np.linalg.inv(J.T @ J)))
+    t = np.array([E, A, ALPHA]) / se
+    np.testing.assert_allclose(res.tvalues, t, rtol=1e-5)
+    np.testing.assert_allclose(res.pvalues, 2 * stats.t.sf(np.abs(t), n - 3), rtol=1e-4)
+
+
 def test_huber_covariance_is_statsmodels_rlm_h1_on_the_linearised_model():
     """With an outlier some residuals are beyond delta: the sandwich K^2 (sum psi^2 / (n-p)) / mean(psi')^2
     (J'J)^-1 is what statsmodels RLM reports (H1) for the model linearised at the optimum."""
@@ -166,6 +188,11 @@ def test_huber_covariance_is_statsmodels_rlm_h1_on_the_linearised_model():
         start_params=theta, start_scale=scale, update_scale=False, conv="coefs", tol=1e-13)
     np.testing.assert_allclose(rlm.params, theta, rtol=1e-6)  # the optimum is RLM's fixed point
     np.testing.assert_allclose(res.cov_params.to_numpy(), rlm.bcov_scaled, rtol=1e-4)
+    n = Cr.size                                               # and by hand: K^2 (sum psi^2 / (n-p)) / m^2 (J'J)^-1
+    psi, dpsi = np.clip(r, -delta, delta), (np.abs(r) <= delta).astype(float)
+    K = 1 + 3 / n * dpsi.var() / dpsi.mean() ** 2
+    hand = K ** 2 * (psi @ psi / (n - 3)) / dpsi.mean() ** 2 * np.linalg.inv(J.T @ J)
+    np.testing.assert_allclose(res.cov_params.to_numpy(), hand, rtol=1e-4)
     s2_ls = r @ r / (Cr.size - 3)                             # not the least-squares covariance
     assert not np.allclose(res.cov_params.to_numpy(), s2_ls * np.linalg.inv(J.T @ J), rtol=0.05)
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -201,9 +202,18 @@ def test_fit_json_and_text(tmp_path, capsys):
     assert me["chi2"] == pytest.approx(want["chi2"], rel=1e-8) and me["dof"] == 8
     assert run_command(build_parser("drorae"), ["fit", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert f"Measurement error (rfid_se): variance ratio {want['variance_ratio']:.3g}" in text
-    assert f"chi2(8) = {want['chi2']:.4g}, p = {want['pvalue']:.4g}" in text
-    assert "  between seeds: variance ratio" in text
+    # the printed numbers, read back, against the hand computation (3 significant digits for a ratio, 4 else)
+    num = r"(-?[0-9.]+(?:e[-+][0-9]+)?)"
+    line = (r"variance ratio {0} \(measurement {0} / {1} {0}\); chi2\({2}\) = {0}, p = {0}$")
+    got = re.search(r"Measurement error \(rfid_se\): " + line.format(num, "residual", 8), text, re.M)
+    seeds = re.search(r"^  between seeds: " + line.format(num, "pure error", 5), text, re.M)
+    assert got and seeds, text
+    for m, ref, scatter in ((got, want, "residual_var"), (seeds, want["seeds"], "pure_error_var")):
+        ratio, meas, resid, chi2, p = (float(v) for v in m.groups())
+        assert ratio == pytest.approx(ref["variance_ratio"], rel=5e-3)
+        assert meas == pytest.approx(ref["measurement_var"], rel=5e-4)
+        assert resid == pytest.approx(ref[scatter], rel=5e-4)
+        assert chi2 == pytest.approx(ref["chi2"], rel=5e-4) and p == pytest.approx(ref["pvalue"], rel=5e-4)
 
 
 def test_schema_has_the_six_columns_after_their_metrics_and_logs_them_to_mlflow():
