@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from model import assets
 from model.errors import AssetError, ConfigError
 from model.metrics import (
+    LPIPS,
     FIDInceptionV3,
     ReconstructionEvaluator,
     load_fid_inception,
@@ -89,7 +90,8 @@ def test_make_fid_wiring(inception64, fid_weights_link):
     assert make_fid().inception.num_features == 2048
     fid = make_fid(feature=64, weights=fid_weights_link)
     assert fid.inception.weights_path == fid_weights_link and fid.inception.num_features == 64
-    assert make_fid(extractor=inception64, reset_real_features=False).reset_real_features is False
+    shared = make_fid(extractor=inception64, reset_real_features=False)
+    assert shared.inception is inception64 and shared.reset_real_features is False
 
 
 def test_make_kid_equals_the_unbiased_mmd_of_its_features(inception64, fid_weights_link):
@@ -124,7 +126,7 @@ def test_make_kid_equals_the_unbiased_mmd_of_its_features(inception64, fid_weigh
 
 def test_lpips_defaults_to_alex_and_maps_unit_images_to_its_range():
     lp = load_lpips()
-    assert lp.net.pnet_type == "alex"
+    assert lp.net.pnet_type == "alex" and LPIPS().net.pnet_type == "alex"
     g = torch.Generator().manual_seed(2)
     x, y = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
     with torch.no_grad():
@@ -206,3 +208,32 @@ def test_evaluator_smallest_valid_input_and_defaults(tmp_path, fid_weights_link)
 
     ev2048 = ReconstructionEvaluator(iter([ref]), "two", n=2, cache_dir=tmp_path)
     assert ev2048.inception.num_features == 2048
+
+
+@pytest.mark.parametrize("resamples", [-1, 1])
+def test_evaluator_rejects_a_resample_count_without_a_standard_error(tmp_path, resamples):
+    """0 resamples means no rFID error; 1 cannot give a standard deviation, and a negative count is no count."""
+    message = rf"^evaluation rfid_resamples={resamples}: expected 0 \(no rFID error\) or >= 2$"
+    with pytest.raises(ConfigError, match=message):
+        ReconstructionEvaluator(torch.rand(2, 3, 8, 8), "bad", cache_dir=tmp_path, fid_feature=64,
+                                rfid_resamples=resamples)
+
+
+def test_evaluator_puts_both_networks_on_its_device(tmp_path):
+    """On a cache hit the reference is not run through the Inception, so a "meta" device (no data) shows
+    where the evaluator put its networks; one left on the CPU would evaluate there."""
+    ref = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    ReconstructionEvaluator(ref, "dev", cache_dir=tmp_path, fid_feature=64)  # caches the reference statistics
+    ev = ReconstructionEvaluator(ref, "dev", cache_dir=tmp_path, fid_feature=64, device="meta")
+    assert ev.device == torch.device("meta")
+    assert {p.device.type for p in ev.inception.parameters()} == {"meta"}
+    assert {p.device.type for p in ev.lpips.parameters()} == {"meta"}
+
+
+def test_evaluator_reads_the_reference_in_batches_of_its_batch_size(tmp_path, monkeypatch):
+    """5 reference images in batches of 2 reach the Inception as 2, 2, 1 (the real forward still runs)."""
+    sizes = []
+    forward = FIDInceptionV3.forward
+    monkeypatch.setattr(FIDInceptionV3, "forward", lambda self, x: sizes.append(len(x)) or forward(self, x))
+    ReconstructionEvaluator(torch.rand(5, 3, 32, 32), "batches", batch_size=2, cache_dir=tmp_path, fid_feature=64)
+    assert sizes == [2, 2, 1]
