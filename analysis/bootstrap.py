@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.errors import AnalysisError
+from analysis.robust import _adjust
 
 KINDS = ("residual", "case")
 
@@ -136,8 +137,6 @@ def _wild_draws(cl, m: np.ndarray, r0: np.ndarray, r1: np.ndarray, B: int, seed)
     """(B, 5) per draw: N0, N1, A, B, C with, for cluster residual sums r_s = r0_s + r1_s d,
     l'(b* - b0) = N0 + N1 d and the resample's CR2 variance of l'b* = A + 2 B d + C d^2.
     The resample's residual sums: a_s' e*_s = v_s r_s - q_s x_s' K sum_t v_t x_t r_t."""
-    from analysis.robust import _adjust
-
     w2 = m ** 2 * _adjust(cl)
     rng = np.random.default_rng(seed)
     parts = []
@@ -153,8 +152,6 @@ def _wild_draws(cl, m: np.ndarray, r0: np.ndarray, r1: np.ndarray, B: int, seed)
 
 
 def _cr2_se(cl, m: np.ndarray) -> float:
-    from analysis.robust import _adjust
-
     return math.sqrt(float((m ** 2 * _adjust(cl) * cl.ae ** 2).sum()))
 
 
@@ -201,8 +198,6 @@ def wild_mean_errors(cl, contrast, B: int = 9_999, seed=0) -> np.ndarray:
     """(B,) bootstrap-t draws of the error of l'b_hat, se * t*: t* = l'(b* - b_hat) / se* from the
     unrestricted wild cluster bootstrap on CR2-adjusted residuals, each resample studentized by its own
     CR2 se. They carry the uncertainty of the se with few capacities (a heavy tail) into a bootstrap PI."""
-    from analysis.robust import _adjust
-
     m = cl.x @ cl.K @ np.asarray(contrast, dtype=float)
     se = _cr2_se(cl, m)
     N0, _, A, _, _ = _wild_draws(cl, m, cl.ae * np.sqrt(_adjust(cl)), np.zeros_like(m), B, seed).T
