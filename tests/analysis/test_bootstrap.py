@@ -207,6 +207,34 @@ def test_fit_bootstrap_intervals_are_the_wild_ones_and_a_bootstrap_pi_exists():
         res.conf_int(method="bootstrap", kind="pairs")
 
 
+@pytest.mark.parametrize(("alpha", "B", "seed"), [(0.05, 400, 0), (0.2, 300, 7)])
+def test_bootstrap_pi_is_the_mean_error_draws_plus_the_noise_models(alpha, B, seed):
+    """The bootstrap PI by its definition, from the parts tested on their own: the (seeded, B) wild
+    draws of the mean's error (checked against a brute-force refit above) plus a new run's noise,
+    sigma = exp((m + sqrt(v) z1) / 2) from the noise model's log variance m and its variance v, times
+    z2 (z1, z2 from the stream [seed, 1]); its alpha/2 and 1 - alpha/2 quantiles, never narrower than
+    the mean's wild interval."""
+    import pandas as pd
+
+    from analysis import fit
+    C, X, y = _clustered()
+    res = fit(pd.DataFrame({"params": C, "rfid": y}))
+    C0 = np.array([1e9])
+    sf = res.get_prediction(C0).summary_frame(alpha, method="bootstrap", B=B, seed=seed).iloc[0]
+    ell = np.array([1.0, 9.0])
+    mean = ell @ res.params.to_numpy()
+    eta = boot.wild_mean_errors(res._clusters(), ell, B=B, seed=seed)
+    m, v = res.noise.log_var(C0)
+    assert v[0] > 0
+    rng = np.random.default_rng([seed, 1])
+    sig = np.exp((m[0] + np.sqrt(v[0]) * rng.standard_normal(eta.size)) / 2)
+    d = eta + sig * rng.standard_normal(eta.size)
+    lo, hi = mean + np.quantile(d, [alpha / 2, 1 - alpha / 2])
+    ci = boot.wild_interval(res._clusters(), mean, ell, alpha=alpha, B=B, seed=seed)
+    assert (sf.obs_ci_lower, sf.obs_ci_upper) == pytest.approx((min(lo, ci[0]), max(hi, ci[1])), rel=1e-12)
+    assert (sf.mean_ci_lower, sf.mean_ci_upper) == pytest.approx(ci, rel=1e-12)
+
+
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5])
 def test_alpha_outside_0_1_is_refused(data, alpha):
     from analysis import AnalysisError, robust

@@ -139,6 +139,22 @@ def test_measurement_weights_are_known_variances():
     assert sf.pi_note == "" and res.to_dict()["cov_type"] == "known"
 
 
+def test_power_measurement_weights_carry_the_se_onto_ln_y():
+    """power fits ln y, whose measurement se is se / y (the delta method): WLS on ln y with weights
+    (y / se)^2, by hand."""
+    rng = np.random.default_rng(8)
+    C = np.repeat(np.geomspace(1e4, 1e7, 5), 2)
+    y = 30 * C ** -0.2 * np.exp(rng.normal(0, 0.02, C.size))
+    se = rng.uniform(0.05, 0.3, C.size)
+    res = fit(pd.DataFrame({"params": C, "rfid": y, "rfid_se": se}), form="power", weights="measurement")
+    X = np.column_stack([np.ones_like(C), np.log(C)])
+    W = (y / se) ** 2
+    K = np.linalg.inv((X * W[:, None]).T @ X)
+    b = K @ (X * W[:, None]).T @ np.log(y)
+    np.testing.assert_allclose(res.cov_params.to_numpy(), K, rtol=1e-9)
+    assert res.params.iloc[1] == pytest.approx(b[1], rel=1e-9)
+
+
 def test_measurement_weights_need_a_finite_positive_se_on_every_row():
     C = np.geomspace(1e4, 1e7, 5)
     df = pd.DataFrame({"params": C, "rfid": [5.0, 4.1, 3.0, 2.2, 1.1], "trial_id": list("abcde")})
