@@ -193,6 +193,18 @@ def test_seed_variance_weights_are_wls(loglinear_df):
     np.testing.assert_allclose(sf["obs_ci_upper"] - sf["mean"], t * np.sqrt(var_mean + s2 / w.mean()), rtol=1e-7)
 
 
+
+def test_seed_variance_without_a_variance_trend_is_refused(loglinear_df):
+    """Seeds repeat at every capacity but agree exactly at all but two: no trend to weight by."""
+    df = loglinear_df.copy()
+    df["rfid"] = df.groupby("params").rfid.transform("mean")
+    big = df.params.nlargest(6).unique()
+    df.loc[df.params == big[0], "rfid"] += np.array([0.3, -0.3, 0.0])
+    df.loc[df.params == big[1], "rfid"] += np.array([0.1, -0.1, 0.0])
+    with pytest.raises(AnalysisError, match="fewer than 3 capacities have seeds that differ, so the noise has no "
+                                            "trend to estimate"):
+        fit(df, weights="seed-variance")
+
 def test_to_dict_and_summary(loglinear_df):
     res = fit(loglinear_df)
     d = json.loads(json.dumps(res.to_dict(ci_method="bootstrap")))

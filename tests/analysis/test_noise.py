@@ -150,6 +150,22 @@ def test_no_noise_model_gives_an_unbounded_pi_and_says_so():
     res = fit(pd.DataFrame({"params": C, "rfid": [5.0, 5.0, 4.0, 4.0, 3.1, 2.9]}))
     sf = res.get_prediction([1e7]).summary_frame().iloc[0]
     assert sf.obs_ci_lower == -math.inf and sf.obs_ci_upper == math.inf and sf.pi_note == NO_NOISE_MODEL
+    assert math.isnan(sf.obs_sd) and math.isnan(sf.pi_df)
+
+
+def test_nonrobust_pi_is_the_classical_one_with_its_pooled_sd_and_df():
+    rng = np.random.default_rng(3)
+    C = np.repeat(np.geomspace(1e4, 1e7, 5), 2)
+    y = 30 - 2 * np.log10(C) + rng.normal(0, 0.5, C.size)
+    res = fit(pd.DataFrame({"params": C, "rfid": y}), cov_type="nonrobust")
+    sf = res.get_prediction([1e8]).summary_frame(0.1).iloc[0]
+    X = np.column_stack([np.ones_like(C), np.log10(C)])
+    b, ssr, *_ = np.linalg.lstsq(X, y, rcond=None)
+    s2 = ssr[0] / (C.size - 2)
+    x0 = np.array([1.0, 8.0])
+    half = stats.t.ppf(0.95, C.size - 2) * math.sqrt(s2 * (1 + x0 @ np.linalg.inv(X.T @ X) @ x0))
+    assert (sf.obs_ci_lower, sf.obs_ci_upper) == pytest.approx((x0 @ b - half, x0 @ b + half), rel=1e-10)
+    assert sf.obs_sd == pytest.approx(math.sqrt(s2), rel=1e-12) and sf.pi_df == C.size - 2
 
 
 def test_power_pi_maps_back_by_exp():
@@ -164,3 +180,22 @@ def test_power_pi_maps_back_by_exp():
     lo, hi = noise.interval([mean_log], [se_log], [sf.mean_df], m, v, 0.05)
     assert (sf.obs_ci_lower, sf.obs_ci_upper) == pytest.approx((math.exp(lo[0]), math.exp(hi[0])), rel=1e-10)
     assert sf["mean"] == pytest.approx(math.exp(mean_log), rel=1e-12)
+    assert sf.obs_sd == pytest.approx(sf["mean"] * math.exp(m[0] / 2), rel=1e-12)   # delta method: y sd(ln y)
+
+
+def test_interval_of_many_capacities_equals_each_alone():
+    """The blocks of 256 rows the Newton iteration runs at once give each row the root it has alone
+    (more rows than a block; finite and infinite df mixed); no rows, no bounds; a variance that
+    rounding left at -0 or -1e-17 counts as 0."""
+    rng = np.random.default_rng(2)
+    n = 300
+    mean, se = rng.normal(0, 3, n), rng.uniform(0.0, 2.0, n)
+    df = np.where(rng.random(n) < 0.3, math.inf, rng.uniform(1.5, 30, n))
+    m, v = rng.normal(0, 1, n), rng.uniform(0, 2, n)
+    lo, hi = noise.interval(mean, se, df, m, v, 0.1)
+    alone = np.array([noise.interval(mean[i], se[i], df[i], m[i], v[i], 0.1) for i in range(n)])[:, :, 0]
+    np.testing.assert_allclose(np.column_stack([lo, hi]), alone, rtol=1e-10, atol=1e-12)
+    e_lo, e_hi = noise.interval([], [], [], [], [], 0.1)
+    assert e_lo.shape == e_hi.shape == (0,)
+    for tiny in (-0.0, -1e-17):
+        assert noise.interval(0.0, 1.0, 5.0, 0.3, tiny, 0.1) == noise.interval(0.0, 1.0, 5.0, 0.3, 0.0, 0.1)

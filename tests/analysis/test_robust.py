@@ -137,6 +137,10 @@ def test_measurement_weights_are_known_variances():
     half = z * math.sqrt(var0 + x0 @ K @ x0)
     assert (sf.obs_ci_lower, sf.obs_ci_upper) == pytest.approx((x0 @ b - half, x0 @ b + half), rel=1e-6)
     assert sf.pi_note == "" and res.to_dict()["cov_type"] == "known"
+    # known variances have no robust/classical choice: cov_type changes nothing, the PI included
+    classical = fit(pd.DataFrame({"params": C, "rfid": y, "rfid_se": se}), weights="measurement", cov_type="nonrobust")
+    pd.testing.assert_frame_equal(classical.get_prediction([C0]).summary_frame(),
+                                  res.get_prediction([C0]).summary_frame())
 
 
 def test_power_measurement_weights_carry_the_se_onto_ln_y():
