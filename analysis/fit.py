@@ -337,7 +337,7 @@ class FitResults:
             # the measurement variances' own trend in log C: a new run's is read off it (known, no df)
             Z = np.column_stack([np.ones_like(self.C), np.log10(self.C)])
             g, *_ = np.linalg.lstsq(Z, -np.log(self._w), rcond=None)
-            self._noise = noise.NoiseModel(g, np.zeros((2, 2)), len(np.unique(self.C)))
+            self._noise = noise.NoiseModel(g, np.zeros((2, 2)))
             return np.linalg.inv((X * self._w[:, None]).T @ X)
         if self.cov_type == "nonrobust":
             return np.asarray(ols.cov_params())

@@ -37,7 +37,6 @@ class NoiseModel:
 
     gamma: np.ndarray            # (2,)
     cov: np.ndarray              # (2, 2)
-    n_capacities: int
 
     def _z(self, C) -> np.ndarray:
         C = np.atleast_1d(np.asarray(C, dtype=float))
@@ -107,7 +106,7 @@ def fit(C, y) -> NoiseModel | None:
     W = 1.0 / var
     cov = np.linalg.inv((Z * W[:, None]).T @ Z)
     gamma = cov @ (Z * W[:, None]).T @ z
-    return NoiseModel(gamma, cov, int(ok.sum()))
+    return NoiseModel(gamma, cov)
 
 
 _PROBS = (np.arange(_NODES) + 0.5) / _NODES       # equal-probability midpoints of _NODES quantile bins

@@ -257,5 +257,5 @@ def test_case_bootstrap_interval_and_prediction_errors(loglinear_df):
     res = fit(loglinear_df)
     ci = res.conf_int(method="bootstrap", kind="case", B=2000)
     assert ci.loc["b", "lower"] < res.params["b"] < ci.loc["b", "upper"]
-    with pytest.raises(AnalysisError, match="non-positive"):
+    with pytest.raises(AnalysisError, match=r"^column 'params' has a non-positive value \(-1\)"):
         res.get_prediction([-1.0])

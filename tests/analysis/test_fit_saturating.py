@@ -216,6 +216,16 @@ def test_prediction_se_is_the_delta_method_with_t_quantiles():
     s2 = ((y - _law(theta, C)) ** 2).sum() / (C.size - 3)
     np.testing.assert_allclose(sf.obs_ci_upper - mean, t * np.sqrt(se ** 2 + s2), rtol=1e-6)
     np.testing.assert_allclose(mean - sf.obs_ci_lower, t * np.sqrt(se ** 2 + s2), rtol=1e-6)
+    # the linear forms' columns, each filled: one pooled noise sd, df n - p for the mean and the PI
+    assert list(sf.columns) == ["mean", "mean_se", "mean_df", "mean_ci_lower", "mean_ci_upper", "obs_sd", "pi_df",
+                                "obs_ci_lower", "obs_ci_upper", "pi_note"]
+    np.testing.assert_allclose(sf.obs_sd, np.sqrt(res.scale), rtol=1e-12)
+    assert (sf.mean_df == C.size - 3).all() and (sf.pi_df == C.size - 3).all() and (sf.pi_note == "").all()
+    with pytest.raises(AnalysisError, match=r"^method='bootstrap' is implemented for the linear-in-parameter forms "
+                                            r"\(log-linear, linear, power\), not 'saturating': use method='analytic'$"):
+        res.get_prediction(new).summary_frame(0.05, method="bootstrap")
+    with pytest.raises(AnalysisError, match=r"^unknown interval method 'exact': expected one of analytic, bootstrap$"):
+        res.get_prediction(new).summary_frame(0.05, method="exact")
 
 
 def _huber_loss(r, d):

@@ -97,6 +97,8 @@ def test_recovers_a_doubling_sd_from_many_seeds():
 def test_no_model_under_three_capacities_with_a_variance():
     C = np.repeat([1e4, 1e5, 1e6], 2)
     assert noise.fit(C, np.array([1.0, 1.0, 2.0, 2.0, 3.0, 3.5])) is None      # two capacities' seeds agree
+    model = noise.fit(C, np.array([1.0, 1.2, 2.0, 2.1, 3.0, 3.5]))                # three: just enough
+    assert model is not None and np.isfinite(model.gamma).all()
 
 
 def test_effective_df_inverts_trigamma():
