@@ -207,6 +207,31 @@ def test_fit_bootstrap_intervals_are_the_wild_ones_and_a_bootstrap_pi_exists():
         res.conf_int(method="bootstrap", kind="pairs")
 
 
+@pytest.mark.parametrize("kind", ["wild", "residual", "case"])
+def test_fit_bootstrap_passes_alpha_b_seed_kind_and_weights_on(kind):
+    """fit().conf_int(method="bootstrap") is the bootstrap module's interval of the fit's own
+    (weighted) rows with the alpha, B, seed and kind it was given."""
+    import pandas as pd
+
+    from analysis import fit
+    rng = np.random.default_rng(2)
+    C = np.repeat(np.geomspace(1e4, 1e7, 6), 3)
+    X = np.column_stack([np.ones(C.size), np.log10(C)])
+    y = 10 - 1.2 * X[:, 1] + rng.normal(0, 0.05 * X[:, 1], C.size)     # the noise grows with C
+    res = fit(pd.DataFrame({"params": C, "rfid": y}), weights="seed-variance")
+    assert not np.allclose(res._w, 1.0)
+    ci = res.conf_int(0.2, method="bootstrap", B=299, kind=kind, seed=4)
+    if kind == "wild":
+        ref = [boot.wild_interval(res._clusters(), res.params.iloc[j], np.eye(2)[j], alpha=0.2, B=299, seed=4)
+               for j in range(2)]
+    else:
+        ref = boot.conf_int(X, y, alpha=0.2, B=299, kind=kind, weights=res._w, seed=4)
+    np.testing.assert_allclose(ci.to_numpy(), np.asarray(ref), rtol=1e-12)
+    with pytest.raises(Exception, match=r"^unknown bootstrap kind 'pairs': expected one of wild, residual, case$"):
+        res.conf_int(method="bootstrap", kind="pairs")
+    with pytest.raises(Exception, match=r"^unknown interval method 'exact': expected one of analytic, bootstrap$"):
+        res.conf_int(method="exact")
+
 @pytest.mark.parametrize(("alpha", "B", "seed"), [(0.05, 400, 0), (0.2, 300, 7)])
 def test_bootstrap_pi_is_the_mean_error_draws_plus_the_noise_models(alpha, B, seed):
     """The bootstrap PI by its definition, from the parts tested on their own: the (seeded, B) wild

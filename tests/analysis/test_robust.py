@@ -10,6 +10,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from analysis import AnalysisError, fit, robust
+from helpers import fgls_variance
 
 
 def dense_cr2(X, e, groups, w, L):
@@ -102,6 +103,22 @@ def test_default_intervals_are_t_with_each_contrasts_bm_df(loglinear_df):
     assert d["cov_type"] == "CR2" and d["df"]["b"] == pytest.approx(df[1], rel=1e-12)
     assert "Bell-McCaffrey" in res.summary()
 
+
+def test_seed_variance_weights_enter_the_cr2_errors(loglinear_df):
+    """The default errors of an FGLS fit: CR2 of the weighted fit (w = 1 / the noise model's variance),
+    by the dense textbook computation with the same weights."""
+    df = loglinear_df.copy()
+    df.loc[df.params == df.params.max(), "rfid"] += np.array([0.3, -0.3, 0.0])
+    C, y = df.params.to_numpy(), df.rfid.to_numpy()
+    w = 1 / fgls_variance(C, y)
+    w = w / w.mean()
+    X = design(C)
+    b = np.linalg.lstsq(X * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)[0]
+    V, dfs = dense_cr2(X, y - X @ b, C, w, np.eye(2))
+    res = fit(df, weights="seed-variance")
+    np.testing.assert_allclose(res.params, b, rtol=1e-9)
+    np.testing.assert_allclose(res.cov_params.to_numpy(), V, rtol=1e-9)
+    np.testing.assert_allclose(res.df_params, dfs, rtol=1e-9)
 
 def test_nonrobust_keeps_the_classical_errors(loglinear_df):
     res = fit(loglinear_df, cov_type="nonrobust")
