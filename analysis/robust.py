@@ -37,7 +37,6 @@ class Clusters:
     k: np.ndarray        # (S,)
     ae: np.ndarray       # (S,)
     K: np.ndarray        # (p, p): (X' W X)^-1
-    inverse: np.ndarray  # (n,): each row's cluster
 
 
 def clusters(X, resid, groups, weights=None) -> Clusters:
@@ -56,7 +55,7 @@ def clusters(X, resid, groups, weights=None) -> Clusters:
     ae = np.bincount(inv, weights=w * e, minlength=S)
     K = np.linalg.inv((X * w[:, None]).T @ X)
     k = np.einsum("sp,pq,sq->s", x, K, x)
-    return Clusters(x, q, k, ae, K, inv)
+    return Clusters(x, q, k, ae, K)
 
 
 def _adjust(cl: Clusters) -> np.ndarray:

@@ -191,8 +191,14 @@ def test_bad_cov_type_and_rows_of_a_cluster_with_different_designs():
     with pytest.raises(AnalysisError, match="unknown cov_type 'HC9'"):
         fit(pd.DataFrame({"params": C, "rfid": [5.0, 4.1, 3.0, 2.2, 1.1]}), cov_type="HC9")
     X = np.column_stack([np.ones(4), [1.0, 2.0, 3.0, 4.0]])
-    with pytest.raises(AnalysisError, match="share their design row"):
+    msg = r"^cluster-robust errors: the rows of a cluster must share their design row$"
+    with pytest.raises(AnalysisError, match=msg):
         robust.clusters(X, np.zeros(4), [0, 0, 1, 1])
+    X = np.column_stack([np.ones(4), [1.0, 1.0 + 1e-9, 3.0, 3.0]])   # within allclose's defaults, not 1e-12
+    with pytest.raises(AnalysisError, match=msg):
+        robust.clusters(X, np.zeros(4), [0, 0, 1, 1])
+    X = np.column_stack([np.ones(4), [1.0, 1.0 + 1e-15, 3.0, 3.0]])   # rounding: one design row
+    assert robust.clusters(X, np.zeros(4), [0, 0, 1, 1]).x.shape == (2, 2)
 
 
 def test_a_cluster_with_leverage_one_adds_nothing():
