@@ -180,6 +180,13 @@ def test_feature_moments_equal_numpy():
     np.testing.assert_allclose(sigma, np.cov(f32, rowvar=False), rtol=1e-9, atol=1e-12)
 
 
+def test_feature_moments_accumulate_on_the_features_device():
+    """The accumulators move to the first batch's device (on a GPU the Gram update stays there); the
+    meta device shows the move on a machine without one."""
+    moments = _FeatureMoments(4)
+    moments.update(torch.zeros(3, 4, device="meta"))
+    assert moments.sum.device.type == "meta" and moments.gram.device.type == "meta" and moments.n == 3
+
 def test_stats_cache_key_carries_the_resize(tmp_path, inception64):
     """Statistics cached before the TF1 resize (names without it) are never read; the new file holds the
     per-image features in image order."""
