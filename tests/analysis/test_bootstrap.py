@@ -244,20 +244,22 @@ def test_bootstrap_pi_is_the_mean_error_draws_plus_the_noise_models(alpha, B, se
     from analysis import fit
     C, X, y = _clustered()
     res = fit(pd.DataFrame({"params": C, "rfid": y}))
-    C0 = np.array([1e9])
-    sf = res.get_prediction(C0).summary_frame(alpha, method="bootstrap", B=B, seed=seed).iloc[0]
-    ell = np.array([1.0, 9.0])
-    mean = ell @ res.params.to_numpy()
-    eta = boot.wild_mean_errors(res._clusters(), ell, B=B, seed=seed)
+    C0 = np.array([1e9, 3e5])          # far beyond the data (v > 1) and inside it (v < 1)
+    frame = res.get_prediction(C0).summary_frame(alpha, method="bootstrap", B=B, seed=seed)
     m, v = res.noise.log_var(C0)
-    assert v[0] > 0
-    rng = np.random.default_rng([seed, 1])
-    sig = np.exp((m[0] + np.sqrt(v[0]) * rng.standard_normal(eta.size)) / 2)
-    d = eta + sig * rng.standard_normal(eta.size)
-    lo, hi = mean + np.quantile(d, [alpha / 2, 1 - alpha / 2])
-    ci = boot.wild_interval(res._clusters(), mean, ell, alpha=alpha, B=B, seed=seed)
-    assert (sf.obs_ci_lower, sf.obs_ci_upper) == pytest.approx((min(lo, ci[0]), max(hi, ci[1])), rel=1e-12)
-    assert (sf.mean_ci_lower, sf.mean_ci_upper) == pytest.approx(ci, rel=1e-12)
+    assert v[0] > 1 > v[1] > 0
+    for i, c0 in enumerate(C0):
+        sf = frame.iloc[i]
+        ell = np.array([1.0, np.log10(c0)])
+        mean = ell @ res.params.to_numpy()
+        eta = boot.wild_mean_errors(res._clusters(), ell, B=B, seed=seed)
+        rng = np.random.default_rng([seed, 1])
+        sig = np.exp((m[i] + np.sqrt(v[i]) * rng.standard_normal(eta.size)) / 2)
+        d = eta + sig * rng.standard_normal(eta.size)
+        lo, hi = mean + np.quantile(d, [alpha / 2, 1 - alpha / 2])
+        ci = boot.wild_interval(res._clusters(), mean, ell, alpha=alpha, B=B, seed=seed)
+        assert (sf.obs_ci_lower, sf.obs_ci_upper) == pytest.approx((min(lo, ci[0]), max(hi, ci[1])), rel=1e-12)
+        assert (sf.mean_ci_lower, sf.mean_ci_upper) == pytest.approx(ci, rel=1e-12)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5])
