@@ -93,8 +93,18 @@ def _benchmarks(quick: bool) -> dict:
             f"{r['B']:,} bootstrap resamples of a {r['n']}-point fit vs a loop of statsmodels fits",
             f"{r['residual_s'] * 1e3:.1f} ms vs {r['statsmodels_s']:.2f} s: **{r['speedup']:.0f}x**",
             "< 0.5 s, >= 50x", "yes" if r["residual_s"] < 0.5 and r["speedup"] >= 50 else "no")),
+        "analysis-scale": (["bench/analysis_scale.py"], _analysis_scale_row),
         "gpu-throughput": (["bench/gpu_throughput.py"], _gpu_row),
     }
+
+
+def _analysis_scale_row(r: dict):
+    parts = [f"`{c['command']}` {c['seconds']:.1f} s" + (f", {c['peak_mb']:.0f} MB peak" if c["target_mb"] else "")
+             for c in r["results"]]
+    targets = [f"{c['command']} <= {c['target_s']:.0f} s" + (f" and {c['target_mb'] / 1024:.0f} GB" if c["target_mb"]
+                                                               else "") for c in r["results"]]
+    return (f"the analysis at {r['rows']:,} rows ({r['format']}): each command in a fresh process",
+            "; ".join(parts), "; ".join(targets), "yes" if all(c["met"] for c in r["results"]) else "no")
 
 
 def _gpu_row(r: dict):
