@@ -3,11 +3,14 @@
 ``results/.<name>.lock`` (beside the sweep's directory, so that ``--restart`` moving the directory
 aside keeps it) is held with ``fcntl.flock`` for the life of the sweep's process, which the kernel
 releases when that process dies however it dies; the pid, host and start time written into it let
-a second sweep say who holds it. A lock file left by a dead process is simply taken over.
+a second sweep say who holds it ("starting" in the moment before the holder has written them). A
+lock file left by a dead process is simply taken over. A file system that has no ``flock`` (Lustre
+mounted without ``-o flock``, some NFS) is refused with one line naming it and the remedy.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -19,6 +22,10 @@ from pathlib import Path
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
+
+#: What flock raises where the file system has no locks: Lustre mounted without -o flock (ENOSYS),
+#: NFS without its lock manager (ENOLCK), other file systems (EOPNOTSUPP, EINVAL).
+NO_LOCKS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}
 
 
 def lock_path(results_dir: Path, name: str) -> Path:
@@ -37,18 +44,24 @@ class SweepLock:
         self._made_dir = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
+            made_file = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 owner = _owner(fd)
                 os.close(fd)
-                if self._made_dir:
-                    self.path.parent.rmdir()
+                self._undo(made_file=False)
                 who = (f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('started')}"
-                       if owner else "another process")
+                       if owner.get("pid") else "its holder is starting and has not written its pid yet")
                 raise UserError(f"sweep {self.name!r} is already running ({who}; lock {self.path}): wait for "
                                 "it to finish or stop it, then rerun to resume") from None
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in NO_LOCKS:
+                    raise
+                self._undo(made_file)
+                raise UserError(self._no_locks_message(exc)) from None
             try:  # locked; but a releasing owner may have removed the file meanwhile: lock the new one
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     break
@@ -65,6 +78,27 @@ class SweepLock:
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         os.fsync(fd)
         self._fd = fd
+
+    def _undo(self, made_file: bool) -> None:
+        """A refused lock leaves nothing it made: the lock file, the results directory."""
+        if made_file:
+            self.path.unlink(missing_ok=True)
+        if self._made_dir:
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass
+
+    def _no_locks_message(self, exc: OSError) -> str:
+        from .storage import mount_of
+
+        try:
+            point, fstype = mount_of(str(self.path.resolve()))
+        except OSError:  # no /proc/mounts
+            point, fstype = "?", "unknown"
+        return (f"results_dir {self.path.parent}: its file system ({fstype}, mounted at {point}) does not support "
+                f"file locks (flock: {os.strerror(exc.errno)}), which keep two sweeps of a name apart; mount it "
+                "with -o flock (Lustre; NFS: with its lock manager), or put results_dir on a local disk")
 
     def release(self) -> None:
         if self._fd is None:
@@ -92,6 +126,7 @@ class SweepLock:
 def _owner(fd: int) -> dict:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
-        return json.loads(os.read(fd, 4096).decode() or "{}")
-    except (OSError, ValueError):
+        owner = json.loads(os.read(fd, 4096).decode() or "{}")
+    except (OSError, ValueError):  # empty or half-written: its holder is starting
         return {}
+    return owner if isinstance(owner, dict) else {}

@@ -27,7 +27,7 @@ from model.errors import UserError
 from .experiment import check_tracking, git_commit, log_parent_params, parent_run, tracking_uri, ui_url
 from .lock import SweepLock, lock_path
 from .results import ResultsTable
-from .storage import check_shared_storage, cluster_hosts
+from .storage import TuneExperiment, check_shared_storage, cluster_hosts
 from .tracking import SweepTracker
 from .trial_config import TrialConfig
 
@@ -188,8 +188,9 @@ def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.Dat
     """Run (or resume) the sweep of ``plan``; returns the results table.
 
     Checked before anything is written: the tracking server and the Ray cluster answer, no other
-    process runs a sweep of this name (``SweepLock``), and on a cluster of several hosts the Tune
-    storage is shared by all of them.
+    process runs a sweep of this name (``SweepLock``), no other results directory owns the sweep's
+    Tune experiment under ``storage_path`` (``TuneExperiment``), and on a cluster of several hosts
+    the Tune storage is shared by all of them.
     """
     spec = plan.spec
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -197,17 +198,20 @@ def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.Dat
     check_tracking(uri)
     if address:
         check_ray_address(address)
-    with SweepLock(lock_path(Path(spec.results_dir).resolve(), spec.name), spec.name):
+    results_dir = Path(spec.results_dir).resolve()
+    with SweepLock(lock_path(results_dir, spec.name), spec.name):
+        storage = spec.storage_path or str(spec.sweep_dir.resolve() / "ray")
+        experiment = TuneExperiment(storage, spec.name, results_dir)
+        experiment.check()
         t = time.perf_counter()
         init_ray(address)
         ray_seconds = time.perf_counter() - t
-        storage = spec.storage_path or str(spec.sweep_dir.resolve() / "ray")
         if address:
             check_shared_storage(storage, cluster_hosts(), address)
-        return _run(plan, restart, uri, storage, ray_seconds)
+        return _run(plan, restart, uri, experiment, ray_seconds)
 
 
-def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) -> pd.DataFrame:
+def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_seconds: float = 0.0) -> pd.DataFrame:
     from ray import tune
 
     from .search import UnitMedianStopping, UnitSearcher
@@ -218,6 +222,8 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
     sweep_dir = spec.sweep_dir.resolve()
     if restart:
         _archive(sweep_dir)
+        tune_experiment.set_aside()  # the experiment under an explicit storage_path, moved or left
+    tune_experiment.claim()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     experiment = spec.tracking.experiment or spec.name
     device = "cuda" if spec.resources.gpu > 0 else "cpu"
@@ -236,7 +242,7 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
     log.info("shared work done in %.0f s (%s)", shared_seconds,
              ", ".join(f"{k} {v:.0f}s" for k, v in shared.seconds.items()))
 
-    experiment_path = f"{storage.rstrip('/')}/tune"  # a directory or an object-store URI
+    experiment_path = tune_experiment.path  # <storage_path>/<sweep>: a directory or an object-store URI
     res = spec.resources
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, plan=plan, shared=shared),
                                     functools.partial(trial_resources, res))
@@ -266,7 +272,8 @@ def _run(plan, restart: bool, uri: str, storage: str, ray_seconds: float = 0.0) 
                                         reuse_actors=res.reuse_actors, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
-                name="tune", storage_path=storage, callbacks=[tracker], progress_reporter=reporter,
+                name=tune_experiment.name, storage_path=tune_experiment.storage, callbacks=[tracker],
+                progress_reporter=reporter,
                 failure_config=tune.FailureConfig(max_failures=res.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 verbose=1))

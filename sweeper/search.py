@@ -11,8 +11,8 @@ unit's earlier trials at the same step (never across capacities).
 
 from __future__ import annotations
 
+import json
 import logging
-import pickle
 from collections import defaultdict
 
 import optuna
@@ -101,13 +101,25 @@ class UnitSearcher(Searcher):
         else:
             study.tell(number, float(value))
 
+    # Tune saves a searcher's state into the experiment (``searcher-state-*.pkl``, a name of Tune's) and
+    # hands it back on ``Tuner.restore``: written as JSON, read as JSON (never unpickled). The rest of
+    # the searcher (units, search spec, storage) is this run's own; its Optuna studies are in SQLite.
+    STATE_VERSION = 1
+
     def save(self, checkpoint_path: str):
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__getstate__(), f)
+        state = {"version": self.STATE_VERSION, "asked": dict(self.asked),
+                 "live": {tid: [unit_id, number] for tid, (unit_id, number) in self.live.items()}}
+        with open(checkpoint_path, "w") as f:
+            json.dump(state, f)
 
     def restore(self, checkpoint_path: str):
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        with open(checkpoint_path, encoding="utf-8") as f:
+            state = json.load(f)  # ValueError on anything but the JSON that save wrote
+        if not isinstance(state, dict) or state.get("version") != self.STATE_VERSION:
+            raise ValueError(f"{checkpoint_path}: not a UnitSearcher state (version {self.STATE_VERSION})")
+        self.asked = defaultdict(int, {str(k): int(v) for k, v in state["asked"].items()})
+        self.live = {str(tid): (str(unit_id), None if number is None else int(number))
+                     for tid, (unit_id, number) in state["live"].items()}
 
 
 class UnitMedianStopping(FIFOScheduler):

@@ -47,7 +47,7 @@ def test_lost_node_trial_resumes_from_its_checkpoint_elsewhere_and_every_trial_i
     from sweeper.run import run_sweep
 
     cluster, (worker,) = _cluster("127.0.0.1", "127.0.0.1")
-    tune_dir = tmp_path / "results" / "smoke" / "ray" / "tune"
+    tune_dir = tmp_path / "results" / "smoke" / "ray" / "smoke"  # <storage_path>/<sweep>
     lost: dict = {}
     stop = threading.Event()
 
@@ -138,7 +138,7 @@ def test_killed_driver_blocks_no_one_and_its_rerun_finishes_without_rerunning_co
     _, runs = mlflow_trial_runs(tmp_path, "smoke")
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(final.trial_id)  # one run per trial
     # The completed trial trained once: no training step was reported for it after the kill.
-    trial_dir = next((results / "smoke" / "ray" / "tune").glob(f"{first.trial_id}_*"))
+    trial_dir = next((results / "smoke" / "ray" / "smoke").glob(f"{first.trial_id}_*"))
     rows = _results(trial_dir)
     last_final = max(i for i, r in enumerate(rows) if r.get("final"))
     first_final = min(i for i, r in enumerate(rows) if r.get("final"))

@@ -1,11 +1,14 @@
 """Sweeps end to end on real Ray, real Optuna and a real SQLite MLflow store (the smoke spec)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 
-from helpers import mlflow_trial_runs, smoke_plan
+from helpers import REPO, SMOKE, mlflow_trial_runs, smoke_plan
 
 pytestmark = pytest.mark.slow
 
@@ -71,3 +74,68 @@ def test_per_point_optuna_search_makes_the_best_trial_the_points_row(tmp_path, l
                               storage=f"sqlite:///{tmp_path / 'results' / 'smoke' / 'optuna.db'}")
     assert len(study.trials) == 4
     assert study.best_value == pytest.approx(completed.val_l1.min())
+
+
+# The cheapest real sweep: one or two capacities, 8 steps each.
+CHEAP = ("phase2.steps=8",)
+
+
+def _trial_dirs(experiment) -> list[str]:
+    """The Tune trial directories of an experiment (named <trial_id>_<Tune's id>)."""
+    return sorted(p.name for p in experiment.glob("h*") if p.is_dir())
+
+
+def test_two_sweep_names_on_one_storage_path_get_their_own_trials_and_another_results_dir_is_refused(
+        tmp_path, local_ray, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from sweeper.run import run_sweep
+    from sweeper.storage import CLAIM
+
+    storage = tmp_path / "shared" / "ray-results"
+    tables = {name: run_sweep(smoke_plan(tmp_path, "grid.expert_hidden=[2]", *CHEAP, f"storage_path={storage}",
+                                         f"name={name}"))
+              for name in ("smoke", "other")}
+    for name, table in tables.items():  # each ran its own trial, in its own experiment
+        assert list(table.trial_id) == ["h2-k6-s0-t0"] and (table.status == "completed").all()
+        assert len(_trial_dirs(storage / name)) == 1
+        claim = json.loads((storage / name / CLAIM).read_text())
+        assert claim["results_dir"] == str(tmp_path / "results") and claim["sweep"] == name
+    assert _trial_dirs(storage / "smoke") != _trial_dirs(storage / "other")
+    assert tables["smoke"].mlflow_run_id.item() != tables["other"].mlflow_run_id.item()
+    assert sorted(p.name for p in storage.iterdir()) == ["other", "smoke"]
+
+    # The same sweep on the same storage from another results directory: one line naming the owner's.
+    elsewhere = tmp_path / "elsewhere"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-m", "sweeper", "sweep", str(SMOKE), f"results_dir={elsewhere}",
+                          f"storage_path={storage}", "grid.expert_hidden=[2]", *CHEAP],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.splitlines() == [
+        f"drorae: error: sweep 'smoke': its Ray Tune experiment {storage}/smoke (storage_path) belongs to the "
+        f"sweep of results_dir {tmp_path / 'results'} (claimed from {claim['host']} on "
+        + json.loads((storage / "smoke" / CLAIM).read_text())["claimed"]
+        + "): run the sweep with that results_dir, or give this one another storage_path or name"]
+    assert not elsewhere.exists()  # nothing written
+    assert len(_trial_dirs(storage / "smoke")) == 1
+
+
+def test_restart_with_an_explicit_storage_path_reruns_every_trial_and_keeps_the_earlier_run(
+        tmp_path, local_ray, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from sweeper.run import run_sweep
+
+    storage = tmp_path / "shared" / "ray-results"
+    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,16]", *CHEAP, f"storage_path={storage}")
+    first = run_sweep(plan).set_index("trial_id")
+    first_dirs = _trial_dirs(storage / "smoke")
+    second = run_sweep(plan, restart=True).set_index("trial_id")
+    assert sorted(second.index) == sorted(first.index) == ["h16-k6-s0-t0", "h2-k6-s0-t0"]
+    assert (second.status == "completed").all()
+    # Every trial trained again: new Tune trials, new MLflow runs; none restored from the first run.
+    (earlier,) = storage.glob("smoke.before-restart-*")
+    assert _trial_dirs(earlier) == first_dirs and len(first_dirs) == 2
+    assert len(_trial_dirs(storage / "smoke")) == 2 and not set(_trial_dirs(storage / "smoke")) & set(first_dirs)
+    assert not set(second.mlflow_run_id) & set(first.mlflow_run_id)
+    (kept,) = (tmp_path / "results").glob("smoke.before-restart-*")  # the earlier results, moved aside
+    assert sorted(pd.read_parquet(kept / "trials.parquet").mlflow_run_id) == sorted(first.mlflow_run_id)

@@ -1,0 +1,61 @@
+"""The per-unit searcher's state, as Tune saves it into the experiment and hands it back on a resume:
+JSON written and read, never unpickled (a real Optuna study in SQLite; Tune's own resume after a killed
+driver runs in test_faults.py)."""
+
+import json
+import os
+import pickle
+
+import pytest
+
+from helpers import smoke_plan
+from sweeper.search import UnitSearcher
+from sweeper.trial_config import TrialConfig
+
+SEARCH = "search={params: {lr: {type: loguniform, low: 1.0e-4, high: 3.0e-2}}, n_trials: 3}"
+
+
+def _searcher(tmp_path, plan):
+    return UnitSearcher(plan.units, plan.spec.search, storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                        study_prefix="smoke/", seed=0)
+
+
+def test_saved_state_is_json_and_a_restored_searcher_goes_on_where_the_saved_one_stopped(tmp_path):
+    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,16]", SEARCH, "controls.runs=[rae]")
+    first = _searcher(tmp_path, plan)
+    configs = {f"t{i}": TrialConfig.from_tune(first.suggest(f"t{i}")) for i in range(4)}
+    first.on_trial_complete("t0", {"val_l1": 0.5, "final": True})
+    path = tmp_path / "searcher-state-x.pkl"  # Tune's file name; the content is ours
+    first.save(str(path))
+    state = json.loads(path.read_text())  # JSON, nothing else
+    assert state["asked"] == dict(first.asked) and set(state["live"]) == {"t1", "t2", "t3"}
+
+    again = _searcher(tmp_path, plan)  # as Tune's restore has it: this run's searcher, then the state
+    again.restore(str(path))
+    assert again.asked == first.asked and again.live == first.live
+    # A trial that was live when the state was saved completes into its own unit's study ...
+    unit, number = again.live["t1"]
+    again.on_trial_complete("t1", {"val_l1": 0.25, "final": True})
+    assert again.study(unit).trials[number].value == 0.25
+    # ... and the next suggestions are the trials not yet asked, none twice.
+    rest = []
+    while (config := again.suggest(f"n{len(rest)}")) != UnitSearcher.FINISHED:
+        rest.append(TrialConfig.from_tune(config))
+    asked = sorted(c.trial_id for c in [*configs.values(), *rest])
+    assert asked == sorted(f"{u.unit_id}-t{i}" for u in plan.units for i in range(u.n_trials))
+
+
+def test_restore_never_unpickles(tmp_path):
+    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2]", SEARCH)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    path = tmp_path / "searcher-state-x.pkl"
+    path.write_bytes(pickle.dumps({"asked": Payload()}))
+    searcher = _searcher(tmp_path, plan)
+    with pytest.raises(ValueError):
+        searcher.restore(str(path))
+    assert not marker.exists() and dict(searcher.asked) == {}
