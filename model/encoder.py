@@ -297,8 +297,11 @@ def pretrain_tiny_encoder(cfg: EncoderConfig, images: torch.Tensor, labels: torc
     mean = torch.tensor(cfg.mean or (0.5, 0.5, 0.5)).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std or (0.5, 0.5, 0.5)).view(1, 3, 1, 1)
     opt = torch.optim.AdamW(vit.parameters(), lr=cfg.pretrain_lr, weight_decay=0.05)
+    # OneCycleLR divides by its warm-up's length, pct_start * total_steps - 1 steps: zero at exactly 10
+    # steps (a ZeroDivisionError), so there the warm-up is half a step longer; every other count as it was.
+    pct_start = 0.1 if 0.1 * cfg.pretrain_steps != 1 else 0.15
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.pretrain_lr, total_steps=cfg.pretrain_steps,
-                                                pct_start=0.1)
+                                                pct_start=pct_start)
     gen = torch.Generator().manual_seed(seed)
     vit.train()
     start = time.perf_counter()

@@ -98,6 +98,15 @@ def test_fused_layer_subset_sets_the_fusion_width(default_images):
     assert model.fusion_params() == fusion_param_count(96, 1, 4)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 10, 11])  # 10: OneCycleLR's warm-up would be 0 steps long
+def test_tiny_encoder_pretrains_for_any_number_of_steps(default_images, tmp_path, steps):
+    xtr, ytr, _ = default_images
+    cfg = replace(ENCODER_PRESETS["tiny"], pretrain_steps=steps, pretrain_batch_size=4)
+    path = pretrain_tiny_encoder(cfg, xtr[:16], ytr[:16], "fashion-mnist-test", cache_dir=tmp_path)
+    trained = torch.load(path, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in trained.values() if v.is_floating_point())
+
+
 @pytest.mark.slow  # pretrains the tiny encoder
 def test_tiny_encoder_is_pretrained_once_and_then_reused(default_images, tmp_path):
     xtr, ytr, _ = default_images
