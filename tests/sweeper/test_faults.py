@@ -55,18 +55,22 @@ def test_lost_node_trial_resumes_from_its_checkpoint_elsewhere_and_every_trial_i
         while not stop.is_set():
             for trial_dir in tune_dir.glob("h*"):
                 rows = _results(trial_dir)
+                # The driver has taken a report after a checkpointed one (result.json is the driver's, in
+                # order; a checkpoint directory alone may be one that the driver has not registered yet).
                 if (rows and rows[-1].get("node_id") == worker.node_id and not rows[-1].get("final")
+                        and rows[-1].get("step", 0) > plan.phase2.checkpoint_every
                         and any(trial_dir.glob("checkpoint_*"))):
                     lost.update(trial_id=rows[-1]["config"]["trial_id"], step=rows[-1].get("step"))
                     cluster.remove_node(worker)  # the node's raylet and its workers die at once
                     return
             time.sleep(0.1)
 
+    # Two widths on two 1-CPU nodes: one trial on each, at once.
+    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,4]", "phase2.steps=32", "resources.max_failures=2")
     watcher = threading.Thread(target=remove_worker_once_a_trial_on_it_has_a_checkpoint, daemon=True)
     try:
         ray.init(address=cluster.address)
         watcher.start()
-        plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,4,8,16]", "phase2.steps=48", "resources.max_failures=2")
         table = run_sweep(plan, address=cluster.address)
     finally:
         stop.set()
@@ -74,7 +78,7 @@ def test_lost_node_trial_resumes_from_its_checkpoint_elsewhere_and_every_trial_i
         ray.shutdown()
         cluster.shutdown()
     assert lost, "no trial ran on the worker node long enough to lose it"
-    assert sorted(table.trial_id) == sorted(f"h{h}-k6-s0-t0" for h in (2, 4, 8, 16))  # each exactly once
+    assert sorted(table.trial_id) == sorted(f"h{h}-k6-s0-t0" for h in (2, 4))  # each exactly once
     assert (table.status == "completed").all(), table[["trial_id", "status", "error"]]
     row = table.set_index("trial_id").loc[lost["trial_id"]]
     assert row.retries == 1 and row.node_id != worker.node_id  # finished on the head
@@ -93,7 +97,7 @@ def test_lost_node_trial_resumes_from_its_checkpoint_elsewhere_and_every_trial_i
 def test_killed_driver_blocks_no_one_and_its_rerun_finishes_without_rerunning_completed_trials(tmp_path):
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "sweeper", "sweep", str(SMOKE), f"results_dir={results}",
-           "grid.expert_hidden=[2,4,8,16]", "resources.max_concurrent=1"]
+           "grid.expert_hidden=[2,4,8]", "resources.max_concurrent=1"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # Its own session: the driver and the local Ray it starts are one process group, killed together.
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -124,14 +128,14 @@ def test_killed_driver_blocks_no_one_and_its_rerun_finishes_without_rerunning_co
         proc.wait()
     after_kill = pd.read_parquet(table_path)  # never half-written
     assert first.trial_id in set(after_kill.trial_id[after_kill.status == "completed"])
-    assert (after_kill.status == "completed").sum() < 4, "the sweep had finished before the kill"
+    assert (after_kill.status == "completed").sum() < 3, "the sweep had finished before the kill"
     assert json.loads((results / ".smoke.lock").read_text())["pid"] == proc.pid  # a stale lock is left
 
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"left by pid {proc.pid}" in out.stderr  # took the stale lock over
     final = pd.read_parquet(table_path)
-    assert sorted(final.trial_id) == sorted(f"h{h}-k6-s0-t0" for h in (2, 4, 8, 16))
+    assert sorted(final.trial_id) == sorted(f"h{h}-k6-s0-t0" for h in (2, 4, 8))
     assert (final.status == "completed").all()
     again = final.set_index("trial_id").loc[first.trial_id]
     assert again.train_seconds == first.train_seconds and again.mlflow_run_id == first.mlflow_run_id
@@ -155,7 +159,7 @@ def test_nan_inf_error_and_oom_trials_are_retried_then_fail_with_their_reason_an
     from analysis.load import load
     from sweeper.run import run_sweep
 
-    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,4,8,16,32,64]", "resources.max_failures=1",
+    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,4,8,16,32,64]", "phase2.steps=8", "resources.max_failures=1",
                       "faults.nan_loss=[h2-k6-s0]", "faults.inf_loss=[h4-k6-s0]",
                       "faults.raise_error=[h8-k6-s0]", "faults.oom=[h16-k6-s0]")
     table = run_sweep(plan).set_index("unit_id")

@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from helpers import REPO, SMOKE, mlflow_trial_runs, smoke_plan
+from helpers import REPO, SMOKE, smoke_plan
 
 pytestmark = pytest.mark.slow
 
@@ -17,13 +17,14 @@ TABLE_COLUMNS = ["trial_id", "point_id", "status", "expert_hidden", "fused_layer
                  "error"]
 
 
-def test_sweep_end_to_end_leaves_table_mlflow_runs_and_caches(tmp_path, local_ray, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from sweeper.run import run_sweep
+def test_sweep_end_to_end_leaves_table_mlflow_runs_and_caches(smoke_sweep):
+    from mlflow.tracking import MlflowClient
 
-    plan = smoke_plan(tmp_path, "controls.runs=[rae,last_layer]")
-    run_sweep(plan)
-    sweep = tmp_path / "results" / "smoke"
+    from sweeper.plan import build_plan
+    from sweeper.spec import load_spec
+
+    plan = build_plan(load_spec(SMOKE, [f"results_dir={smoke_sweep.results}", *smoke_sweep.args]))
+    sweep = smoke_sweep.results / "smoke"
     table = pd.read_parquet(sweep / "trials.parquet")
     assert set(TABLE_COLUMNS) <= set(table.columns)
     assert pd.read_csv(sweep / "trials.csv").shape[0] == len(table) == 5
@@ -41,7 +42,10 @@ def test_sweep_end_to_end_leaves_table_mlflow_runs_and_caches(tmp_path, local_ra
     assert (trained.report_seconds > 0).all() and (trained.report_seconds < trained.train_seconds).all()
     assert 1 <= (table.startup_seconds > 0).sum() <= 2 and (table.startup_seconds == 0).sum() >= 3
 
-    client, runs = mlflow_trial_runs(tmp_path, "smoke")
+    client = MlflowClient(f"sqlite:///{smoke_sweep.results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if "mlflow.parentRunId" in r.data.tags]
     assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(table.trial_id)
     run = next(r for r in runs if r.data.tags["trial_id"] == "h16-k6-s0-t0")
     assert run.data.params["expert_hidden"] == "16" and "phase" in run.data.metrics
@@ -85,16 +89,19 @@ def _trial_dirs(experiment) -> list[str]:
     return sorted(p.name for p in experiment.glob("h*") if p.is_dir())
 
 
-def test_two_sweep_names_on_one_storage_path_get_their_own_trials_and_another_results_dir_is_refused(
+def test_sweeps_on_one_storage_path_get_their_own_experiments_restart_reruns_and_another_results_dir_is_refused(
         tmp_path, local_ray, monkeypatch):
+    """One explicit storage_path (a cluster's shared one): two sweep names each get their own Tune
+    experiment and trials; --restart reruns every trial and keeps the earlier run; the same sweep from
+    another results directory is refused in one line naming the owner's, writing nothing."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from sweeper.run import run_sweep
     from sweeper.storage import CLAIM
 
     storage = tmp_path / "shared" / "ray-results"
-    tables = {name: run_sweep(smoke_plan(tmp_path, "grid.expert_hidden=[2]", *CHEAP, f"storage_path={storage}",
-                                         f"name={name}"))
-              for name in ("smoke", "other")}
+    plans = {name: smoke_plan(tmp_path, "grid.expert_hidden=[2]", *CHEAP, f"storage_path={storage}", f"name={name}")
+             for name in ("smoke", "other")}
+    tables = {name: run_sweep(plan) for name, plan in plans.items()}
     for name, table in tables.items():  # each ran its own trial, in its own experiment
         assert list(table.trial_id) == ["h2-k6-s0-t0"] and (table.status == "completed").all()
         assert len(_trial_dirs(storage / name)) == 1
@@ -104,6 +111,19 @@ def test_two_sweep_names_on_one_storage_path_get_their_own_trials_and_another_re
     assert tables["smoke"].mlflow_run_id.item() != tables["other"].mlflow_run_id.item()
     assert sorted(p.name for p in storage.iterdir()) == ["other", "smoke"]
 
+    # --restart: every trial trains again (a new Tune trial, a new MLflow run), none restored; the
+    # earlier experiment and the earlier results are set aside, not deleted.
+    first, first_dirs = tables["smoke"].set_index("trial_id"), _trial_dirs(storage / "smoke")
+    second = run_sweep(plans["smoke"], restart=True).set_index("trial_id")
+    assert list(second.index) == ["h2-k6-s0-t0"] and (second.status == "completed").all()
+    (earlier,) = storage.glob("smoke.before-restart-*")
+    assert _trial_dirs(earlier) == first_dirs
+    assert len(_trial_dirs(storage / "smoke")) == 1 and not set(_trial_dirs(storage / "smoke")) & set(first_dirs)
+    assert not set(second.mlflow_run_id) & set(first.mlflow_run_id)
+    (kept,) = (tmp_path / "results").glob("smoke.before-restart-*")
+    assert list(pd.read_parquet(kept / "trials.parquet").mlflow_run_id) == list(first.mlflow_run_id)
+    assert len(_trial_dirs(storage / "other")) == 1  # the other sweep untouched
+
     # The same sweep on the same storage from another results directory: one line naming the owner's.
     elsewhere = tmp_path / "elsewhere"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
@@ -111,31 +131,10 @@ def test_two_sweep_names_on_one_storage_path_get_their_own_trials_and_another_re
                           f"storage_path={storage}", "grid.expert_hidden=[2]", *CHEAP],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
+    claim = json.loads((storage / "smoke" / CLAIM).read_text())
     assert out.stderr.splitlines() == [
         f"drorae: error: sweep 'smoke': its Ray Tune experiment {storage}/smoke (storage_path) belongs to the "
-        f"sweep of results_dir {tmp_path / 'results'} (claimed from {claim['host']} on "
-        + json.loads((storage / "smoke" / CLAIM).read_text())["claimed"]
-        + "): run the sweep with that results_dir, or give this one another storage_path or name"]
+        f"sweep of results_dir {tmp_path / 'results'} (claimed from {claim['host']} on {claim['claimed']}): run "
+        "the sweep with that results_dir, or give this one another storage_path or name"]
     assert not elsewhere.exists()  # nothing written
     assert len(_trial_dirs(storage / "smoke")) == 1
-
-
-def test_restart_with_an_explicit_storage_path_reruns_every_trial_and_keeps_the_earlier_run(
-        tmp_path, local_ray, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from sweeper.run import run_sweep
-
-    storage = tmp_path / "shared" / "ray-results"
-    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,16]", *CHEAP, f"storage_path={storage}")
-    first = run_sweep(plan).set_index("trial_id")
-    first_dirs = _trial_dirs(storage / "smoke")
-    second = run_sweep(plan, restart=True).set_index("trial_id")
-    assert sorted(second.index) == sorted(first.index) == ["h16-k6-s0-t0", "h2-k6-s0-t0"]
-    assert (second.status == "completed").all()
-    # Every trial trained again: new Tune trials, new MLflow runs; none restored from the first run.
-    (earlier,) = storage.glob("smoke.before-restart-*")
-    assert _trial_dirs(earlier) == first_dirs and len(first_dirs) == 2
-    assert len(_trial_dirs(storage / "smoke")) == 2 and not set(_trial_dirs(storage / "smoke")) & set(first_dirs)
-    assert not set(second.mlflow_run_id) & set(first.mlflow_run_id)
-    (kept,) = (tmp_path / "results").glob("smoke.before-restart-*")  # the earlier results, moved aside
-    assert sorted(pd.read_parquet(kept / "trials.parquet").mlflow_run_id) == sorted(first.mlflow_run_id)

@@ -20,7 +20,7 @@ def _prepare_in(cache: Path, monkeypatch):
         src = Path.home() / ".cache" / "drorae-scaling" / name
         if src.exists():
             (cache / name).symlink_to(src)
-    plan = build_plan(load_spec(SMOKE, ["phase1.steps=20"]))
+    plan = build_plan(load_spec(SMOKE, ["encoder.pretrain_steps=10", "phase1.steps=10", "data.num_train=256"]))
     torch.manual_seed(12345 + len(str(cache)))  # whatever the caller's RNG holds: the shared work seeds itself
     return sweeper.shared.prepare(plan)
 

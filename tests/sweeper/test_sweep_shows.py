@@ -1,8 +1,9 @@
 """What a sweep shows its user: Tune's table with rFID and val L1, each point's rFID with its interval at
 the end, and the MLflow UI (3.17, headless Chromium) opening on the sweep's trials with their params and rFID.
 
-One smoke sweep through the real CLI (``python -m sweeper sweep``) on a private local Ray; then the
-MLflow UI as ``make mlflow-ui`` starts it, on 127.0.0.1 and a free port, over the sweep's SQLite store.
+The smoke sweep through the real CLI (``python -m sweeper sweep``, the ``smoke_sweep`` fixture of
+conftest.py, shared with test_run.py); then the MLflow UI as ``make mlflow-ui`` starts it, on
+127.0.0.1 and a free port, over the sweep's SQLite store.
 """
 
 import json
@@ -16,11 +17,10 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from helpers import REPO, SMOKE, stop_group, wait_healthy
+from helpers import REPO, stop_group, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -28,27 +28,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 UI_START_TIMEOUT_S = 120  # `mlflow ui` starts in ~15-20 s on the 2-core development machine, more when busy
 #: Set to a path to keep the screenshot there (the README's docs/mlflow-ui.png was made so).
 SCREENSHOT_ENV = "DRORAE_MLFLOW_UI_SCREENSHOT"
-
-
-@pytest.fixture(scope="module")
-def smoke_sweep(tmp_path_factory):
-    """The smoke sweep's results directory and what it printed (stdout, stderr)."""
-    root = tmp_path_factory.mktemp("sweep")
-    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short (socket paths), and private
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))},
-           "RAY_TMPDIR": ray_tmp}
-    cmd = [sys.executable, "-m", "sweeper", "sweep", str(SMOKE), f"results_dir={root / 'results'}"]
-    with open(root / "stdout", "w") as out, open(root / "stderr", "w") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True)
-    try:
-        proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            stop_group(proc)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    stdout, stderr = (root / "stdout").read_text(), (root / "stderr").read_text()
-    assert proc.returncode == 0, stderr[-3000:]
-    return SimpleNamespace(results=root / "results", stdout=stdout, stderr=stderr)
 
 
 def test_tunes_table_shows_rfid_and_val_l1_and_the_end_each_points_rfid_with_its_interval(smoke_sweep):

@@ -111,20 +111,14 @@ def test_a_held_out_selection_split_is_dropped_from_the_trials_training_images(t
     assert not train & select  # no selection image among the training images
 
 
-@pytest.mark.slow  # the smoke spec's shared work (encoder, phase 1) and one control trial
-def test_decoder_only_never_rises_above_where_phase_1_left_it(tmp_path, monkeypatch):
+@pytest.mark.slow  # the smoke spec's shared work (encoder, phase 1; cached by the sweeps' tests) and one control
+def test_decoder_only_never_rises_above_where_phase_1_left_it(tmp_path):
     """On the smoke spec, decoder_only's selection-split L1 never rises more than 5% above phase 1's
     final value (a fresh AdamW at phase 1's peak rate jumped from 0.0135 to 0.091 in 10 steps)."""
     from pathlib import Path
 
     import sweeper.shared
 
-    monkeypatch.setenv("DRORAE_CACHE", str(tmp_path / "cache"))
-    for name in ("weights", "datasets"):  # the offline assets where they are; everything else starts empty
-        (tmp_path / "cache").mkdir(exist_ok=True)
-        src = Path.home() / ".cache" / "drorae-scaling" / name
-        if src.exists():
-            (tmp_path / "cache" / name).symlink_to(src)
     spec = load_spec(Path(__file__).parents[2] / "sweeps" / "smoke.yaml",
                      [f"results_dir={tmp_path / 'results'}", "controls.runs=[decoder_only]"])
     smoke = build_plan(spec)
