@@ -70,19 +70,22 @@ class WarmDrorae:
         self.server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm_cli.py"))], cwd=REPO,
                                        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert json.loads(self.server.stdout.readline() or "{}") == {"ready": True}, "warm_cli.py did not start"
+        self.server_maxrss_kb = json.loads(self.server.stdout.readline())["maxrss_kb"]
+        self.last: dict = {}  # the last answer: rc, and the child's maxrss_kb
 
-    def __call__(self, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    def __call__(self, args: list[str], env: dict, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
         self.n += 1
         out, err = self.scratch / f"{self.n}.out", self.scratch / f"{self.n}.err"
         request = {"argv": args, "cwd": str(REPO), "env": env, "stdout": str(out), "stderr": str(err),
-                   "timeout": TIMEOUT}
+                   "timeout": timeout}
         self.server.stdin.write(json.dumps(request) + "\n")
         self.server.stdin.flush()
-        answer = json.loads(self.server.stdout.readline() or "{}")
+        answer = self.last = json.loads(self.server.stdout.readline() or "{}")
         if answer.get("timeout"):
-            pytest.fail(f"drorae {' '.join(args)} still ran after {TIMEOUT} s: did the bad input pass validation?")
+            pytest.fail(f"drorae {' '.join(args)} still ran after {timeout} s: did the bad input pass validation?")
         assert "rc" in answer, "warm_cli.py died"
-        return subprocess.CompletedProcess(args, answer["rc"], out.read_text(), err.read_text())
+        return subprocess.CompletedProcess(args, answer["rc"], out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))
 
     def close(self):
         self.server.stdin.close()

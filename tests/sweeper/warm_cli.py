@@ -7,15 +7,17 @@ stdout/stderr files, session and exit status) and runs ``sweeper/__main__.py`` e
 ``python -m sweeper ARGS`` does (``runpy``), exit functions included, without paying the imports
 again. tests/sweeper/test_bad_input.py checks that its answers match a fresh interpreter's.
 
-Protocol, one JSON object per line: the server prints ``{"ready": true}`` once its imports are done;
-then each request ``{"argv": [...], "cwd": ..., "env": {...}, "stdout": path, "stderr": path,
-"timeout": seconds}`` gets ``{"rc": exit status}`` (``{"rc": null, "timeout": true}`` when the
-command ran past its timeout: its whole session is then killed).
+Protocol, one JSON object per line: the server prints ``{"ready": true}`` once its imports are done,
+then ``{"maxrss_kb": its own peak resident memory}``; then each request ``{"argv": [...], "cwd": ...,
+"env": {...}, "stdout": path, "stderr": path, "timeout": seconds}`` gets ``{"rc": exit status,
+"maxrss_kb": the child's peak resident memory}`` (``{"rc": null, "timeout": true}`` when the command
+ran past its timeout: its whole session is then killed).
 """
 
 import atexit
 import json
 import os
+import resource
 import runpy
 import signal
 import sys
@@ -75,9 +77,9 @@ def _child(req: dict) -> None:
 def _wait(pid: int, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return {"rc": os.waitstatus_to_exitcode(status)}
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:  # the child's peak resident memory, in KiB (counting what it shares with this server)
+            return {"rc": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}
         if time.monotonic() > deadline:
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -91,6 +93,8 @@ def _wait(pid: int, timeout: float) -> dict:
 def main() -> None:
     answer = sys.stdout
     print(json.dumps({"ready": True}), file=answer, flush=True)
+    # Each answer gives its child's peak memory; this server's own (before any child) is the baseline.
+    print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), file=answer, flush=True)
     for line in sys.stdin:
         req = json.loads(line)
         sys.stderr.flush()
