@@ -510,7 +510,9 @@ class _Loader(yaml.SafeLoader):
     def construct_object(self, node, deep=False):
         try:
             return super().construct_object(node, deep=deep)
-        except (ValueError, OverflowError, TypeError) as exc:  # e.g. `2001-13-45` (a timestamp), `!!float abc`
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # e.g. `2001-13-45` (a timestamp: ValueError), `!!float abc`, `!!timestamp x`
             what = f"{short_repr(node.value)} as {node.tag.rsplit(':', 1)[-1]}" if isinstance(node, yaml.ScalarNode) \
                 else f"this {node.id}"
             raise _Refused(None, None, f"cannot read {what} ({exc})", node.start_mark) from None
@@ -523,9 +525,17 @@ class _Loader(yaml.SafeLoader):
                                        f"64-bit integer (at most {INT64_MAX} in magnitude)", node.start_mark)
         return value
 
+    def construct_document(self, node):
+        try:
+            return super().construct_document(node)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # from a collection's deferred part, which construct_object does not see
+            raise _Refused(None, None, f"cannot read this YAML ({exc})", node.start_mark) from None
+
     def construct_mapping(self, node, deep=False):
         seen = {}
-        for key_node, _ in node.value:
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():  # else: super() says so
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = (key_node.tag, key_node.value)

@@ -140,7 +140,8 @@ def test_bad_spec_is_one_line_naming_the_key(write_spec, tiny_raw, mutate, overr
     ("- a\n- b\n", ["expected a YAML mapping at the top level"]),
     ("just a string\n", ["expected a YAML mapping at the top level"]),
     ("", ["missing"]),
-], ids=["unreadable-yaml", "list-top-level", "scalar-top-level", "empty-file"])
+    ("description: !!set x\n", ["not valid YAML at line 1, column 14: expected a mapping node, but found scalar"]),
+], ids=["unreadable-yaml", "list-top-level", "scalar-top-level", "empty-file", "tag-of-another-kind"])
 def test_bad_file_is_one_line(write_spec, text, words):
     path = write_spec(text)
     with pytest.raises(SpecError) as info:
@@ -348,6 +349,7 @@ def test_a_64_bit_width_plans_with_a_finite_cost(tiny_raw):
     ("2026-13-45", "cannot read '2026-13-45' as timestamp (month must be in 1..12)"),
     ("!!float abc", "cannot read 'abc' as float"),
     ("!!int 1.5", "cannot read '1.5' as int"),
+    ("!!timestamp noon", "cannot read 'noon' as timestamp"),
 ])
 def test_a_value_its_tag_cannot_make_is_refused_with_its_place(write_spec, tiny_raw, value, words):
     text = yaml_text(tiny_raw)
