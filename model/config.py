@@ -4,18 +4,53 @@ Every ``*Config`` of the model is a frozen dataclass whose fields pydantic valid
 the same checks run when Python builds one and when a sweep spec names one, so a bad value fails
 before any work starts. Python gets a ``ConfigError`` of one line naming the key; the sweeper
 renders a spec file's errors with the same ``describe``.
+
+Numbers are typed with this module's ``Int``, ``PositiveInt``, ``NonNegativeInt``, ``Float``,
+``PositiveFloat`` and ``NonNegativeFloat`` rather than pydantic's own: in its lax mode ``true`` is the
+integer 1 and the string "2" a number, and neither is what a spec that says so means. So a boolean or a
+string is never a number here, an integer is one that fits in 64 bits (what torch, SQLite and MLflow
+store), and every float of every config is finite (``allow_inf_nan=False``): ``.inf``, ``.nan`` and
+``1e400`` are refused with the key named.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import math
+import unicodedata
 from collections.abc import Iterable
+from typing import Annotated
 
-from pydantic import ConfigDict, ValidationError, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, Strict, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 from .errors import ConfigError
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# Numbers as a spec means them (see the module's docstring): strict (no booleans, no strings), 64-bit integers.
+Int = Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
+PositiveInt = Annotated[Int, Field(gt=0)]
+NonNegativeInt = Annotated[Int, Field(ge=0)]
+Float = Annotated[float, Strict()]  # an integer is a number too; finite where the config says allow_inf_nan=False
+PositiveFloat = Annotated[Float, Field(gt=0)]
+NonNegativeFloat = Annotated[Float, Field(ge=0)]
+
+# The config every model config and every section of a sweep spec validates with: no key it does not know,
+# no float that is not finite.
+CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _one_line(text: str) -> str:
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ValueError(f"control character U+{ord(bad):04X} in {short_repr(text)}; expected printable text")
+    return text
+
+
+# A name or a path: one line of printable text (a NUL byte would end it at the operating system's door).
+Text = Annotated[str, AfterValidator(_one_line)]
 
 
 class BadValue(ValueError):
@@ -55,7 +90,7 @@ def validated(section: str | None):
             return raw
 
         cls._known_keys = model_validator(mode="before")(classmethod(known_keys))
-        cls = dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
+        cls = dataclass(frozen=True, config=CONFIG)(cls)
         init = cls.__init__
 
         @functools.wraps(init)
@@ -83,6 +118,9 @@ def describe(err: ValidationError, section: str | None = None) -> str:
     e, cause = errors[0], (errors[0].get("ctx") or {}).get("error")
     loc = [*([section] if section else []), *map(str, e["loc"]), *([cause.key] if isinstance(cause, BadValue) else [])]
     kind, ctx, msg = e["type"], e.get("ctx") or {}, e["msg"].removeprefix("Input should be ")
+    key = bool(loc) and loc[-1] == "[key]"  # a mapping's key is wrong: pydantic's loc is (..., key, '[key]')
+    if key:
+        del loc[-2:]
     if kind == "value_error":  # our own checks say what they expected and got
         text = str(cause) if cause is not None else e["msg"]
     elif kind == "missing" and isinstance(e["loc"][-1], int):  # a fixed-length list that is too short
@@ -93,7 +131,9 @@ def describe(err: ValidationError, section: str | None = None) -> str:
     elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
         text = "unknown key"
     elif kind in _BOUNDS:
-        text = f"expected a number {_BOUNDS[kind]} {next(iter(ctx.values())):g}, got {kind_of(e['input'])}"
+        bound = next(iter(ctx.values()))
+        bound = bound if isinstance(bound, int) else f"{bound:g}"
+        text = f"expected a number {_BOUNDS[kind]} {bound}, got {kind_of(e['input'])}"
     elif kind in ("model_type", "dict_type", "dataclass_type"):
         text = f"expected a mapping, got {kind_of(e['input'])}"
     elif kind == "too_short":
@@ -101,19 +141,53 @@ def describe(err: ValidationError, section: str | None = None) -> str:
         text = f"expected at least {n} item{'s' if n != 1 else ''}, got {kind_of(e['input'])}"
     else:  # pydantic's 'Input should be ...' without its parse detail
         text = f"expected {msg.split(', unable to')[0]}, got {kind_of(e['input'])}"
+    text = f"a key: {text}" if key else text
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return (f"{'.'.join(loc)}: {text}" if loc else text) + more  # a check across sections names its keys
 
 
 def kind_of(value) -> str:
-    """What a value is, for 'expected X, got <kind>'."""
+    """What a value is, for 'expected X, got <kind>' (short, whatever the value)."""
     if value is None:
         return "nothing (null)"
     if isinstance(value, bool):
         return f"a boolean ({value})"
+    if isinstance(value, int) and abs(value) >= 10**40:  # the repr of a 5000-digit int raises, and says little
+        return f"a number of {math.floor(math.log10(abs(value))) + 1} digits"
     for types, word in ((str, "a string"), ((int, float), "a number"), ((list, tuple), "a list"), (dict, "a mapping")):
         if isinstance(value, types):
-            if len(repr(value)) <= 40:
-                return f"{word} {value!r}"
+            text = _repr_within(value, 40)
+            if text is not None:
+                return f"{word} {text}"
             return f"{word} of {len(value)} items" if isinstance(value, (list, tuple, dict)) else word
     return type(value).__name__
+
+
+def _repr_within(value, limit: int) -> str | None:
+    """repr(value) if it has at most ``limit`` characters, else None (and never a repr of a long string
+    or a large container: a string of a megabyte, a list of 20,000 items, a 5000-digit int)."""
+    if isinstance(value, (str, list, tuple, dict)) and len(value) > limit:
+        return None
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return None
+    return text if len(text) <= limit else None
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """repr(value), cut to about ``limit`` characters with '...' in the middle (for a value echoed in a message)."""
+    if isinstance(value, str) and len(value) > 4 * limit:
+        value = value[:limit] + value[-limit:]
+    try:
+        r = repr(value)
+    except (ValueError, RecursionError):  # an int of more than 4300 digits, a list that holds itself
+        r = f"<a {type(value).__name__}>"
+    return r if len(r) <= limit else f"{r[:limit // 2]}...{r[-(limit // 2):]}"
+
+
+def exception_line(exc: BaseException, limit: int = 160) -> str:
+    """'Type: message' of ``exc`` on one line, without the C++ trace torch appends, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split("Exception raised from")[0].split())
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

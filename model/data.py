@@ -16,10 +16,10 @@ from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .config import BadValue, validated
+from .config import BadValue, Int, PositiveInt, Text, validated
 from .errors import AssetError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ class DataConfig:
     """Which images, at which resolution, how many for training and for validation."""
 
     name: DatasetName = "fashion-mnist"
-    resolution: Annotated[int, Field(ge=8)] = 32  # Fashion-MNIST 28 px padded by 2 a side: 8x8 patch-4 tokens
-    root: str | None = None  # ImageFolder root (with train/ and val/), or a Fashion-MNIST dir override
+    resolution: Annotated[Int, Field(ge=8)] = 32  # Fashion-MNIST 28 px padded by 2 a side: 8x8 patch-4 tokens
+    root: Text | None = None  # ImageFolder root (with train/ and val/), or a Fashion-MNIST dir override
     num_train: PositiveInt | None = None  # None: all
     num_val: PositiveInt = 1000  # also the rFID evaluation set: fixed for every trial of a sweep
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .config import BadValue, validated
+from .config import BadValue, NonNegativeFloat, PositiveFloat, PositiveInt, validated
 from .errors import ConfigError
 
 

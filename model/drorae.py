@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import field
 
 import torch
-from pydantic import PositiveInt
 from torch import nn
 
-from .config import validated
+from .config import PositiveInt, validated
 from .decoder import DECODER_PRESETS, DecoderConfig, ViTDecoder
 from .encoder import ENCODER_PRESETS, EncoderConfig, FrozenEncoder
 from .fusion import BetaMax, DepthRoutedFusion, FusionConfig

@@ -14,6 +14,7 @@ config (``pretrain_tiny_encoder``).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -26,10 +27,10 @@ from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field
 from torch import nn
 
-from .config import validated
+from .config import BadValue, Float, Int, PositiveFloat, PositiveInt, Text, exception_line, short_repr, validated
 from .errors import AssetError, ConfigError
 from .progress import Progress
 from .version import code_version
@@ -39,24 +40,60 @@ log = logging.getLogger(__name__)
 SELF_PRETRAINED = "self-pretrained"  # weights source: the tool pretrains the encoder on the data
 
 
+# Keys of timm.create_model (and of its builder) that are not sizes of the architecture: they would load a
+# file (checkpoint_path: a FIFO or /dev/zero would hang the plan), fetch weights, or place the model on a real
+# device, where the plan builds it on the meta device. The tool sets the others itself.
+NOT_MODEL_KWARGS = {
+    **dict.fromkeys(("checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir",
+                     "pretrained_strict", "pretrained_filter_fn", "pretrained_model_args"),
+                    "the weights are encoder.weights and encoder.checkpoint"),
+    **dict.fromkeys(("device", "dtype"), "the sweep places the model (resources.gpu)"),
+    **dict.fromkeys(("img_size",), "set encoder.input_size"),
+    **dict.fromkeys(("num_classes", "features_only", "feature_cfg", "kwargs_filter", "model_cfg", "scriptable",
+                     "exportable", "no_jit"), "the tool sets it"),
+}
+
+
+# The largest number a model_kwargs value may hold: timm does work in Python per block before it builds one
+# (its drop-path rates: depth 10^6 took 9 s and 650 MB), and the largest real ViT sizes are a few thousand.
+MAX_MODEL_KWARG = 2**16
+
+
+def _too_big(value):
+    """The first number in ``value`` (a model_kwargs value, maybe a list or mapping) over MAX_MODEL_KWARG, or None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value if not abs(value) <= MAX_MODEL_KWARG else None  # NaN too
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next((big for big in map(_too_big, items) if big is not None), None)
+
+
 @validated("encoder")
 class EncoderConfig:
     """Which timm ViT, from which weights, fusing which blocks."""
 
-    name: str  # timm model name, optionally with a pretrained tag (".lvd142m")
+    name: Text  # timm model name, optionally with a pretrained tag (".lvd142m")
     weights: Literal["hub", "none", "self-pretrained"] = "hub"  # timm's pretrained source, random, or our own
-    checkpoint: str | None = None  # local weights file; wins over `weights` when set
+    checkpoint: Text | None = None  # local weights file; wins over `weights` when set
     input_size: PositiveInt = 224  # encoder input resolution; images are resized to it when they differ
-    layers: Annotated[tuple[int, ...], Field(min_length=1)] | None = None  # fused blocks (<0: from the end); None: all
+    layers: Annotated[tuple[Int, ...], Field(min_length=1)] | None = None  # fused blocks (<0: from the end); None: all
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model overrides (sizes, patch)
-    mean: tuple[float, float, float] | None = None  # input normalization; None: the model's own
-    std: tuple[float, float, float] | None = None
+    mean: tuple[Float, Float, Float] | None = None  # input normalization; None: the model's own
+    std: tuple[Float, Float, Float] | None = None
     # Self-pretraining (only with weights="self-pretrained"): supervised, short, cached by hash.
     pretrain_steps: PositiveInt = 400  # 400 steps x 128: 73% test accuracy on Fashion-MNIST, ~3.5 min on 2 cores
     pretrain_batch_size: PositiveInt = 128
     pretrain_lr: PositiveFloat = 1e-3
 
     def __post_init__(self):
+        for key, value in self.model_kwargs.items():
+            if key in NOT_MODEL_KWARGS:
+                raise BadValue(f"model_kwargs.{key}", f"not an argument of the model's architecture; "
+                                                      f"{NOT_MODEL_KWARGS[key]}")
+            big = _too_big(value)
+            if big is not None:
+                raise BadValue(f"model_kwargs.{key}", f"{short_repr(big, 40)} is out of range for a size of the "
+                                                      "architecture; expected a finite number of at most "
+                                                      f"{MAX_MODEL_KWARG} in magnitude")
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().is_file():
             raise AssetError(f"encoder.checkpoint: no such file {self.checkpoint}")
 
@@ -192,10 +229,40 @@ def architecture_of(vit: nn.Module, cfg: EncoderConfig) -> EncoderArchitecture:
         raise ConfigError(f"encoder.name: {cfg.name} is not a ViT with forward_intermediates")
     patch = vit.patch_embed.patch_size
     patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if len(vit.blocks) < 1:
+        raise ConfigError(f"encoder.model_kwargs: {cfg.name} with model_kwargs {short_repr(cfg.model_kwargs, 200)} "
+                          "has no blocks; expected a ViT of at least one block")
     if cfg.input_size % patch:
         raise ConfigError(f"encoder.input_size: {cfg.input_size} px is not divisible by the patch size {patch}")
     return EncoderArchitecture(dim=vit.embed_dim, depth=len(vit.blocks), patch_size=patch,
                                grid=cfg.input_size // patch, params=sum(p.numel() for p in vit.parameters()))
+
+
+# The most modules a plan builds for one model on the meta device: about 130 ViT blocks of ~19 modules each
+# (the largest ViTs have 48). Building one takes ~10 ms even there, so this bounds a plan's time (a
+# 10^6-block encoder asked through model_kwargs would take hours) while any real model fits.
+MAX_META_MODULES = 2500
+
+
+@contextlib.contextmanager
+def on_meta(key: str, max_modules: int = MAX_META_MODULES):
+    """Build modules on the meta device (shapes, no memory), refusing one of more than ``max_modules`` modules
+    with a ConfigError naming ``key`` (raised while it is built, before the rest of it is)."""
+    count = 0
+
+    def hook(module, name, submodule):
+        nonlocal count
+        count += 1
+        if count > max_modules:
+            raise ConfigError(f"{key}: the model has more than {max_modules} modules (about "
+                              f"{max_modules // 19} ViT blocks); expected a model of at most that size")
+
+    handle = torch.nn.modules.module.register_module_module_registration_hook(hook)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        handle.remove()
 
 
 def encoder_architecture(cfg: EncoderConfig) -> EncoderArchitecture:
@@ -204,13 +271,17 @@ def encoder_architecture(cfg: EncoderConfig) -> EncoderArchitecture:
 
     check_model_name(cfg.name)
     try:
-        with torch.device("meta"):
+        with on_meta("encoder.model_kwargs"):
             vit = timm.create_model(cfg.name, pretrained=False, num_classes=0, img_size=cfg.input_size,
                                     **cfg.model_kwargs)
-    except (TypeError, ValueError, AssertionError) as exc:  # e.g. a model_kwargs key the ViT does not take
+        arch = architecture_of(vit, cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # whatever timm or torch make of the kwargs: a key the ViT does not take (TypeError),
+        # patch_size 0 (ZeroDivisionError), mlp_ratio -1 (RuntimeError: a negative dimension), sizes that overflow
         raise ConfigError(f"encoder.model_kwargs: timm cannot build {cfg.name} with input_size={cfg.input_size} and "
-                          f"model_kwargs {cfg.model_kwargs} ({type(exc).__name__}: {exc})") from None
-    return architecture_of(vit, cfg)
+                          f"model_kwargs {short_repr(cfg.model_kwargs, 200)} ({exception_line(exc)})") from None
+    return arch
 
 
 class FrozenEncoder(nn.Module):

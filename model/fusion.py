@@ -30,12 +30,12 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field
 from torch import nn
 
-from .config import validated
+from .config import Float, PositiveFloat, PositiveInt, validated
 
-BetaMax = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # a bound of the correction: positive, finite
+BetaMax = Annotated[Float, Field(gt=0, allow_inf_nan=False)]  # a bound of the correction: positive, finite
 
 
 @validated("fusion")
@@ -49,7 +49,7 @@ class FusionConfig:
     eps: PositiveFloat = 1e-6  # keeps the energy normalization finite when every weight is ~0
     # Std of the router's initial logits around their bias 1 (its weight std is gain / sqrt(L d)), whatever L and d:
     # 0.1 starts every token within ~10% of the uniform mix, a negative weight has probability Phi(-10) ~ 1e-23.
-    router_init_gain: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.1
+    router_init_gain: Annotated[Float, Field(ge=0, allow_inf_nan=False)] = 0.1
 
 
 def fusion_param_count(dim: int, num_layers: int, hidden: int) -> int:

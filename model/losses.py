@@ -11,10 +11,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, NonNegativeInt
 from torch import nn
 
-from .config import validated
+from .config import NonNegativeFloat, NonNegativeInt, validated
 
 LpipsNet = Literal["alex", "vgg"]  # torchmetrics' LPIPS backbones that model.assets fetches
 

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
 from drorae_io import atomic_path
 
-from .config import validated
+from .config import Float, Int, NonNegativeFloat, NonNegativeInt, PositiveInt, validated
 from .data import ImageBatches, images_of, make_loader, unwrap
 from .drorae import DRoRAE
 from .errors import ConfigError
@@ -50,17 +50,17 @@ class PhaseConfig:
 
     steps: PositiveInt
     batch_size: PositiveInt = 64
-    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
+    lr: Annotated[Float, Field(gt=0, allow_inf_nan=False)] = 1e-3
     weight_decay: NonNegativeFloat = 0.0  # the fusion gate and experts start at a chosen point; no pull to zero
     warmup_steps: NonNegativeInt = 0
-    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine decay to lr * min_lr_ratio
+    min_lr_ratio: Annotated[Float, Field(ge=0, le=1)] = 0.1  # cosine decay to lr * min_lr_ratio
     grad_clip: NonNegativeFloat = 1.0  # 0 disables
     loss: LossConfig = field(default_factory=LossConfig)
     log_every: PositiveInt = 10
     eval_every: NonNegativeInt = 0  # 0: evaluate only at the end
     checkpoint_every: NonNegativeInt = 0  # 0: no periodic checkpoint
     val_batch_size: PositiveInt = 256
-    seed: int = 0  # a sweep sets it: its own seed for phase 1, each unit's seed for phases 2 and 3
+    seed: Int = 0  # a sweep sets it: its own seed for phase 1, each unit's seed for phases 2 and 3
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the trainable module (CUDA)
 

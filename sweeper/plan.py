@@ -9,12 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-import torch
-
 from model import DecoderConfig, EncoderConfig, PhaseConfig, fusion_param_count
+from model.config import did_you_mean, exception_line, short_repr
 from model.data import DataConfig
-from model.encoder import encoder_architecture
-from model.errors import UserError
+from model.encoder import encoder_architecture, on_meta
+from model.errors import ConfigError, UserError
 
 from .shared import feature_bytes
 from .spec import SpecError, SweepSpec
@@ -83,10 +82,7 @@ def build_plan(spec: SweepSpec) -> Plan:
     except UserError as err:
         raise SpecError(str(err)) from None
     dim, depth, tokens, enc_params = arch.dim, arch.depth, arch.tokens, arch.params
-    from model import ViTDecoder
-
-    with torch.device("meta"):
-        dec_params = sum(p.numel() for p in ViTDecoder(dec, dim, arch.grid, patch).parameters())
+    dec_params = _decoder_params(dec, dim, arch.grid, patch)
     layer_counts = spec.grid.fused_layers or [depth]
     for k in layer_counts:
         if k > depth:
@@ -136,8 +132,33 @@ def build_plan(spec: SweepSpec) -> Plan:
     ids = [u.unit_id for u in units]
     if len(set(ids)) != len(ids):
         raise SpecError("grid: duplicate points")
+    _check_faults(spec, ids)
     return Plan(spec=spec, encoder=enc, decoder=dec, data=data, phase1=replace(spec.phase1, seed=spec.seed),
                 phase2=p2, phase3=p3, dim=dim, depth=depth, tokens=tokens, units=tuple(units))
+
+
+def _decoder_params(dec: DecoderConfig, dim: int, grid: int, patch: int) -> int:
+    """The decoder's parameter count, from the decoder built on the meta device (no memory)."""
+    from model import ViTDecoder
+
+    try:
+        with on_meta("decoder"):
+            return sum(p.numel() for p in ViTDecoder(dec, dim, grid, patch).parameters())
+    except ConfigError as err:  # more modules than a plan builds
+        raise SpecError(str(err)) from None
+    except Exception as exc:  # sizes whose tensors overflow (RuntimeError: "Storage size calculation overflowed")
+        raise SpecError(f"decoder: cannot build a decoder of dim {dec.dim}, depth {dec.depth} on {grid}x{grid} "
+                        f"tokens of width {dim} ({exception_line(exc)})") from None
+
+
+def _check_faults(spec: SweepSpec, ids: list[str]) -> None:
+    """SpecError for a unit a fault names that the sweep does not have (a typo would test nothing)."""
+    known = set(ids)
+    for key in type(spec.faults).model_fields:
+        for uid in getattr(spec.faults, key):
+            if uid not in known:
+                hint = did_you_mean(uid, ids) or f"; expected unit ids such as {', '.join(ids[:3])}"
+                raise SpecError(f"faults.{key}: no unit {short_repr(uid)} in this sweep{hint}")
 
 
 def _human(n: float) -> str:

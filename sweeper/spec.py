@@ -1,13 +1,19 @@
 """Sweep specs: YAML in ``sweeps/`` -> one typed, validated ``SweepSpec``, before anything runs.
 
 ``load_spec(path, overrides)`` is the one pure function from text to config. Every problem is a
-``SpecError`` whose message is one line naming the file and the dotted key.
+``SpecError`` whose message is one line naming the file and the dotted key (or the line and column).
+
+Nothing a spec or an override says can hang the tool or exhaust its memory: the file is read only if
+it is a regular file of at most 1 MB; the YAML may nest at most 50 levels and hold at most 20,000 values
+counting every alias as the values it stands for (a "billion laughs" of 1.2 KB is refused at once);
+every integer fits in 64 bits and every float is finite; a sweep has at most 10,000 units.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -25,8 +31,22 @@ from pydantic import (
     model_validator,
 )
 
+from drorae_io import UserInputError, read_regular_file
 from model import DECODER_PRESETS, ENCODER_PRESETS, DecoderConfig, EncoderConfig, FusionConfig, PhaseConfig
-from model.config import BadValue, check_keys, describe, did_you_mean, kind_of
+from model.config import (
+    CONFIG,
+    INT64_MAX,
+    INT64_MIN,
+    BadValue,
+    Float,
+    Int,
+    Text,
+    check_keys,
+    describe,
+    did_you_mean,
+    kind_of,
+    short_repr,
+)
 from model.data import DataConfig
 from model.errors import UserError
 from model.fusion import BetaMax
@@ -39,10 +59,22 @@ class SpecError(UserError):
     """A sweep spec or override that cannot run."""
 
 
-class _Strict(BaseModel):
-    """A section of the sweep's own: frozen, and an unknown key is an error with a did-you-mean hint."""
+# Bounds on what a spec may ask for (module docstring); each is far beyond any real sweep.
+MAX_SPEC_BYTES = 1_000_000
+MAX_YAML_VALUES = 20_000  # scalars, lists and mappings, each alias counted as all the values it stands for
+MAX_YAML_DEPTH = 50
+MAX_UNITS = 10_000
+MAX_NAME = 100
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# A seed: what torch.manual_seed, numpy's generators and Optuna's samplers all accept.
+Seed = Annotated[Int, Field(ge=0, le=2**32 - 1)]
+
+
+class _Strict(BaseModel):
+    """A section of the sweep's own: frozen, an unknown key is an error with a did-you-mean hint, and (as
+    in every model config: ``model.config``) no float is infinite or NaN, no boolean or string a number."""
+
+    model_config = ConfigDict(**CONFIG, frozen=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -81,7 +113,7 @@ class _PresetSection(BaseModel):
     resolved model config, and the section dumps flat again, resolved.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**CONFIG, frozen=True)
     KIND: ClassVar[str]
     PRESETS: ClassVar[dict]
     OWNED: ClassVar[dict[str, str]] = {}  # config fields the sweep sets: the sweep's key for each
@@ -102,6 +134,9 @@ class _PresetSection(BaseModel):
         check_keys(raw, ["preset", *config_type.__pydantic_fields__])
         fields = dict(_not_set_here(raw, cls.OWNED))
         preset = fields.pop("preset", cls.default_preset(raw))
+        if preset is not None and not isinstance(preset, str):
+            raise BadValue("preset", f"expected the name of a {cls.KIND} preset, got {kind_of(preset)}; expected one "
+                                     f"of {', '.join(cls.PRESETS)}")
         if preset is not None and preset not in cls.PRESETS:
             raise BadValue("preset", f"unknown {cls.KIND} preset {preset!r}{did_you_mean(preset, cls.PRESETS)}; "
                                      f"expected one of {', '.join(cls.PRESETS)}")
@@ -136,9 +171,14 @@ class DecoderSection(_PresetSection):
 
 
 class GridSpec(_Strict):
-    expert_hidden: list[int] = Field(min_length=1)
-    fused_layers: list[int] | None = None  # None: all of the encoder's blocks
-    seeds: list[int] = Field([0], min_length=1)
+    expert_hidden: list[Int] = Field(min_length=1)
+    fused_layers: list[Int] | None = None  # None: all of the encoder's blocks
+    seeds: list[Seed] = Field([0], min_length=1)
+
+    @property
+    def n_units(self) -> int:
+        """Grid points x seeds (the controls come on top)."""
+        return len(self.fused_layers or [None]) * len(self.expert_hidden) * len(self.seeds)
 
     @field_validator("expert_hidden", "fused_layers")
     @classmethod
@@ -175,9 +215,9 @@ class ParamSpec(_Strict):
     """One searched hyperparameter of phase 2."""
 
     type: Literal["loguniform", "uniform", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    choices: list[Any] | None = None
+    low: Float | None = None
+    high: Float | None = None
+    choices: list[Any] | None = None  # checked against the searched value's type (SearchSpec)
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -194,11 +234,38 @@ class ParamSpec(_Strict):
 SEARCHABLE = ("lr", "weight_decay", "warmup_steps", "batch_size", "beta_max")
 
 
+@cache
+def searched_type(name: str) -> tuple[TypeAdapter, bool]:
+    """The validator of a searchable value (phase 2's field, or the fusion's beta_max) and whether it is an int."""
+    if name == "beta_max":
+        return TypeAdapter(BetaMax), False
+    field = PhaseConfig.__pydantic_fields__[name]
+    return TypeAdapter(Annotated[(field.annotation, *field.metadata)], config=CONFIG), field.annotation is int
+
+
+def _check_param(name: str, p: ParamSpec) -> None:
+    """BadValue unless every value ``p`` can draw is one that phase 2 (or the fusion) accepts for ``name``."""
+    adapter, integer = searched_type(name)
+    where = "the fusion's beta_max" if name == "beta_max" else f"phase2.{name}"
+    if integer and p.type in ("uniform", "loguniform"):
+        raise BadValue(f"{name}.type", f"{p.type} draws real numbers, but {where} is an integer; "
+                                       "expected type int or categorical")
+    values = ([(f"choices.{i}", c) for i, c in enumerate(p.choices)] if p.type == "categorical"
+              else [("low", p.low), ("high", p.high)])
+    for key, value in values:
+        if p.type == "int" and not float(value).is_integer():
+            raise BadValue(f"{name}.{key}", f"expected a whole number for type int, got {kind_of(value)}")
+        try:
+            adapter.validate_python(int(value) if p.type == "int" else value)
+        except ValidationError as err:
+            raise BadValue(f"{name}.{key}", f"{describe(err)} (what {where} accepts)") from None
+
+
 class SearchSpec(_Strict):
     """Per-point Optuna search over phase-2 hyperparameters, on the cheap validation loss."""
 
     params: dict[str, ParamSpec] = Field(min_length=1)
-    n_trials: int = Field(4, gt=0)
+    n_trials: Int = Field(4, gt=0)
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "none"] = "median"
     metric: Literal["val_l1"] = "val_l1"
@@ -209,6 +276,8 @@ class SearchSpec(_Strict):
         bad = [k for k in v if k not in SEARCHABLE]
         if bad:
             raise ValueError(f"cannot search {bad[0]!r}; expected some of {', '.join(SEARCHABLE)}")
+        for name, p in v.items():
+            _check_param(name, p)
         return v
 
 
@@ -216,23 +285,40 @@ class ControlsSpec(_Strict):
     """Control runs beside the grid, to attribute the gain (design.md section 5)."""
 
     runs: list[Control] = []
-    last_layer_hidden: int | None = Field(None, gt=0)  # None: the grid's largest width
+    last_layer_hidden: Int | None = Field(None, gt=0)  # None: the grid's largest width
+
+    @field_validator("runs")
+    @classmethod
+    def _once_each(cls, v):
+        dup = _first_duplicate(v)
+        if dup is not None:
+            raise ValueError(f"duplicate control {dup.value!r} in {[c.value for c in v]}; each control must be "
+                             "listed once")
+        return v
 
 
 class ResourcesSpec(_Strict):
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)  # per trial; fractional: trials share a GPU
+    cpu: Float = Field(1.0, gt=0)
+    gpu: Float = Field(0.0, ge=0)  # per trial; fractional: trials share a GPU
     # GPU share of the trials of given expert widths, e.g. {128: 0.25, 512: 0.5}: four of the
     # smallest points train on one GPU at once; other widths and the controls take `gpu`.
-    gpu_share: dict[int, float] = {}
-    max_concurrent: int = Field(0, ge=0)  # 0: as many as the resources allow
-    max_failures: int = Field(1, ge=0)  # retries of a failed trial (Ray Tune FailureConfig)
+    gpu_share: dict[Int, Float] = {}
+    max_concurrent: Int = Field(0, ge=0)  # 0: as many as the resources allow
+    max_failures: Int = Field(1, ge=0)  # retries of a failed trial (Ray Tune FailureConfig)
     reuse_actors: bool = True  # Tune runs the next trial in a finished trial's process: no new worker
     # importing torch per trial (about 5-8 s each on a laptop); false gives every trial a fresh process
     # torch threads of the shared work (encoder pretraining, features, phase 1): fixed, because a parallel
     # reduction's rounding depends on the thread count, so the shared work's result does not depend on the
     # machine's core count; part of its cache key
-    shared_threads: int = Field(2, gt=0)
+    shared_threads: Int = Field(2, gt=0)
+
+    @field_validator("gpu_share", mode="before")
+    @classmethod
+    def _json_keys(cls, v):
+        # JSON (the spec's dump: its MLflow params) writes a mapping's keys as strings: '128' is the width 128
+        if isinstance(v, dict):
+            return {int(k) if isinstance(k, str) and re.fullmatch(r"[0-9]{1,18}", k) else k: f for k, f in v.items()}
+        return v
 
     @model_validator(mode="after")
     def _shares(self):
@@ -251,25 +337,26 @@ class ResourcesSpec(_Strict):
 class EvalSpec(_Strict):
     """The evaluation split (what is reported) and the selection split (what the search sees): sweeper.splits."""
 
-    n_images: int = Field(gt=1)  # the evaluation split: the first n_images validation images; FID depends on n
-    batch_size: int = Field(32, gt=0)
+    n_images: Int = Field(gt=1)  # the evaluation split: the first n_images validation images; FID depends on n
+    batch_size: Int = Field(32, gt=0)
     lpips_net: LpipsNet = "alex"
     select_from: Literal["val", "train"] = "val"  # val: validation images after the evaluation ones; train: held out
-    select_images: int | None = Field(None, gt=0)  # the selection split's size; null with val: all the rest
+    select_images: Int | None = Field(None, gt=0)  # the selection split's size; null with val: all the rest
 
 
 class FeatureCacheSpec(_Strict):
-    max_gb: float = Field(4.0, ge=0)  # frozen-encoder features are cached when they fit; 0 disables
+    max_gb: Float = Field(4.0, ge=0)  # frozen-encoder features are cached when they fit; 0 disables
 
 
 class TrackingSpec(_Strict):
-    uri: str | None = None  # None: sqlite:///<results>/mlflow.db; MLFLOW_TRACKING_URI wins when set
-    experiment: str | None = None  # None: the sweep's name
+    uri: Text | None = None  # None: sqlite:///<results>/mlflow.db; MLFLOW_TRACKING_URI wins when set
+    experiment: Text | None = None  # None: the sweep's name
 
 
 class FaultsSpec(_Strict):
     """Deliberate faults, for testing the sweep's failure handling on real trials."""
 
+    # Each names units of the sweep's plan (sweeper.plan checks that they exist).
     nan_loss: list[str] = []  # unit ids whose training images are NaN (a real NaN loss)
     raise_error: list[str] = []  # unit ids whose trial raises before training
     inf_loss: list[str] = []  # unit ids whose training images are +inf (a real non-finite loss)
@@ -295,18 +382,28 @@ class SweepSpec(_Strict):
     eval: EvalSpec
     feature_cache: FeatureCacheSpec = FeatureCacheSpec()
     tracking: TrackingSpec = TrackingSpec()
-    results_dir: str = "results"  # results/<name>/ holds the table, the Ray storage and the MLflow db
-    storage_path: str | None = None  # Ray Tune storage; None: <results_dir>/<name>/ray (a shared path on clusters)
-    cache_dir: str | None = None  # shared caches; None: $DRORAE_CACHE or ~/.cache/drorae-scaling
-    seed: int = 0  # seed of the shared work (encoder pretraining, phase 1)
+    results_dir: Text = "results"  # results/<name>/ holds the table, the Ray storage and the MLflow db
+    storage_path: Text | None = None  # Ray Tune storage; None: <results_dir>/<name>/ray (a shared path on clusters)
+    cache_dir: Text | None = None  # shared caches; None: $DRORAE_CACHE or ~/.cache/drorae-scaling
+    seed: Seed = 0  # seed of the shared work (encoder pretraining, phase 1)
     faults: FaultsSpec = FaultsSpec()
 
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError("expected letters, digits, '_', '-' or '.' (it names directories)")
-        return v
+        return check_name(v)
+
+    @model_validator(mode="after")
+    def _units(self):
+        n_controls = len(self.controls.runs)
+        n = self.grid.n_units + n_controls
+        if n > MAX_UNITS:
+            g = self.grid
+            layers = f"{len(g.fused_layers)} layer counts x " if g.fused_layers else ""
+            raise ValueError(f"grid: {n} units ({layers}{len(g.expert_hidden)} widths x {len(g.seeds)} seeds"
+                             f"{f' + {n_controls} controls' if n_controls else ''}); expected at most {MAX_UNITS}: "
+                             "split the sweep into several")
+        return self
 
     @model_validator(mode="after")
     def _eval_fits_validation(self):
@@ -335,7 +432,36 @@ class SweepSpec(_Strict):
         return Path(self.results_dir) / self.name
 
 
+# What a sweep's results_dir holds beside the sweeps' own directories, whose names a sweep therefore cannot
+# take: the MLflow database (sweeper.experiment.tracking_uri) with SQLite's files beside it, and the
+# directory --restart sets an earlier sweep aside as (sweeper.run._archive). The lock, .<name>.lock, starts
+# with a '.', which no name does.
+RESULTS_FILES = ("mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm")
+ARCHIVE_MARK = ".before-restart-"
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name a sweep (its directory, lock and MLflow experiment), else ValueError saying why."""
+    if len(name) > MAX_NAME:
+        raise ValueError(f"{len(name)} characters; expected at most {MAX_NAME} (it names a directory and files)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"expected letters, digits, '_', '-' or '.', starting with a letter or digit (it names "
+                         f"a directory and files), got {short_repr(name)}")
+    if name.casefold() in RESULTS_FILES:
+        raise ValueError(f"{name!r} is a file of results_dir (the MLflow database beside the sweeps); "
+                         "choose another name")
+    if ARCHIVE_MARK in name:
+        raise ValueError(f"{name!r} is how --restart names an earlier sweep's directory "
+                         f"('<name>{ARCHIVE_MARK}<time>'); choose another name")
+    return name
+
+
 # --- loading ---------------------------------------------------------------------------------
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses but that a spec may not hold: too deep, too many values, an alias that holds
+    itself, an integer out of 64 bits, a value its tag cannot make (``!!float abc``, a 13th month)."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -343,11 +469,73 @@ class _Loader(yaml.SafeLoader):
 
     A key given twice in one mapping is an error (YAML requires unique keys; PyYAML would silently
     keep the last, so a second `grid:` block would replace the first unnoticed).
+
+    Bounded, while it composes (before anything is built): at most ``MAX_YAML_DEPTH`` levels of nesting
+    (PyYAML's composer recurses: 3000 levels were a RecursionError) and ``MAX_YAML_VALUES`` values, an
+    alias counting as every value of what it refers to (PyYAML shares an alias's node, but everything
+    downstream walks it as a tree: 9 aliases of 9 aliases ... are 9^9 values, a "billion laughs").
     """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._values = 0
+        self._sizes: dict[yaml.Node, int] = {}  # a composed node -> the values it stands for
+
+    def _count(self, n: int, mark) -> None:
+        self._values += n
+        if self._values > MAX_YAML_VALUES:
+            raise _Refused(None, None, f"more than {MAX_YAML_VALUES} values (each alias counted as the values it "
+                                       "stands for); expected a spec far smaller", mark)
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if node not in self._sizes:  # still being composed: the alias is inside its own anchor
+                raise _Refused(None, None, f"alias *{event.anchor} inside the value it refers to (a recursive "
+                                           "alias)", event.start_mark)
+            self._count(self._sizes[node], event.start_mark)
+            return node
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark)
+        self._depth += 1
+        before = self._values
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._count(1, event.start_mark)
+        self._sizes[node] = self._values - before
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # e.g. `2001-13-45` (a timestamp: ValueError), `!!float abc`, `!!timestamp x`
+            what = f"{short_repr(node.value)} as {node.tag.rsplit(':', 1)[-1]}" if isinstance(node, yaml.ScalarNode) \
+                else f"this {node.id}"
+            raise _Refused(None, None, f"cannot read {what} ({exc})", node.start_mark) from None
+
+    def construct_yaml_int(self, node):
+        digits = sum(c.isdigit() for c in node.value)
+        value = super().construct_yaml_int(node) if digits <= 4000 else None  # Python's limit: 4300 digits
+        if value is None or not INT64_MIN <= value <= INT64_MAX:
+            raise _Refused(None, None, f"integer {short_repr(node.value, 40)[1:-1]} is out of range; expected a "
+                                       f"64-bit integer (at most {INT64_MAX} in magnitude)", node.start_mark)
+        return value
+
+    def construct_document(self, node):
+        try:
+            return super().construct_document(node)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # from a collection's deferred part, which construct_object does not see
+            raise _Refused(None, None, f"cannot read this YAML ({exc})", node.start_mark) from None
 
     def construct_mapping(self, node, deep=False):
         seen = {}
-        for key_node, _ in node.value:
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():  # else: super() says so
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = (key_node.tag, key_node.value)
@@ -359,21 +547,60 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
+def _load_yaml(text: str):
+    """The YAML document in ``text``, by ``_Loader``; yaml.YAMLError (``_problem`` says where and what)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _problem(exc: yaml.YAMLError, text: str, value: bool = False) -> str:
+    """'not valid YAML at line L, column C: what' from PyYAML's error (without 'not valid YAML' where the YAML
+    is valid but refused: ``_Refused``); ``value``: ``text`` is an override's value, placed by column alone."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow: a NUL, an ESC, ...
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        what = f"control character U+{exc.character:04X} is not allowed (expected printable text)"
+    else:
+        mark, what = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if mark is None:
+            return "not valid YAML" + (f": {what}" if what else "")
+        line, column = mark.line + 1, mark.column + 1
+        if what and context and context_mark is not None and context_mark.line != mark.line:
+            what += f" ({context} at line {context_mark.line + 1})"
+    where = f"column {column}" if value and line == 1 else f"line {line}, column {column}"
+    head = where if isinstance(exc, _Refused) else f"not valid YAML at {where}"
+    return f"{head}: {what}" if what else head
+
+
+MAX_KEY_PARTS = MAX_YAML_DEPTH
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise SpecError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. phase2.lr=3e-4")
+        raise SpecError(f"override {short_repr(text)}: expected KEY=VALUE with a dotted key, e.g. phase2.lr=3e-4")
     key, raw = text.split("=", 1)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-        raise SpecError(f"override {text!r}: {key!r} is not a dotted key")
+        raise SpecError(f"override {short_repr(text)}: {short_repr(key)} is not a dotted key")
+    path = key.split(".")
+    if len(path) > MAX_KEY_PARTS:
+        raise SpecError(f"override {short_repr(key)}: {len(path)} levels deep; expected at most {MAX_KEY_PARTS}")
     try:
-        value = yaml.load(raw, Loader=_Loader) if raw != "" else None
-    except yaml.YAMLError:
-        raise SpecError(f"override {key}: cannot parse value {raw!r} as YAML") from None
-    return key.split("."), value
+        value = _load_yaml(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        problem = _problem(exc, raw, value=True)
+        if not isinstance(exc, _Refused):
+            problem = f"cannot parse value {short_repr(raw)} as YAML{problem.removeprefix('not valid YAML')}"
+        raise SpecError(f"override {key}: {problem}") from None
+    return path, value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -417,11 +644,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     """Read, override and validate a YAML spec (a safe loader: nothing in it executes)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read ({exc.strerror})") from None
+        data = read_regular_file(path, MAX_SPEC_BYTES, "spec file")
+    except UserInputError as err:  # missing, a directory, a FIFO, a device, a symlink loop, over 1 MB
+        raise SpecError(str(err)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -429,24 +654,12 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
         raise SpecError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); "
                         "expected a YAML spec saved as UTF-8") from None
     try:
-        raw = yaml.load(text, Loader=_Loader)
+        raw = _load_yaml(text)
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
+        raise SpecError(f"{path}: {_problem(exc, text)}") from None
     if raw is None:
         required = [name for name, f in SweepSpec.model_fields.items() if f.is_required()]
         raise SpecError(f"{path}: the file holds no spec (missing the required keys {', '.join(required)})")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a YAML mapping at the top level, got {kind_of(raw)}")
     return parse_spec(apply_overrides(raw, overrides or []), str(path))
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """' at line L, column C: what the parser expected (the construct it was in)' from PyYAML's error."""
-    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
-    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    out = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    if problem:
-        out += f": {problem}"
-        if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
-            out += f" ({context} at line {context_mark.line + 1})"
-    return out
