@@ -253,3 +253,16 @@ def test_a_tracking_server_that_never_answers_refuses_the_sweep_in_seconds_and_n
     assert line.startswith(f"MLFLOW_TRACKING_URI http://127.0.0.1:{server.port}: no server answers within 5 s")
     assert seconds < 30, seconds  # the spec and its plan, then the check's 5 s; no MLflow retries for minutes
     assert os.listdir(tmp_path) == []
+
+
+def test_a_sweep_refused_after_its_lock_leaves_none_of_a_nested_results_dir(tmp_path, refused_sweep, monkeypatch):
+    """The issue's case: results_dir=a/b/c, refused after the lock (the Tune experiment on the shared storage
+    belongs to another results directory); the lock's own cleanup removed c, and a/b stayed."""
+    from sweeper.storage import TuneExperiment
+
+    storage = tmp_path / "storage"
+    TuneExperiment(str(storage), "smoke", tmp_path / "theirs").claim()
+    monkeypatch.delenv("RAY_ADDRESS")  # a local Ray; the refusal comes before it is started
+    line = refused_sweep(f"results_dir={tmp_path / 'a' / 'b' / 'c'}", f"storage_path={storage}")
+    assert line.startswith("sweep 'smoke': its Ray Tune experiment") and str(tmp_path / "theirs") in line, line
+    assert sorted(os.listdir(tmp_path)) == ["storage"]  # no a/, no a/b/
