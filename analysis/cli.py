@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from analysis import laws
 from analysis.robust import COV_TYPES
-from drorae_io import UserInputError
+from drorae_io import UserInputError, check_output_dir, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -475,9 +475,11 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     from analysis.panels import fit_panels
     from analysis.plots import scaling_figures
 
+    check_output_dir(args.out, "--out")  # before anything is read or computed
     with warnings_as_lines(args.prog):
         table = _load(args)
-        paths = scaling_figures(table, args.out, alpha=args.alpha, panels=fit_panels(table, form=args.form))
+        paths = scaling_figures(table, args.out, alpha=args.alpha, panels=fit_panels(table, form=args.form),
+                                what="--out")
     for path in paths:
         print(path)
     return 0
@@ -526,6 +528,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         out = Path("report.md")
     figures = Path(args.figures) if args.figures is not None else out.parent / "figures"
     capacities = _capacities(args)
+    # Both outputs checked before anything is read or computed: a report whose figures cannot be written
+    # is refused whole. The --figures default (figures/ beside the report) is named as that.
+    check_output_file(out, "--out")
+    check_output_dir(figures, "--figures" if args.figures is not None else "the figures directory (--figures)")
     with warnings_as_lines(args.prog):
         path = write_report(_load(args), out, figures_dir=figures, capacities=tuple(capacities) or None,
                             holdout=args.holdout, alpha=args.alpha, form=args.form)

@@ -33,6 +33,7 @@ import pandas as pd
 
 from analysis import schema
 from analysis.errors import AnalysisError
+from drorae_io import UserInputError, check_endpoint, endpoint, open_regular
 
 
 @dataclass
@@ -68,6 +69,17 @@ def _name(source) -> str:
     return "the table" if isinstance(source, pd.DataFrame) else str(source)
 
 
+#: The largest table file read (a results table of 100,000 trials is ~20 MB): a device or a runaway file is
+#: refused before it fills the memory.
+TABLE_MAX_BYTES = 256 * 2**20
+#: What RESULTS may be, as messages say it.
+RESULTS_FORMS = "a results directory, a .parquet or .csv table, or mlflow:EXPERIMENT"
+#: Seconds, in all, that reading mlflow:EXPERIMENT waits for an http(s) tracking server's first answer.
+MLFLOW_ANSWER_S = 5.0
+#: MLflow's HTTP client otherwise retries a failed request for minutes; a value set in the environment wins.
+MLFLOW_HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
 def _read(source) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
         return source.copy()
@@ -76,42 +88,114 @@ def _read(source) -> pd.DataFrame:
     path = Path(source)
     if path.is_dir():
         for name in ("trials.parquet", "trials.csv"):
-            if (path / name).is_file():
+            if os.path.lexists(path / name):  # there, if not a regular file: open_regular says what it is
                 path = path / name
                 break
         else:
             raise AnalysisError(f"{source}: no trials.parquet or trials.csv in this results directory")
-    if not path.exists():
-        raise AnalysisError(f"{source}: no such file or directory (expected a results directory, "
-                            "a .parquet or .csv table, or mlflow:EXPERIMENT)")
-    if path.suffix in (".parquet", ".csv") and path.is_file() and path.stat().st_size == 0:
-        raise AnalysisError(f"{path}: the file is empty; expected a {path.suffix[1:]} table with a header "
-                            "row and one row per trial")
+    try:  # a regular file of at most TABLE_MAX_BYTES: never a FIFO (it would block), a device, a loop
+        file = open_regular(path, limit=TABLE_MAX_BYTES, expected=RESULTS_FORMS)
+    except UserInputError as err:
+        raise AnalysisError(str(err)) from None
+    with file:
+        if path.suffix not in (".parquet", ".csv"):
+            raise AnalysisError(f"{source}: unknown table format {path.suffix!r} (expected .parquet or .csv)")
+        if os.fstat(file.fileno()).st_size == 0:
+            raise AnalysisError(f"{path}: the file is empty; expected a {path.suffix[1:]} table with a header "
+                                "row and one row per trial")
+        try:
+            return pd.read_parquet(file) if path.suffix == ".parquet" else pd.read_csv(file)
+        except Exception as exc:  # a corrupt or truncated file: name it, one line
+            raise AnalysisError(f"{path}: cannot be read as {path.suffix[1:]} ({type(exc).__name__}: {exc})") from None
+
+
+def _tracking_store(name: str) -> tuple[str, str]:
+    """The store that ``name`` (mlflow:EXPERIMENT) is read from, and where that came from, as the user knows it."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri, "MLFLOW_TRACKING_URI"
+    default = Path("results/mlflow.db")
+    if os.path.lexists(default):
+        return f"sqlite:///{default.absolute()}", "results/mlflow.db"
+    raise AnalysisError(f"{name}: no MLflow store to read: MLFLOW_TRACKING_URI is unset and there is no "
+                        f"results/mlflow.db in {os.getcwd()}; set MLFLOW_TRACKING_URI (e.g. "
+                        "sqlite:///path/to/results/mlflow.db or http://host:5000) or run from the directory above "
+                        "results/")
+
+
+def _check_store(name: str, uri: str, source: str) -> None:
+    """Before MLflow is asked: the store must parse and be there; it is only read, never created.
+
+    http(s): the server answers within ``MLFLOW_ANSWER_S`` (``drorae_io.check_endpoint``). SQLite: the
+    database file exists and is a regular file (MLflow would create an empty one, and its directory).
+    A file store (a path, file://): its directory exists. A database server (postgresql://, mysql://):
+    it accepts a connection.
+    """
+    what = f"{name}: {source}" if source == "MLFLOW_TRACKING_URI" else f"{name}: the store"
     try:
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        if path.suffix == ".csv":
-            return pd.read_csv(path)
-    except Exception as exc:  # a corrupt or truncated file: name it, one line
-        raise AnalysisError(f"{path}: cannot be read as {path.suffix[1:]} ({type(exc).__name__}: {exc})") from None
-    raise AnalysisError(f"{source}: unknown table format {path.suffix!r} (expected .parquet or .csv)")
+        ep = endpoint(uri, what)
+        if uri.strip() == "databricks" or ep.scheme.startswith("databricks"):
+            return  # a Databricks workspace: its client has its own checks
+        if ep.scheme in ("http", "https"):
+            check_endpoint(uri, what, "start the tracking server or set MLFLOW_TRACKING_URI to a running one",
+                           http=True, timeout=MLFLOW_ANSWER_S, server="tracking server")
+        elif ep.scheme == "sqlite":
+            db = ep.path[1:]  # sqlite:///relative.db, sqlite:////absolute.db
+            if db in ("", ":memory:"):
+                raise AnalysisError(f"{what} {uri}: an in-memory database holds no experiments; expected "
+                                    "sqlite:///path/to/mlflow.db")
+            if not os.path.exists(db):
+                raise AnalysisError(f"{what} {uri}: no such database file {db} (reading an experiment never "
+                                    "creates one); expected the mlflow.db of a sweep, e.g. results/mlflow.db")
+            open_regular(db, f"{what} {uri}: the database", limit=2**62).close()
+        elif ep.scheme in ("", "file"):
+            root = ep.path if ep.scheme == "file" else uri
+            if not os.path.isdir(root):
+                raise AnalysisError(f"{what} {uri}: no such directory {root} (reading an experiment never creates "
+                                    "a store)")
+        elif ep.host:
+            port = ep.port or SQL_PORTS.get(ep.scheme.split("+")[0])
+            if port:
+                check_endpoint(uri, what, "start it or set MLFLOW_TRACKING_URI to a store that runs", http=False,
+                               timeout=MLFLOW_ANSWER_S, default_port=port, server="database server")
+    except UserInputError as err:
+        raise AnalysisError(str(err)) from None
+
+
+#: Default ports of the database servers MLflow stores runs in (SQLAlchemy URIs).
+SQL_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
 
 
 def _read_mlflow(experiment: str) -> pd.DataFrame:
     """The nested trial runs of an MLflow experiment as table rows (params, then metrics, as columns).
 
-    The store is MLFLOW_TRACKING_URI, else the sweep's default ``results/mlflow.db`` when it exists.
+    The store is MLFLOW_TRACKING_URI, else the sweep's default ``results/mlflow.db`` when it exists
+    (else an error: looking an experiment up never creates a store); it is checked first
+    (``_check_store``), and whatever MLflow then reports about it is one line naming the store.
     A run's ``best`` is its ``best`` tag (a searched point's evaluated trial) or ``n_trials`` <= 1.
     """
-    from mlflow.tracking import MlflowClient  # lazily: the analysis needs MLflow only for this source
+    name = f"mlflow:{experiment}"
+    uri, source = _tracking_store(name)
+    _check_store(name, uri, source)
+    for key, value in MLFLOW_HTTP_BOUNDS.items():
+        os.environ.setdefault(key, value)
+    import logging
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri and Path("results/mlflow.db").is_file():
-        uri = f"sqlite:///{Path('results/mlflow.db').resolve()}"
-    client = MlflowClient(uri)
+    from mlflow.exceptions import MlflowException  # lazily: the analysis needs MLflow only for this source
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store's INFO lines are not the command's output
+    try:
+        return _mlflow_rows(MlflowClient(uri), experiment, name, uri)
+    except MlflowException as exc:
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise AnalysisError(f"{name}: the MLflow store {uri} cannot be read ({text})") from None
+
+
+def _mlflow_rows(client, experiment: str, name: str, uri: str) -> pd.DataFrame:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise AnalysisError(f"mlflow:{experiment}: no such experiment in {uri or 'the default MLflow store'}")
+        raise AnalysisError(f"{name}: no such experiment in {uri}")
     rows, token = [], None
     while True:
         page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
@@ -130,7 +214,7 @@ def _read_mlflow(experiment: str) -> pd.DataFrame:
         if not token:
             break
     if not rows:
-        raise AnalysisError(f"mlflow:{experiment}: no nested trial runs in this experiment")
+        raise AnalysisError(f"{name}: no nested trial runs in this experiment")
     return pd.DataFrame(rows)
 
 

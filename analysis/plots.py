@@ -40,7 +40,7 @@ from analysis.fit import FitResults  # noqa: E402
 from analysis.panels import Panel, Panels, fit_panels  # noqa: E402
 from analysis.points import seed_stats  # noqa: E402
 from analysis.schema import se_column  # noqa: E402
-from drorae_io import atomic_path  # noqa: E402
+from drorae_io import atomic_path, make_output_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -392,13 +392,15 @@ def _save_both(fig: Figure, stem: Path) -> list[Path]:
 
 
 def scaling_figures(table, out_dir, alpha: float = 0.05, form: str = "log-linear", panels: Panels | None = None,
-                    rollout=None) -> list[Path]:
+                    rollout=None, what: str | None = None) -> list[Path]:
     """Save the paper's panels as PDF and PNG (one column wide) plus a combined figure, and the rollout's.
 
     ``table`` is an ``analysis.Table`` (from ``load``); ``panels`` its ``fit_panels`` (fitted here,
     with ``form``, only when not given). Files: ``capacity_scaling``, ``layer_scaling`` (only with >= 3
     distinct fused_layers), ``unified_scaling``, ``scaling_panels`` (all panels side by side) and,
     given a ``backtest.Rollout``, ``rollout_error``; each ``.pdf`` and ``.png``. Returns the paths.
+    ``out_dir`` is made if missing; one that cannot hold files (``drorae_io.make_output_dir``) is a
+    one-line error naming ``what`` (the option that gave it) and the path.
     """
     out_dir = Path(out_dir)
     if panels is None:
@@ -409,7 +411,7 @@ def scaling_figures(table, out_dir, alpha: float = 0.05, form: str = "log-linear
         raise AnalysisError(f"{source}no figure could be made: {reason}")
     for level, message in panels.skipped:
         log.log(level, message)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir, what)
     written: list[Path] = []
     with matplotlib.rc_context(STYLE):
         for p in panels.panels:

@@ -27,7 +27,7 @@ from analysis.errors import AnalysisError
 from analysis.fit import FitResults
 from analysis.panels import Panels, fit_panels
 from analysis.schema import se_column
-from drorae_io import atomic_path
+from drorae_io import atomic_path, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def write_report(table, out_path, figures_dir=None, capacities=None, holdout: in
     from analysis.plots import scaling_figures  # matplotlib only when figures are asked for
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(out_path)  # before the work: a report that cannot be written is one line, now
     panels = fit_panels(table, form=form) if panels is None else panels
     res = panels.law
     bt = ro = None

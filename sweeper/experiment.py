@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,8 +24,7 @@ from typing import NamedTuple
 from urllib.parse import urlencode, urlparse
 
 from analysis.schema import GIT_COMMIT_TAG, PARENT_RUN_TAG, RUN_NAME_TAG, SWEEP_TAG
-from drorae_io import atomic_path
-from model.errors import UserError
+from drorae_io import atomic_path, check_endpoint, check_output_dir, endpoint
 
 
 def tracking_uri(spec) -> str:
@@ -37,18 +35,29 @@ def tracking_uri(spec) -> str:
     return f"sqlite:///{Path(spec.results_dir).resolve() / 'mlflow.db'}"
 
 
-def check_tracking(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast, before any trial, when an http(s) tracking server does not answer."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
-        return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise UserError(f"MLflow tracking URI {uri}: no server answers ({exc.strerror or exc}); start one "
-                        "(make mlflow-server) or unset MLFLOW_TRACKING_URI") from None
+#: Seconds the sweep waits, in all, for the tracking server's answer before any trial (under 10).
+TRACKING_CHECK_S = 5.0
+
+
+def tracking_source(uri: str) -> str:
+    """Where ``uri`` came from, as the user named it: MLFLOW_TRACKING_URI (which wins) or the spec's tracking.uri."""
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri else "tracking.uri"
+
+
+def check_tracking(uri: str, timeout: float = TRACKING_CHECK_S) -> None:
+    """Fail fast, before anything is written, when the tracking URI cannot be used.
+
+    It must parse (a port in range, brackets closed); an http(s) server must answer an HTTP request
+    within ``timeout`` seconds in all (one that accepts connections and never replies fails too:
+    ``drorae_io.check_endpoint``); a SQLite store's directory must be one that can hold it.
+    """
+    source = tracking_source(uri)
+    ep = endpoint(uri, source)
+    if ep.scheme in ("http", "https"):
+        undo = "unset MLFLOW_TRACKING_URI" if source == "MLFLOW_TRACKING_URI" else "change the spec's tracking.uri"
+        check_endpoint(uri, source, f"start one (make mlflow-server) or {undo}", http=True, timeout=timeout)
+    elif ep.scheme == "sqlite" and ep.path.lstrip("/") not in ("", ":memory:"):
+        check_output_dir(Path(ep.path[1:]).parent, f"{source} {uri}: the directory")
 
 
 def git_commit() -> str | None:

@@ -14,15 +14,12 @@ import logging
 import math
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pandas as pd
 
-from drorae_io import atomic_path
-from model.errors import UserError
+from drorae_io import atomic_path, check_endpoint, check_output_dir, made_dirs
 
 from .experiment import check_tracking, git_commit, log_parent_params, parent_run, tracking_uri, ui_url
 from .lock import SweepLock, lock_path
@@ -37,29 +34,33 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 def check_ray_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail fast when RAY_ADDRESS points at nothing (Ray itself would wait for minutes)."""
+    """Fail fast when the Ray address does not parse or points at nothing (Ray itself would wait for minutes).
+
+    The message names it as the user gave it: ``--address``, or ``RAY_ADDRESS`` (its default).
+    """
     if address in ("auto", "local"):
         return
-    target = address if "://" in address else f"ray://{address}"
-    parsed = urlparse(target)
-    if not parsed.hostname or not parsed.port:
-        raise UserError(f"RAY_ADDRESS {address!r}: expected host:port, ray://host:port or auto")
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise UserError(f"RAY_ADDRESS {address}: no Ray cluster answers ({exc.strerror or exc}); start one "
-                        "(ray start --head) or unset RAY_ADDRESS for a local one") from None
+    source = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") == address else "--address"
+    check_endpoint(address, source, "expected host:port, ray://host:port, auto or local; start a cluster (ray start "
+                   "--head), or use a local one (--address local, or no address)", http=False, timeout=timeout,
+                   default_scheme="ray", server="Ray cluster")
 
 
 def init_ray(address: str | None):
+    """Join the cluster at ``address``; without one, or with ``local``, start a local one-node Ray of our own."""
     import ray
 
     if ray.is_initialized():
         return
-    if address:
+    if address and address != "local":
         ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
     else:  # a new local one-node cluster, private to this machine (never a `ray start` one found here)
+        from ray._private import ray_constants
+
+        # Ray swaps 127.0.0.1 for this machine's outward address unless told this is no cluster (its switch
+        # for Windows and macOS, read when ray is imported): told so here and in the processes it starts.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True,
                  configure_logging=True, logging_level=logging.WARNING)
 
@@ -187,19 +188,22 @@ def _trial_name(trial) -> str:
 def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.DataFrame:
     """Run (or resume) the sweep of ``plan``; returns the results table.
 
-    Checked before anything is written: the tracking server and the Ray cluster answer, no other
-    process runs a sweep of this name (``SweepLock``), no other results directory owns the sweep's
-    Tune experiment under ``storage_path`` (``TuneExperiment``), and on a cluster of several hosts
-    the Tune storage is shared by all of them.
+    Checked before anything is written: results_dir can hold the results, the tracking server and the
+    Ray cluster answer, no other process runs a sweep of this name (``SweepLock``), no other results
+    directory owns the sweep's Tune experiment under ``storage_path`` (``TuneExperiment``), and on a
+    cluster of several hosts the Tune storage is shared by all of them. A run refused after
+    results_dir was made leaves none of the directories it made.
     """
     spec = plan.spec
     address = address or os.environ.get("RAY_ADDRESS") or None
+    check_output_dir(spec.results_dir, "results_dir")
     uri = tracking_uri(spec)
     check_tracking(uri)
     if address:
         check_ray_address(address)
     results_dir = Path(spec.results_dir).resolve()
-    with SweepLock(lock_path(results_dir, spec.name), spec.name):
+    # results_dir made only now; a run refused from here on removes the directories it made (made_dirs)
+    with made_dirs(spec.results_dir, "results_dir"), SweepLock(lock_path(results_dir, spec.name), spec.name):
         storage = spec.storage_path or str(spec.sweep_dir.resolve() / "ray")
         experiment = TuneExperiment(storage, spec.name, results_dir)
         experiment.check()

@@ -6,9 +6,12 @@ pyproject.toml). Heavy imports (the sweeper, MLflow) stay inside the functions t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -100,6 +103,50 @@ def stop_group(proc, grace: float = 30) -> None:
         except ProcessLookupError:
             pass
     proc.wait(timeout=10)
+
+
+# --- endpoints that do not answer ------------------------------------------------------------
+
+
+class SilentServer:
+    """A real TCP server on 127.0.0.1 that accepts every connection and never answers (``port``;
+    ``accepted``: the connections it took, so a test can tell it was reached, not refused)."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def accepted(self) -> int:
+        return len(self.conns)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.conns.append(self.sock.accept()[0])  # and nothing is ever read or written
+            except OSError:  # the accept timed out: look at the stop flag again
+                continue
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (a connection is refused at once)."""
+    with contextlib.closing(socket.create_server(("127.0.0.1", 0))) as sock:
+        return sock.getsockname()[1]
 
 
 # --- results tables --------------------------------------------------------------------------

@@ -224,6 +224,66 @@ def test_figures_and_report(results_dir, tmp_path, capsys):
     assert any(name.endswith(".png") for name in os.listdir(results_dir / "figures"))
 
 
+# --- outputs: only regular files, in places that hold files; nothing written when refused -------------
+
+
+def refused(capsys, *argv) -> str:
+    """The command's one error line (exit 2, nothing on stdout)."""
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and out == "" and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("drorae: error: "), err
+    return lines[0].removeprefix("drorae: error: ")
+
+
+def test_report_refuses_a_device_as_out_and_leaves_it_a_device(results_dir, tmp_path, capsys):
+    import stat
+
+    dev = tmp_path / "full"
+    try:  # a device like /dev/full, made here: as root the old atomic write replaced such a node with a file
+        os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    except PermissionError:
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    line = refused(capsys, "report", results_dir, "--out", dev)
+    assert line == f"--out {dev}: a character device, not a regular file; only regular files are written, never a " \
+                   "device, a pipe or a socket"
+    assert stat.S_ISCHR(os.lstat(dev).st_mode) and os.lstat(dev).st_rdev == os.makedev(1, 7)
+    assert sorted(os.listdir(tmp_path)) == ["full", "results"] and not (results_dir / "figures").exists()
+
+
+def test_report_and_figures_refuse_outputs_that_cannot_be_written_and_write_nothing(results_dir, tmp_path, capsys):
+    table = results_dir / "trials.parquet"
+    os.mkfifo(tmp_path / "pipe.md")
+    cases = [
+        (["report", results_dir, "--out", tmp_path / "pipe.md"], "a named pipe (FIFO), not a regular file"),
+        (["report", results_dir, "--out", tmp_path], "a directory; expected the path of a file"),
+        (["report", results_dir, "--out", table / "report.md"], f"{table} is a regular file, not a directory"),
+        (["report", results_dir, "--out", tmp_path / "r.md", "--figures", table], f"{table} is a regular file"),
+        (["report", results_dir, "--out", tmp_path / "r.md", "--figures", "/proc/figures"], "on a proc file system"),
+        (["report", results_dir, "--out", "/sys/report.md"], "/sys is on a sysfs file system"),
+        (["figures", results_dir, "--out", table], f"--out {table}: {table} is a regular file, not a directory"),
+        (["figures", results_dir, "--out", "/proc/drorae/figures"], "/proc is on a proc file system"),
+    ]
+    before = sorted(os.listdir(tmp_path)), table.read_bytes()
+    for argv, words in cases:
+        assert words in refused(capsys, *argv), argv
+    assert (sorted(os.listdir(tmp_path)), table.read_bytes()) == before
+    assert os.listdir(results_dir) == ["trials.parquet"]
+
+
+def test_report_out_through_a_symbolic_link_replaces_the_file_it_points_to(results_dir, tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "report.md").write_text("last week's")
+    link = tmp_path / "report.md"
+    link.symlink_to(shared / "report.md")
+    rc, out, _ = run(capsys, "report", results_dir, "--out", link, "--figures", tmp_path / "figs")
+    assert rc == 0 and out.strip() == str(link)
+    assert link.is_symlink() and os.readlink(link) == str(shared / "report.md")
+    assert "log10" in (shared / "report.md").read_text()
+    assert sorted(os.listdir(shared)) == ["report.md"]  # no temporary file left beside it
+
+
 # --- backtest --rollout ------------------------------------------------------------------------
 
 

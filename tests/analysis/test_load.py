@@ -1,7 +1,11 @@
 """load(): results directories and table files, controls apart, dropped rows warned, bad input."""
 
+import importlib
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis import AnalysisError, Table, fit, load
+from helpers import SilentServer, closed_port
 
 
 def sweep_table() -> pd.DataFrame:
@@ -145,6 +150,130 @@ def test_load_from_mlflow(tmp_path, monkeypatch):
     assert fit(table).params["b"] == pytest.approx(-0.5)
     with pytest.raises(AnalysisError, match="no such experiment"):
         load("mlflow:nope")
+
+
+# --- RESULTS that is no regular file; mlflow:EXPERIMENT from a store that is not there or never answers ----
+
+FORMS = "(expected a results directory, a .parquet or .csv table, or mlflow:EXPERIMENT)"
+
+
+def load_within(source, seconds: float = 20):
+    """load(source) in a thread: a regression that blocks (a FIFO) fails the test instead of hanging it."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["table"] = load(source)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"load({source}) still ran after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["table"]
+
+
+def test_results_that_is_no_regular_file_is_one_line_at_once(tmp_path):
+    os.mkfifo(tmp_path / "fifo.csv")
+    (tmp_path / "zero.csv").symlink_to("/dev/zero")  # read as a table it would fill the memory
+    (tmp_path / "loop.parquet").symlink_to(tmp_path / "loop.parquet")
+    (tmp_path / "run").mkdir()
+    os.mkfifo(tmp_path / "run" / "trials.csv")  # a results directory whose table is a FIFO
+    (tmp_path / "empty").mkdir()
+    cases = {tmp_path / "fifo.csv": f"{tmp_path / 'fifo.csv'}: a named pipe (FIFO), not a regular file {FORMS}",
+             tmp_path / "zero.csv": f"{tmp_path / 'zero.csv'}: a character device, not a regular file {FORMS}",
+             Path("/dev/zero"): f"/dev/zero: a character device, not a regular file {FORMS}",
+             tmp_path / "loop.parquet": f"{tmp_path / 'loop.parquet'}: a symbolic link loop {FORMS}",
+             tmp_path / "run": f"{tmp_path / 'run' / 'trials.csv'}: a named pipe (FIFO), not a regular file {FORMS}",
+             tmp_path / "empty": f"{tmp_path / 'empty'}: no trials.parquet or trials.csv in this results directory"}
+    for source, message in cases.items():
+        with pytest.raises(AnalysisError) as err:
+            load_within(str(source))
+        assert str(err.value) == message
+
+
+def test_a_table_over_the_size_cap_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "trials.parquet"
+    sweep_table().to_parquet(path)
+    monkeypatch.setattr(importlib.import_module("analysis.load"), "TABLE_MAX_BYTES", path.stat().st_size - 1)
+    with pytest.raises(AnalysisError, match=f"{path}: .* bytes, over the .* bytes a file may have here"):
+        load(tmp_path)
+    monkeypatch.setattr(importlib.import_module("analysis.load"), "TABLE_MAX_BYTES", path.stat().st_size)
+    with pytest.warns(UserWarning):
+        assert len(load(tmp_path).points) == len(load(sweep_table()).points)
+
+
+def test_looking_an_experiment_up_never_creates_a_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(AnalysisError) as err:
+        load("mlflow:nope")
+    assert str(err.value) == (f"mlflow:nope: no MLflow store to read: MLFLOW_TRACKING_URI is unset and there is no "
+                              f"results/mlflow.db in {tmp_path}; set MLFLOW_TRACKING_URI (e.g. "
+                              "sqlite:///path/to/results/mlflow.db or http://host:5000) or run from the directory "
+                              "above results/")
+    for uri, words in [(f"sqlite:///{tmp_path}/none/mlflow.db", f"no such database file {tmp_path}/none/mlflow.db "
+                                                                 "(reading an experiment never creates one)"),
+                       ("sqlite:///mlflow.db", "no such database file mlflow.db"),
+                       ("sqlite://", "an in-memory database holds no experiments"),
+                       (f"file://{tmp_path}/mlruns", f"no such directory {tmp_path}/mlruns"),
+                       ("mlruns", "no such directory mlruns")]:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        with pytest.raises(AnalysisError) as err:
+            load("mlflow:nope")
+        assert str(err.value).startswith(f"mlflow:nope: MLFLOW_TRACKING_URI {uri}: {words}"), err.value
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no mlruns/, no none/
+
+
+@pytest.mark.parametrize("uri, why", [("http://127.0.0.1:99999", "Port out of range 0-65535"),
+                                      ("http://[::1", "Invalid IPv6 URL")])
+def test_a_tracking_uri_that_does_not_parse_is_one_line_naming_it(tmp_path, monkeypatch, uri, why):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(AnalysisError) as err:
+        load("mlflow:sweep")
+    assert str(err.value) == f"mlflow:sweep: MLFLOW_TRACKING_URI {uri!r}: not a valid address ({why})"
+
+
+def drorae_fit(source: str, cwd: Path, **env) -> tuple[subprocess.CompletedProcess, float]:
+    """`drorae fit SOURCE` in a fresh interpreter, and how long it took."""
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **env}
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "sweeper", "fit", source], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=120)
+    return out, time.monotonic() - start
+
+
+@pytest.mark.slow  # a fresh interpreter, and a wait of its own for the silent server
+@pytest.mark.parametrize("server", ["refused", "silent"])
+def test_an_mlflow_server_that_refuses_or_never_answers_is_one_line_within_15_s(tmp_path, server):
+    with SilentServer() as silent:
+        port = silent.port if server == "silent" else closed_port()
+        out, seconds = drorae_fit("mlflow:sweep", tmp_path, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+        assert silent.accepted == (server == "silent")  # the silent one was reached: it accepted and said nothing
+    assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
+    head = f"drorae: error: mlflow:sweep: MLFLOW_TRACKING_URI http://127.0.0.1:{port}: no tracking server answers"
+    assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith(head), out.stderr
+    assert ("within 5 s" if server == "silent" else "(Connection refused)") in out.stderr
+    assert seconds < 15, seconds  # today's MLflow client: 254 s (refused), still retrying at 330 s (silent)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # a fresh interpreter, and a new SQLite store (MLflow's schema takes seconds)
+def test_an_experiment_missing_from_the_default_store_is_one_line(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "results").mkdir()
+    MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}").create_experiment("sweep")
+    before = (tmp_path / "results" / "mlflow.db").read_bytes()
+    out, _ = drorae_fit("mlflow:nope", tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [f"drorae: error: mlflow:nope: no such experiment in "
+                                       f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"]
+    assert os.listdir(tmp_path) == ["results"] and (tmp_path / "results" / "mlflow.db").read_bytes() == before
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])

@@ -80,7 +80,7 @@ def test_user_error_is_one_line_exit_2(tmp_path, write_spec, tiny_raw, case):
     (None, ["encoder.preset=null", "encoder.name=vit_bse_patch16_224"], ["did you mean vit_base_patch16_224"]),
     (None, ["phase2.stepz=3"], ["phase2.stepz: unknown key"]),
     (None, ["grid.expert_hidden=[]"], ["grid.expert_hidden"]),
-    ("missing", [], ["no such spec file"]),
+    ("missing", [], ["no such file or directory (expected a spec file)"]),
 ], ids=["too-many-layers", "unknown-timm-model", "unknown-key", "empty-grid", "missing-file"])
 def test_user_errors_in_process(capsys, write_spec, tiny_raw, tmp_path, change, overrides, words):
     spec = tmp_path / "nope.yaml" if change == "missing" else write_spec(tiny_raw)
@@ -149,7 +149,7 @@ def test_usage_errors_exit_2(capsys):
 
 @pytest.mark.parametrize("env,words", [
     ({"RAY_ADDRESS": "127.0.0.1:1"}, "RAY_ADDRESS 127.0.0.1:1: no Ray cluster answers"),
-    ({"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}, "MLflow tracking URI http://127.0.0.1:1: no server answers"),
+    ({"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}, "MLFLOW_TRACKING_URI http://127.0.0.1:1: no server answers"),
 ])
 @pytest.mark.slow  # a sweep in a fresh interpreter, up to its connection checks
 def test_unreachable_ray_or_mlflow_fails_fast_before_any_trial(tmp_path, env, words):
@@ -168,3 +168,101 @@ def test_unreachable_ray_or_mlflow_fails_fast_before_any_trial(tmp_path, env, wo
     assert out.stderr.strip().splitlines() == [f"drorae: error: {words}" + out.stderr.split(words, 1)[1].rstrip()]
     assert "Traceback" not in out.stderr
     assert not results.exists()  # nothing written
+
+
+# --- outputs and endpoints a sweep cannot use: one line, before anything is written ----------------
+
+
+NO_RAY = "127.0.0.1:1"  # nothing listens on port 1
+
+
+@pytest.fixture
+def refused_sweep(tmp_path, monkeypatch, capsys):
+    """refused_sweep(*args) -> the one error line of `drorae sweep sweeps/smoke.yaml ARGS`, run in this process.
+
+    RAY_ADDRESS points where no Ray answers: should a bad input ever pass its check, the run stops at
+    the Ray check (and the test fails on the message) instead of starting a sweep. The test's tmp_path
+    is the working directory and holds the shared cache: the caller checks that nothing was written.
+    """
+    from helpers import SMOKE
+
+    monkeypatch.setenv("RAY_ADDRESS", NO_RAY)
+    monkeypatch.setenv("DRORAE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def sweep(*args) -> str:
+        assert main(["sweep", str(SMOKE), *map(str, args)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and "Traceback" not in err
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("drorae: error: "), err
+        return lines[0].removeprefix("drorae: error: ")
+
+    return sweep
+
+
+def test_a_results_dir_that_cannot_hold_results_is_one_line_and_nothing_is_written(tmp_path, refused_sweep):
+    (tmp_path / "table.csv").write_text("x\n")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    cases = {"/proc/drorae-results": "/proc is on a proc file system (mounted at /proc)",
+             "/sys/drorae/results": "/sys is on a sysfs file system (mounted at /sys)",
+             tmp_path / "table.csv": f"{tmp_path / 'table.csv'} is a regular file, not a directory",
+             tmp_path / "table.csv" / "a" / "b": f"{tmp_path / 'table.csv'} is a regular file, not a directory",
+             tmp_path / "loop" / "results": f"{tmp_path / 'loop' / 'results'}: a symbolic link loop"}
+    for results, words in cases.items():
+        line = refused_sweep(f"results_dir={results}")
+        assert line.startswith(f"results_dir {results}: ") and words in line, line
+        assert not os.path.lexists(f"{results}") or results == tmp_path / "table.csv"
+    assert sorted(os.listdir(tmp_path)) == ["loop", "table.csv"]  # no results, no cache, no mlflow.db
+
+
+def test_a_refused_sweep_leaves_none_of_a_nested_results_dir(tmp_path, refused_sweep):
+    results = tmp_path / "a" / "b" / "c"
+    assert refused_sweep(f"results_dir={results}").startswith(f"RAY_ADDRESS {NO_RAY}: no Ray cluster answers")
+    assert refused_sweep(f"results_dir={results}", "--address", "127.0.0.1:99999") == \
+        "--address '127.0.0.1:99999': not a valid address (Port out of range 0-65535)"
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("MLFLOW_TRACKING_URI", "http://127.0.0.1:99999", "not a valid address (Port out of range 0-65535)"),
+    ("MLFLOW_TRACKING_URI", "http://[::1", "not a valid address (Invalid IPv6 URL)"),
+    ("RAY_ADDRESS", "127.0.0.1:99999", "not a valid address (Port out of range 0-65535)"),
+    ("RAY_ADDRESS", "http://[::1", "not a valid address (Invalid IPv6 URL)"),
+])
+def test_an_endpoint_from_the_environment_that_does_not_parse_is_one_line_naming_the_variable(
+        tmp_path, refused_sweep, monkeypatch, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    assert refused_sweep(f"results_dir={tmp_path / 'results'}") == f"{variable} {value!r}: {message}"
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_tracking_server_that_never_answers_refuses_the_sweep_in_seconds_and_nothing_is_written(
+        tmp_path, refused_sweep, monkeypatch):
+    import time
+
+    from helpers import SilentServer
+
+    with SilentServer() as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.port}")
+        start = time.monotonic()
+        line = refused_sweep(f"results_dir={tmp_path / 'a' / 'b'}")
+        seconds = time.monotonic() - start
+        assert server.accepted >= 1
+    assert line.startswith(f"MLFLOW_TRACKING_URI http://127.0.0.1:{server.port}: no server answers within 5 s")
+    assert seconds < 30, seconds  # the spec and its plan, then the check's 5 s; no MLflow retries for minutes
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_sweep_refused_after_its_lock_leaves_none_of_a_nested_results_dir(tmp_path, refused_sweep, monkeypatch):
+    """The issue's case: results_dir=a/b/c, refused after the lock (the Tune experiment on the shared storage
+    belongs to another results directory); the lock's own cleanup removed c, and a/b stayed."""
+    from sweeper.storage import TuneExperiment
+
+    storage = tmp_path / "storage"
+    TuneExperiment(str(storage), "smoke", tmp_path / "theirs").claim()
+    monkeypatch.delenv("RAY_ADDRESS")  # a local Ray; the refusal comes before it is started
+    line = refused_sweep(f"results_dir={tmp_path / 'a' / 'b' / 'c'}", f"storage_path={storage}")
+    assert line.startswith("sweep 'smoke': its Ray Tune experiment") and str(tmp_path / "theirs") in line, line
+    assert sorted(os.listdir(tmp_path)) == ["storage"]  # no a/, no a/b/

@@ -112,8 +112,8 @@ def test_any_mutated_spec_or_override_exits_0_or_2_in_one_clear_line_within_10_s
     started = time.monotonic()
     ran = []
 
-    @settings(max_examples=100_000 if RANDOM else int(BUDGET_S * 5), deadline=None, derandomize=not RANDOM, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=100_000 if RANDOM else int(BUDGET_S * 5), deadline=None, derandomize=not RANDOM,
+              database=None, suppress_health_check=list(HealthCheck))
     @given(mutated_spec())
     def check(case):
         if time.monotonic() - started > BUDGET_S:

@@ -138,3 +138,29 @@ def test_sweeps_on_one_storage_path_get_their_own_experiments_restart_reruns_and
         "the sweep with that results_dir, or give this one another storage_path or name"]
     assert not elsewhere.exists()  # nothing written
     assert len(_trial_dirs(storage / "smoke")) == 1
+
+
+def test_address_local_starts_the_same_pinned_local_ray_as_no_address():
+    """`--address local` (or RAY_ADDRESS=local): a new one-node Ray of its own on 127.0.0.1, dashboard off,
+    as without an address; never Ray's own defaults (the machine's outward address, a dashboard).
+    In a fresh interpreter, whose environment does not pin Ray to 127.0.0.1 as the tests' does."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys, ray\n"
+            "from sweeper.run import init_ray\n"
+            "init_ray(sys.argv[1] or None)\n"
+            "info = ray._private.worker._global_node.address_info\n"
+            "print(json.dumps({'ip': info['node_ip_address'], 'dashboard': info.get('webui_url') or None,\n"
+            "                  'nodes': sorted(n['NodeManagerAddress'] for n in ray.nodes())}))\n"
+            "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env["RAY_ADDRESS"] = "127.0.0.1:1"  # an address in the environment: `local` wins over it
+    seen = {}
+    for address in ("local", ""):
+        out = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, env=env,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        seen[address] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["local"] == seen[""] == {"ip": "127.0.0.1", "dashboard": None, "nodes": ["127.0.0.1"]}
