@@ -19,12 +19,13 @@ MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
 SPEC ?= sweeps/default.yaml
 
-.PHONY: install venv assets lint test test-fast lock sweep bench clean help
+.PHONY: install venv assets lint test test-fast fuzz lock sweep bench clean help
 
 help:
 	@echo "make install   virtual environment ($(VENV)) + offline assets (FID Inception, LPIPS, Fashion-MNIST)"
 	@echo "make test      ruff, then the whole test suite (what CI runs)"
 	@echo "make test-fast ruff, then the tests not marked slow (the edit-test loop: under 2 min)"
+	@echo "make fuzz      the command-line fuzz test, on fresh random examples, for FUZZ_SECONDS=$(FUZZ_SECONDS)"
 	@echo "make lint      ruff on the packages and tests"
 	@echo "make lock      re-resolve $(LOCK), the exact versions installs use (then make test)"
 	@echo "make sweep     the embedded default sweep (SPEC=$(SPEC)); rerun to resume"
@@ -61,6 +62,11 @@ lint: venv
 test: install
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Hostile input, longer than make test's 60 s with its fixed seed: fresh random examples each run.
+FUZZ_SECONDS ?= 600
+fuzz: install
+	DRORAE_FUZZ_SECONDS=$(FUZZ_SECONDS) DRORAE_FUZZ_RANDOM=1 $(PY) -m pytest tests/sweeper/test_fuzz_cli.py -s $(PYTEST_ARGS)
 
 # The edit-test loop: what `make test` runs less the end-to-end tests marked slow.
 test-fast: install
