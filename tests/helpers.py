@@ -143,6 +143,26 @@ class SilentServer:
         self.sock.close()
 
 
+def within(seconds: float, fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a thread: a regression that blocks (reading a FIFO) fails the test after
+    ``seconds`` instead of hanging it; fn's exception, if any, is raised here."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{getattr(fn, '__name__', fn)}{args} still ran after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 where nothing listens (a connection is refused at once)."""
     with contextlib.closing(socket.create_server(("127.0.0.1", 0))) as sock:

@@ -4,7 +4,6 @@ import importlib
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis import AnalysisError, Table, fit, load
-from helpers import SilentServer, closed_port
+from helpers import SilentServer, closed_port, within
 
 
 def sweep_table() -> pd.DataFrame:
@@ -157,25 +156,6 @@ def test_load_from_mlflow(tmp_path, monkeypatch):
 FORMS = "(expected a results directory, a .parquet or .csv table, or mlflow:EXPERIMENT)"
 
 
-def load_within(source, seconds: float = 20):
-    """load(source) in a thread: a regression that blocks (a FIFO) fails the test instead of hanging it."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["table"] = load(source)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), f"load({source}) still ran after {seconds} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["table"]
-
-
 def test_results_that_is_no_regular_file_is_one_line_at_once(tmp_path):
     os.mkfifo(tmp_path / "fifo.csv")
     (tmp_path / "zero.csv").symlink_to("/dev/zero")  # read as a table it would fill the memory
@@ -191,7 +171,7 @@ def test_results_that_is_no_regular_file_is_one_line_at_once(tmp_path):
              tmp_path / "empty": f"{tmp_path / 'empty'}: no trials.parquet or trials.csv in this results directory"}
     for source, message in cases.items():
         with pytest.raises(AnalysisError) as err:
-            load_within(str(source))
+            within(20, load, str(source))
         assert str(err.value) == message
 
 

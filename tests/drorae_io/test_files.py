@@ -7,7 +7,6 @@ FIFOs, Unix sockets, symbolic links and loops, /proc and /sys as this machine mo
 import os
 import socket
 import stat
-import threading
 
 import pytest
 
@@ -20,6 +19,7 @@ from drorae_io import (
     make_output_dir,
     open_regular,
 )
+from helpers import within
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -195,24 +195,9 @@ def test_a_directory_that_cannot_be_made_is_refused_before_any_of_it_is_made(tmp
 # --- reading: regular files only, up to a cap ---------------------------------------------------------
 
 
-def _open_within(path, seconds: float = 10, **kwargs):
-    """open_regular(path) in a thread: a regression that blocks (a FIFO) fails the test instead of hanging it."""
-    outcome = {}
-
-    def run():
-        try:
-            with open_regular(path, **kwargs) as f:
-                outcome["data"] = f.read()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), f"open_regular({path}) still blocked after {seconds} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["data"]
+def _read(path, **kwargs) -> bytes:
+    with open_regular(path, **kwargs) as f:
+        return f.read()
 
 
 def test_reading_refuses_a_fifo_a_device_a_directory_and_link_loops_at_once(tmp_path):
@@ -226,15 +211,15 @@ def test_reading_refuses_a_fifo_a_device_a_directory_and_link_loops_at_once(tmp_
              "does not exist", "dir.csv": "a directory, not a regular file", "none.csv": "no such file or directory"}
     for name, problem in cases.items():
         with pytest.raises(UserInputError) as err:
-            _open_within(tmp_path / name, what="RESULTS", expected="a table")
+            within(10, _read, tmp_path / name, what="RESULTS", expected="a table")
         assert one_line(err) == f"RESULTS {tmp_path / name}: {problem} (expected a table)"
 
 
 def test_reading_refuses_a_file_over_the_cap_and_reads_one_at_it(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes(b"x" * 1000)
-    assert _open_within(path, limit=1000) == b"x" * 1000
+    assert within(10, _read, path, limit=1000) == b"x" * 1000
     path.write_bytes(b"x" * 1001)
     with pytest.raises(UserInputError) as err:
-        _open_within(path, limit=1000)
+        within(10, _read, path, limit=1000)
     assert one_line(err) == f"{path}: 1,001 bytes, over the 1,000 bytes a file may have here"
