@@ -104,7 +104,14 @@ def _read(source) -> pd.DataFrame:
             raise AnalysisError(f"{path}: the file is empty; expected a {path.suffix[1:]} table with a header "
                                 "row and one row per trial")
         try:
-            return pd.read_parquet(file) if path.suffix == ".parquet" else pd.read_csv(file)
+            if path.suffix == ".csv":
+                return pd.read_csv(file)
+            # Parquet from the bytes in memory (at most TABLE_MAX_BYTES): pyarrow reading a Python file
+            # object calls back into Python from its own threads, and an interpreter exiting after that
+            # aborted now and then ("terminate called without an active exception").
+            import pyarrow as pa
+
+            return pd.read_parquet(pa.BufferReader(file.read()))
         except Exception as exc:  # a corrupt or truncated file: name it, one line
             raise AnalysisError(f"{path}: cannot be read as {path.suffix[1:]} ({type(exc).__name__}: {exc})") from None
 
