@@ -41,7 +41,7 @@ from typing import BinaryIO
 from drorae_io.errors import UserInputError
 
 __all__ = ["PSEUDO_FS", "atomic_path", "check_output_dir", "check_output_file", "made_dirs", "make_output_dir",
-           "read_regular_file",
+           "mount_of", "read_regular_file",
            "open_regular"]
 
 #: Kernel file systems that hold the kernel's own entries, not a user's files (types as /proc/self/mounts names them).
@@ -72,19 +72,19 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
-def _mount(path: str) -> tuple[str, str] | None:
-    """(mount point, file-system type) of the mount that holds the existing ``path``; None where unknown."""
-    try:
+def mount_of(path: str, mounts: str | None = None) -> tuple[str, str]:
+    """(mount point, file-system type) of the mount that holds ``path`` (which may not exist yet), from
+    ``mounts`` in /proc/mounts' format (default: this process's, /proc/self/mounts; OSError without it)."""
+    if mounts is None:
         mounts = Path("/proc/self/mounts").read_text()
-    except OSError:  # not Linux, or no /proc: nothing to tell
-        return None
-    best = None
+    p = os.path.abspath(path)
+    best = ("/", "unknown")
     for line in mounts.splitlines():
         fields = line.split()
         if len(fields) < 3:
             continue
         point = fields[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-        if (path == point or path.startswith(point.rstrip("/") + "/")) and (best is None or len(point) >= len(best[0])):
+        if (p == point or p.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
             best = (point, fields[2])
     return best
 
@@ -115,8 +115,11 @@ def _check_dir(directory: Path, label: str) -> list[Path]:
         break
     if not stat.S_ISDIR(st.st_mode):
         raise UserInputError(f"{label}: {here} is {_kind(st.st_mode)}, not a directory")
-    mount = _mount(os.path.realpath(here))
-    if mount is not None and mount[1] in PSEUDO_FS:
+    try:
+        mount = mount_of(os.path.realpath(here))
+    except OSError:  # not Linux, or no /proc: nothing to tell
+        mount = ("/", "unknown")
+    if mount[1] in PSEUDO_FS:
         raise UserInputError(f"{label}: {here} is on a {mount[1]} file system (mounted at {mount[0]}), which holds "
                              "the kernel's own entries, not files; expected a directory on a disk or a shared file "
                              "system")

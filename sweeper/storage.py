@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from drorae_io.files import mount_of
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -30,22 +31,6 @@ SHARED_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs",
              "ocfs2", "gfs2", "wekafs", "panfs", "fuse.glusterfs", "fuse.cephfs", "fuse.ceph-fuse",
              "fuse.gcsfuse", "fuse.s3fs", "fuse.juicefs", "fuse.mountpoint-s3", "fuse.blobfuse2",
              "fuse.sshfs", "fuse.weka", "9p", "virtiofs"}
-
-
-def mount_of(path: str, mounts: str | None = None) -> tuple[str, str]:
-    """(mount point, file-system type) of the mount that holds ``path`` (which may not exist yet)."""
-    if mounts is None:
-        mounts = Path("/proc/mounts").read_text()
-    p = os.path.abspath(path)
-    best = ("/", "unknown")
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        if (p == point or p.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
-            best = (point, fields[2])
-    return best
 
 
 def check_shared_storage(storage: str, hosts: set[str], address: str, mounts: str | None = None) -> None:
