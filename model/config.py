@@ -29,8 +29,18 @@ from .errors import ConfigError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
+
+
+def _int64(value: int) -> int:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"expected a 64-bit integer (from {INT64_MIN} to {INT64_MAX}), got {kind_of(value)}")
+    return value
+
+
 # Numbers as a spec means them (see the module's docstring): strict (no booleans, no strings), 64-bit integers.
-Int = Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
+# The 64-bit range is a validator, not Field(ge=, le=): pydantic keeps one bound of each kind, the type's, so a
+# field's own `Field(0, ge=0)` on an Int would be dropped silently.
+Int = Annotated[int, Strict(), AfterValidator(_int64)]
 PositiveInt = Annotated[Int, Field(gt=0)]
 NonNegativeInt = Annotated[Int, Field(ge=0)]
 Float = Annotated[float, Strict()]  # an integer is a number too; finite where the config says allow_inf_nan=False

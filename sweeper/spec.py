@@ -363,6 +363,45 @@ class FaultsSpec(_Strict):
     oom: list[str] = []  # unit ids whose trial asks the allocator for far more memory than there is
 
 
+class LawSpec(_Strict):
+    """The live law (``sweeper.live``): refitted by the driver whenever a point's rFID arrives."""
+
+    panel: Literal["unified", "capacity"] = "unified"  # every grid row, or the most common layer count's
+    form: Literal["log-linear", "linear", "power", "saturating"] = "log-linear"
+    target: Float | None = Field(None, gt=0)  # a capacity to predict at (default: stop.target, if any)
+    alpha: Float = Field(0.05, gt=0, lt=1)  # the intervals' level: 1 - alpha
+
+
+class StopSpec(_Strict):
+    """End the sweep once the law's interval at ``target`` is narrower than asked (``sweeper.live``).
+
+    Exactly one of ``pi_width_below`` (the prediction interval of a new run there) and
+    ``ci_width_below`` (the interval of the law's mean there). Trials Tune has already started, or
+    queued for a free CPU, finish; the rest are recorded as ``skipped``.
+    """
+
+    target: Float | None = Field(None, gt=0)  # default: law.target
+    pi_width_below: Float | None = Field(None, gt=0)
+    ci_width_below: Float | None = Field(None, gt=0)
+    min_points: Int = Field(3, ge=3)  # never before this many points of the law
+
+    @model_validator(mode="after")
+    def _one_width(self):
+        if (self.pi_width_below is None) == (self.ci_width_below is None):
+            raise ValueError("expected exactly one of pi_width_below (the prediction interval's width at the target) "
+                             "and ci_width_below (the width of the mean's interval there)")
+        return self
+
+    @property
+    def interval(self) -> str:
+        """``pi`` or ``ci``: which interval's width ends the sweep."""
+        return "pi" if self.pi_width_below is not None else "ci"
+
+    @property
+    def width_below(self) -> float:
+        return self.pi_width_below if self.pi_width_below is not None else self.ci_width_below
+
+
 class SweepSpec(_Strict):
     """Everything one sweep needs; validated before anything runs."""
 
@@ -387,6 +426,8 @@ class SweepSpec(_Strict):
     cache_dir: Text | None = None  # shared caches; None: $DRORAE_CACHE or ~/.cache/drorae-scaling
     seed: Seed = 0  # seed of the shared work (encoder pretraining, phase 1)
     faults: FaultsSpec = FaultsSpec()
+    law: LawSpec = LawSpec()
+    stop: StopSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -404,6 +445,24 @@ class SweepSpec(_Strict):
                              f"{f' + {n_controls} controls' if n_controls else ''}); expected at most {MAX_UNITS}: "
                              "split the sweep into several")
         return self
+
+    @model_validator(mode="after")
+    def _stop_target(self):
+        stop, law = self.stop, self.law
+        if stop is None:
+            return self
+        if stop.target is None and law.target is None:
+            raise ValueError("stop.target: required (the capacity whose interval ends the sweep), unless law.target "
+                             "is set")
+        if stop.target is not None and law.target is not None and stop.target != law.target:
+            raise ValueError(f"stop.target ({stop.target:g}) differs from law.target ({law.target:g}); set one of "
+                             "them (the stop rule and the live law predict at the same capacity)")
+        return self
+
+    @property
+    def target(self) -> float | None:
+        """The capacity the live law predicts at, and the stop rule reads: law.target, else stop.target."""
+        return self.law.target if self.law.target is not None else (self.stop.target if self.stop else None)
 
     @model_validator(mode="after")
     def _eval_fits_validation(self):

@@ -140,3 +140,20 @@ def test_configs_are_frozen_and_coerce_like_a_spec():
     assert EncoderConfig(name="x", layers=[0, -1]).layers == (0, -1)
     with pytest.raises(AttributeError):
         cfg.steps = 2
+
+
+def test_a_fields_own_bound_on_an_int_holds_beside_the_64_bit_range():
+    # pydantic keeps one bound of each kind: the 64-bit range must not displace a field's own `ge`/`le`
+    from pydantic import BaseModel, Field, ValidationError
+
+    from model.config import Int
+
+    class Section(BaseModel):
+        at_least_3: Int = Field(3, ge=3)
+        at_most_5: Int = Field(0, le=5)
+
+    for key, value, words in (("at_least_3", 2, "greater_than_equal"), ("at_most_5", 6, "less_than_equal"),
+                              ("at_least_3", 2**63, "64-bit"), ("at_most_5", -(2**63) - 1, "64-bit")):
+        with pytest.raises(ValidationError, match=words):
+            Section(**{key: value})
+    assert Section(at_least_3=2**63 - 1, at_most_5=-(2**63)).at_least_3 == 2**63 - 1

@@ -372,7 +372,7 @@ def test_a_control_character_in_a_spec_is_refused_with_its_line_and_column(write
 
 # The tiny spec with every optional section present, so that each of their fields can be set alone.
 FULL = {"phase3": {"steps": 10}, "search": {"params": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
-        "resources": {"gpu": 1}, "controls": {"runs": ["last_layer"]}}
+        "resources": {"gpu": 1}, "controls": {"runs": ["last_layer"]}, "stop": {"target": 1e8, "pi_width_below": 2.0}}
 
 
 def _leaves(cls, prefix: str):
@@ -448,7 +448,8 @@ def test_the_walk_finds_the_numbers_of_every_section():
             "resources.gpu_share", "resources.cpu", "eval.n_images", "encoder.input_size", "encoder.mean",
             "decoder.depth", "decoder.mlp_ratio", "data.num_val", "phase1.batch_size", "phase2.lr",
             "phase2.loss.adv_start_step", "phase3.warmup_steps", "search.n_trials", "search.params.lr.low",
-            "controls.last_layer_hidden", "feature_cache.max_gb"} <= keys
+            "controls.last_layer_hidden", "feature_cache.max_gb", "law.target", "stop.pi_width_below",
+            "stop.min_points"} <= keys
     assert "phase2.seed" not in keys and "encoder.layers" not in keys  # the sweep's own
 
 
