@@ -196,12 +196,12 @@ def _fit(args: argparse.Namespace):
                       cov_type=getattr(args, "cov", "CR2"))
 
 
-def _finite(obj):
+def json_ready(obj):
     """obj with NaN / inf floats as None: stdout stays strict JSON."""
     if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
+        return {str(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_ready(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy scalars
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -210,7 +210,7 @@ def _finite(obj):
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(_finite(obj), indent=2, allow_nan=False))
+    print(json.dumps(json_ready(obj), indent=2, allow_nan=False))
 
 
 # --- drorae fit ------------------------------------------------------------------------------

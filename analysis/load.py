@@ -22,6 +22,7 @@ or the metrics of a trial's MLflow run. Older sweeps lack them; their rows then 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -46,6 +47,7 @@ class Table:
     x: str = "params"
     y: str = "rfid"
     source: str | None = None  # the file (or mlflow:EXPERIMENT) the rows came from; None: a DataFrame
+    metadata: dict = field(default_factory=dict)  # a sweep's parquet table: what holds for every row (schema)
 
 
 def load(source, x: str = "params", y: str = "rfid", where=None) -> Table:
@@ -62,6 +64,7 @@ def load(source, x: str = "params", y: str = "rfid", where=None) -> Table:
                             "expected one row per trial")
     table = select(df, x=x, y=y, where=where, source=_name(source))
     table.source = None if isinstance(source, pd.DataFrame) else str(source)
+    table.metadata = dict(df.attrs.get("metadata", {}))
     return table
 
 
@@ -110,10 +113,23 @@ def _read(source) -> pd.DataFrame:
             # object calls back into Python from its own threads, and an interpreter exiting after that
             # aborted now and then ("terminate called without an active exception").
             import pyarrow as pa
+            import pyarrow.parquet as pq
 
-            return pd.read_parquet(pa.BufferReader(file.read()))
+            data = pq.read_table(pa.BufferReader(file.read()))
+            df = data.to_pandas()
+            df.attrs["metadata"] = _metadata(data.schema.metadata)
+            return df
         except Exception as exc:  # a corrupt or truncated file: name it, one line
             raise AnalysisError(f"{path}: cannot be read as {path.suffix[1:]} ({type(exc).__name__}: {exc})") from None
+
+
+def _metadata(meta: dict | None) -> dict:
+    """A sweep table's own metadata (``schema.METADATA_KEY``); {} when absent or not a JSON object."""
+    try:
+        value = json.loads((meta or {})[schema.METADATA_KEY])
+    except (KeyError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _tracking_store(name: str) -> tuple[str, str]:

@@ -303,6 +303,9 @@ def write_report(table, out_path, figures_dir=None, capacities=None, holdout: in
     lines = [f"# {heading}", "",
              f"{len(table.points)} grid trial(s) fitted, {len(table.controls)} control run(s), "
              f"{len(table.dropped)} dropped. Intervals at {100 * (1 - alpha):g}%.", ""]
+    ended = getattr(table, "metadata", {}).get("ended")
+    if isinstance(ended, dict) and ended.get("reason"):  # a sweep's table: why it ended (sweeper.live)
+        lines += [f"Why the sweep ended: {ended['reason']}.", ""]
     lines += _results_section(table)
     if res is None:
         lines += ["## Fitted law", "", f"No fit: {panels.law_error}", ""]

@@ -33,6 +33,8 @@ COSTS = ("train_steps", "train_flops")
 #: The rows' order in the written table.
 SORT_BY = ("kind", "fused_layers", "params", "seed", "trial_id")
 HP_PREFIX = "hp."  # a searched hyperparameter's column (and MLflow param): hp.<name>
+#: The parquet file's key-value metadata: JSON of what holds for every row (the splits; why the sweep ended).
+METADATA_KEY = b"drorae"
 
 # --- MLflow ----------------------------------------------------------------------------------
 # A sweep is an MLflow experiment with one parent run (the whole spec as params); each trial is a

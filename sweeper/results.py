@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.schema import COLUMNS, HP_PREFIX, NUMERIC, SORT_BY
+from analysis.schema import COLUMNS, HP_PREFIX, METADATA_KEY, NUMERIC, SORT_BY
 from drorae_io import atomic_path
-
-METADATA_KEY = b"drorae"  # the parquet file's key-value metadata: JSON of what holds for every row (the splits)
 
 
 def read_metadata(path: Path) -> dict:

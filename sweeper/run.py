@@ -22,6 +22,7 @@ import pandas as pd
 from drorae_io import atomic_path, check_endpoint, check_output_dir, made_dirs
 
 from .experiment import check_tracking, git_commit, log_parent_params, parent_run, tracking_uri, ui_url
+from .live import LiveLaw, skipped_rows
 from .lock import SweepLock, lock_path
 from .results import ResultsTable
 from .storage import TuneExperiment, check_shared_storage, cluster_hosts
@@ -95,7 +96,8 @@ def _prepare_remote(plan, device):
 EVAL_METRICS = ("rfid", "rfid_se", "psnr", "psnr_se", "ssim", "ssim_se", "lpips", "lpips_se", "eval_seconds")
 
 
-def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, results, sweep_dir: Path):
+def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, results, sweep_dir: Path,
+                   law: LiveLaw | None = None):
     """For each searched unit, evaluate its best completed trial (lowest val_l1) once.
 
     ``results`` is Tune's ResultGrid: each trial's final checkpoint, wherever the storage is (a local
@@ -134,6 +136,8 @@ def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, res
         with atomic_path(image) as tmp:
             tmp.write_bytes(png)
         tracker.log_final(table.rows[trial_id].get("mlflow_run_id"), metrics, str(image), trial_id=trial_id)
+        if law is not None:
+            law()  # the point's rFID is in the table: the live law takes it
 
 
 #: Tune's table: each trial's params, step, val L1 and rFID (a column once some trial has it), at most
@@ -155,24 +159,54 @@ def progress_reporter():
                             max_report_frequency=TABLE_EVERY_S, print_intermediate_tables=True)
 
 
-def resume_tuner(experiment_path: str, trainable, tracker: SweepTracker, reporter):
+def resume_tuner(experiment_path: str, trainable, tracker: SweepTracker, reporter, law: LiveLaw | None = None,
+                 num_samples: int | None = None):
     """``Tuner.restore`` of the sweep's Tune experiment, its errored trials resumed, with this run's
-    ``tracker`` and progress ``reporter``.
+    ``tracker``, progress ``reporter``, live ``law`` and ``num_samples``.
 
     Tune restores the RunConfig that the sweep's first run pickled into the experiment, callbacks
     included: a copy of that run's tracker (``SweepTracker.__reduce__``). This run's live tracker takes
     its place, so that Tune's events and the end of the sweep (the evaluation of searched points,
-    ``finish``) share one outbox and one map of MLflow runs. Under Ray Client the Tuner runs on the
-    cluster (there is no local one to hand them to) and uses its own copies, as a fresh sweep's does.
+    ``finish``) share one outbox and one map of MLflow runs. The restored searcher gets this run's live
+    law (its stop rule) and runs inside a ``SweepSearch`` (a sweep that its stop rule ended asks it
+    again). Under Ray Client the Tuner runs on the cluster (there is no local one to hand them to) and
+    uses its own copies, as a fresh sweep's does: there the stop rule is not applied.
     """
     from ray import tune
+    from ray.tune.search import Searcher
+
+    from .search import SweepSearch, unit_searcher
 
     tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
     local = tuner._local_tuner  # Ray 2.60's Tuner: its TunerInternal in this process, None under Ray Client
     if local is not None:
         run_config = local.get_run_config()
         run_config.callbacks, run_config.progress_reporter = [tracker], reporter
+        tune_config = local._tune_config  # what Tuner.fit hands to Tune: the restored searcher, num_samples
+        if isinstance(tune_config.search_alg, Searcher):  # an experiment from before SweepSearch
+            tune_config.search_alg = SweepSearch(tune_config.search_alg)
+        searcher = unit_searcher(tune_config.search_alg)
+        if searcher is not None:
+            searcher.law = law
+        if num_samples is not None:
+            tune_config.search_alg.total = num_samples
     return tuner
+
+
+def _ended(plan, table: ResultsTable, law: LiveLaw) -> dict:
+    """Why the sweep ended, in the table's metadata (the report says it) and returned; the trials that its
+    stop rule kept from starting are rows of their own, status ``skipped``, the reason as their error."""
+    if law.stopped is not None:
+        rows = skipped_rows(plan.units, table.rows, law.stopped["reason"])
+        for row in rows:
+            table.rows[row["trial_id"]] = {**table.rows.get(row["trial_id"], {}), **row}
+        ended = {"by": "stop rule", **law.stopped, "skipped": len(rows),
+                 "reason": f"{law.stopped['reason']}; {len(rows)} planned trial(s) skipped"}
+        log.warning("sweep ended by its stop rule: %s", ended["reason"])
+    else:
+        ended = {"by": "plan", "skipped": 0, "reason": "every planned trial ran"}
+    table.metadata["ended"] = ended
+    return ended
 
 
 def trial_resources(res, config: dict) -> dict:
@@ -218,7 +252,7 @@ def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.Dat
 def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_seconds: float = 0.0) -> pd.DataFrame:
     from ray import tune
 
-    from .search import UnitMedianStopping, UnitSearcher
+    from .search import SweepSearch, UnitMedianStopping, UnitSearcher
     from .trial import tune_trainable
 
     spec = plan.spec
@@ -258,12 +292,18 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
                             "shared.phase1_val_l1": shared.phase1.get("val_l1")}, git_commit(),
                            table_metadata={"splits": splits})
     reporter = progress_reporter()
+    # The law as points arrive (console, the parent run's metrics, law.json) and the stop rule: shown now
+    # for a resumed sweep's points, then after every trial and every evaluation of a searched point.
+    law = LiveLaw(sweep_dir, spec, sum(u.kind == "grid" for u in plan.units), tracker.log_parent)
+    law()
+    tracker.after_trial = law
     if tune.Tuner.can_restore(experiment_path):
         log.info("resuming the sweep from %s", experiment_path)
-        tuner = resume_tuner(experiment_path, trainable, tracker, reporter)
+        tuner = resume_tuner(experiment_path, trainable, tracker, reporter, law, plan.n_trials)
     else:
         searcher = UnitSearcher(plan.units, spec.search, storage=f"sqlite:///{sweep_dir / 'optuna.db'}",
                                 study_prefix=f"{spec.name}/", seed=spec.seed)
+        searcher.law = law
         search_alg = searcher
         if res.max_concurrent:
             from ray.tune.search import ConcurrencyLimiter
@@ -272,7 +312,8 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
         scheduler = UnitMedianStopping() if spec.search and spec.search.pruner == "median" else None
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=plan.n_trials,
+            tune_config=tune.TuneConfig(search_alg=SweepSearch(search_alg), scheduler=scheduler,
+                                        num_samples=plan.n_trials,
                                         reuse_actors=res.reuse_actors, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
@@ -286,20 +327,25 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
     trials_seconds = time.perf_counter() - t
     t = time.perf_counter()
     table = ResultsTable(sweep_dir, {"splits": splits})
-    _evaluate_best(plan, shared, table, tracker, results, sweep_dir)
+    _evaluate_best(plan, shared, table, tracker, results, sweep_dir, law)
+    ended = _ended(plan, table, law)
     table.write()
     df = table.frame()
     wall = time.perf_counter() - t_start
     failed = int((df.status == "failed").sum())
     # The backlog of a down tracking server, the table reconciled into MLflow, the parent run ended;
     # what a still-down server cannot take waits in results/<sweep>/mlflow-pending.json.
-    tracker.finish(table, {"wall_seconds": wall, "failed_trials": failed}, "FINISHED" if failed == 0 else "FAILED")
+    tracker.tag_parent({"ended": ended["reason"]})
+    tracker.finish(table, {"wall_seconds": wall, "failed_trials": failed, "skipped_trials": ended["skipped"]},
+                   "FINISHED" if failed == 0 else "FAILED")
     df = table.frame()
     timing = {"wall_seconds": wall + ray_seconds, "ray_start_seconds": ray_seconds,
               "mlflow_start_seconds": mlflow_seconds, "shared_seconds": shared_seconds,
               "tune_seconds": trials_seconds, "end_seconds": time.perf_counter() - t, "shared": shared.seconds}
     (sweep_dir / "timing.json").write_text(json.dumps(timing, indent=1))
-    log.info("sweep %s: %d trials (%d failed) in %.1f min; results: %s; MLflow: %s (experiment %s); its trials "
-             "in the MLflow UI%s: %s", spec.name, len(df), failed, wall / 60, sweep_dir / "trials.parquet", uri,
+    skipped = f", {ended['skipped']} skipped" if ended["skipped"] else ""
+    log.info("sweep %s: %d trials (%d failed%s) in %.1f min; results: %s; MLflow: %s (experiment %s); its trials "
+             "in the MLflow UI%s: %s", spec.name, len(df) - ended["skipped"], failed, skipped, wall / 60,
+             sweep_dir / "trials.parquet", uri,
              experiment, "" if uri.startswith("http") else " (make mlflow-ui)", ui_url(uri, experiment_id))
     return df

@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import optuna
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import Searcher, SearchGenerator
 
 from .trial_config import TrialConfig
 
@@ -52,13 +52,18 @@ class UnitSearcher(Searcher):
         self.seed = seed
         self.asked = defaultdict(int)  # unit_id -> trials suggested
         self.live = {}  # tune trial id -> (unit_id, optuna trial number or None)
+        self.law = None  # this run's sweeper.live.LiveLaw: once its stop rule is met, no new trial starts
         self._studies = {}
 
-    # Optuna studies are re-opened from their storage, never pickled.
+    # Optuna studies are re-opened from their storage, never pickled; the live law is this run's own.
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_studies"] = {}
+        state["law"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update({"law": None, **state})
 
     def study(self, unit_id: str) -> optuna.Study:
         if unit_id not in self._studies:
@@ -74,6 +79,8 @@ class UnitSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str):
+        if self.law is not None and self.law.stopped is not None:
+            return Searcher.FINISHED
         for unit in self.units:
             if self.asked[unit.unit_id] >= unit.n_trials:
                 continue
@@ -120,6 +127,34 @@ class UnitSearcher(Searcher):
         self.asked = defaultdict(int, {str(k): int(v) for k, v in state["asked"].items()})
         self.live = {str(tid): (str(unit_id), None if number is None else int(number))
                      for tid, (unit_id, number) in state["live"].items()}
+
+
+class SweepSearch(SearchGenerator):
+    """Tune's SearchGenerator around the sweep's searcher, which alone decides, on every run, when the
+    sweep has no more trials.
+
+    Tune saves whether the search had finished, and how many trials it was to create, with the
+    experiment and restores both on ``Tuner.restore`` (a resumed ``Tuner.fit`` takes no
+    ``num_samples``): a sweep ended by its stop rule would then never ask again, though rerun with
+    another threshold. Restored here: only the count of trials created (and the experiment); the total
+    is this run's ``num_samples`` (``total``, set before a resumed fit), and the search is finished
+    only when the searcher says so again.
+    """
+
+    def __init__(self, searcher, total: int | None = None):
+        super().__init__(searcher)
+        self.total = total
+
+    def set_state(self, state: dict):
+        self._counter, self._experiment = state["counter"], state["experiment"]
+        self._total_samples = state["total_samples"] if getattr(self, "total", None) is None else self.total
+
+
+def unit_searcher(search_alg) -> UnitSearcher | None:
+    """The UnitSearcher inside Tune's search algorithm (SweepSearch, ConcurrencyLimiter, ...)."""
+    while search_alg is not None and not isinstance(search_alg, UnitSearcher):
+        search_alg = getattr(search_alg, "searcher", None)
+    return search_alg
 
 
 class UnitMedianStopping(FIFOScheduler):

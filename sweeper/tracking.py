@@ -67,6 +67,7 @@ class SweepTracker(Callback):
         self._started = False  # whether the pending file of an earlier run has been taken up (start)
         self._pending_saved = False  # whether results/<sweep>/mlflow-pending.json holds writes
         self._saved_at = 0  # the outbox's tries when the pending file was last written
+        self.after_trial = None  # called once a trial's final row is written (run_sweep: the live law)
         self.outbox = Outbox(self._apply, uri)
         bound_http_retries()
         if start:
@@ -273,6 +274,19 @@ class SweepTracker(Callback):
         self.outbox.submit({"op": "status", "trial": trial_id,
                             "status": "FINISHED" if status != "failed" else "FAILED"})
         self._pump()
+        if self.after_trial is not None:
+            self.after_trial()
+
+    def log_parent(self, metrics: dict, step: int = 0) -> None:
+        """Metrics on the sweep's parent run at ``step`` (the live law's: its number of points)."""
+        now = int(time.time() * 1000)
+        values = [[k, float(v), now, int(step)] for k, v in metrics.items() if _finite(v)]
+        if values:
+            self.outbox.submit({"op": "metrics", "run": self.parent, "metrics": values})
+
+    def tag_parent(self, tags: dict) -> None:
+        """Tags on the sweep's parent run (why the sweep ended)."""
+        self.outbox.submit({"op": "tags", "run": self.parent, "tags": {k: str(v)[:5000] for k, v in tags.items()}})
 
     def log_final(self, run_id: str | None, metrics: dict, artifact: str | None = None,
                   trial_id: str | None = None):

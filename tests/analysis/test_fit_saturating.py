@@ -464,7 +464,7 @@ def test_any_table_gets_a_verdict_and_honest_intervals(m, seeds, lo, decades, E_
     identified, intervals around the estimate when identified and none otherwise, strict JSON out."""
     import json
 
-    from analysis.cli import _finite
+    from analysis.cli import json_ready
 
     Cr = np.repeat(np.geomspace(lo, lo * 10 ** decades, m), seeds)
     y = E_ + A_ * (Cr / lo) ** -alpha + np.random.default_rng(seed).normal(0, noise, Cr.size)
@@ -479,5 +479,5 @@ def test_any_table_gets_a_verdict_and_honest_intervals(m, seeds, lo, decades, E_
         assert ((res.params - 1e-9 * np.abs(res.params) <= ci[:, 1]) | np.isnan(ci[:, 1])).all()
     else:
         assert np.isnan(ci).all() and np.isnan(res.bse).all()
-    json.dumps(_finite(res.to_dict()), allow_nan=False)
+    json.dumps(json_ready(res.to_dict()), allow_nan=False)
     assert len(res.summary().splitlines()) > 5
