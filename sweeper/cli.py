@@ -66,6 +66,11 @@ def _add_sweep(sub) -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true",
                    help="start the sweep over instead of resuming its earlier trials (the shared "
                         "caches are kept)")
+    p.add_argument("--adaptive", metavar="N", type=_count, default=0,
+                   help="N more points beyond the spec's grid, each chosen as it starts by how much it is expected "
+                        "to narrow the law's interval at the spec's target (law.target or stop.target) per "
+                        "second; N counts all of the sweep's adaptive points: rerun to resume, a larger N adds "
+                        "the difference (see README, Deciding what to train)")
     p.add_argument("--address", metavar="ADDR", default=os.environ.get("RAY_ADDRESS") or None,
                    help="Ray cluster address, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS; "
                         "unset: a local one-node Ray on 127.0.0.1)")
@@ -85,16 +90,36 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         plan = build_plan(spec)
     except UserError as err:  # what only the model can check: name the spec it came from
         raise SpecError(f"{args.spec}: {err}") from None
+    if args.adaptive:
+        if spec.target is None:
+            raise SpecError(f"--adaptive: {args.spec} names no target capacity to choose the points for; set "
+                            "law.target (e.g. law.target=1e8) or a stop rule's target")
+        if spec.law.form == "saturating":
+            raise SpecError("--adaptive: the points are chosen by a law linear in its parameters (law.form "
+                            "log-linear, linear or power), not saturating")
     if args.dry_run:
         print(format_plan(plan))
+        if args.adaptive:
+            print(f"then {args.adaptive} adaptive point(s), each chosen as it starts (--adaptive)")
         return 0
     from .run import run_sweep
 
     log.debug("plan:\n%s", format_plan(plan))
-    df = run_sweep(plan, restart=args.restart, address=args.address)
+    df = run_sweep(plan, restart=args.restart, address=args.address, adaptive=args.adaptive)
     if df is not None:
         _end_of_sweep(df, spec.sweep_dir, args.prog)
     return 0
+
+
+def _count(text: str) -> int:
+    """--adaptive's N: a whole number >= 0 (argparse turns the ValueError into one line, exit 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of points >= 0, got {text!r}") from None
+    if not 0 <= n <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected a whole number of points from 0 to 10000, got {n}")
+    return n
 
 
 def _end_of_sweep(df, sweep_dir, prog: str) -> None:

@@ -63,6 +63,9 @@ class Plan:
     depth: int
     tokens: int
     units: tuple[Unit, ...]
+    enc_params: int = 0  # the encoder's parameters (its forward pass is a trial's cost without a feature cache)
+    dec_params: int = 0  # the decoder's
+    features_cached: bool = True  # whether trials read cached features instead of running the encoder
 
     @property
     def n_trials(self) -> int:
@@ -71,6 +74,34 @@ class Plan:
     @property
     def device(self) -> str:
         return "gpu" if self.spec.resources.gpu > 0 else "cpu"
+
+    @property
+    def n_search(self) -> int:
+        """Trials per grid unit: the search's, else 1."""
+        return self.spec.search.n_trials if self.spec.search else 1
+
+    def cost(self, fusion_params: int, train_decoder: bool, evaluate: bool, n: int = 1) -> tuple[float, float]:
+        """(GFLOP, seconds) of n trainings of a unit with ``fusion_params`` (and its rFID evaluation)."""
+        spec, p2, p3, device = self.spec, self.phase2, self.phase3, self.device
+        per_image = (0 if self.features_cached else 2 * self.enc_params) + 6 * fusion_params + 6 * self.dec_params
+        flop = p2.steps * p2.batch_size * self.tokens * per_image
+        if p3 is not None and not train_decoder:
+            flop += p3.steps * p3.batch_size * self.tokens * (6 * fusion_params + 6 * self.dec_params)
+        flop *= n
+        seconds = flop / FLOPS_PER_S[device]
+        if evaluate:
+            seconds += spec.eval.n_images / FID_IMAGES_PER_S[device]
+            flop += spec.eval.n_images * 5.7e9  # FID Inception at 299 px
+        return flop / 1e9, seconds
+
+    def grid_unit(self, expert_hidden: int, fused_layers: int, seed: int) -> Unit:
+        """The grid unit of width ``expert_hidden`` over ``fused_layers`` blocks at ``seed`` (planned or not)."""
+        layers = select_layers(self.depth, fused_layers)
+        params = fusion_param_count(self.dim, len(layers), expert_hidden)
+        gflop, sec = self.cost(params, False, True, self.n_search)
+        pid = f"h{expert_hidden}-k{fused_layers}"
+        return Unit(f"{pid}-s{seed}", pid, "grid", expert_hidden, fused_layers, layers, seed, params, self.n_search,
+                    gflop, sec)
 
 
 def build_plan(spec: SweepSpec) -> Plan:
@@ -88,33 +119,14 @@ def build_plan(spec: SweepSpec) -> Plan:
         if k > depth:
             raise SpecError(f"grid.fused_layers: {k} layers asked, but the encoder ({enc.name}) has {depth} "
                             f"blocks; expected layer counts from 1 to {depth}")
-    n_search = spec.search.n_trials if spec.search else 1
-    p2, p3 = spec.phase2, spec.phase3
     device = "gpu" if spec.resources.gpu > 0 else "cpu"
     fc_bytes = feature_bytes((spec.data.num_train or 60000) + spec.data.num_val, depth, tokens, dim)
     cached = fc_bytes <= spec.feature_cache.max_gb * 1e9
-
-    def cost(fusion_params: int, train_decoder: bool, evaluate: bool, n: int = 1) -> tuple[float, float]:
-        per_image = (0 if cached else 2 * enc_params) + 6 * fusion_params + 6 * dec_params
-        flop = p2.steps * p2.batch_size * tokens * per_image
-        if p3 is not None and not train_decoder:
-            flop += p3.steps * p3.batch_size * tokens * (6 * fusion_params + 6 * dec_params)
-        flop *= n
-        seconds = flop / FLOPS_PER_S[device]
-        if evaluate:
-            seconds += spec.eval.n_images / FID_IMAGES_PER_S[device]
-            flop += spec.eval.n_images * 5.7e9  # FID Inception at 299 px
-        return flop / 1e9, seconds
-
-    units: list[Unit] = []
-    for k in layer_counts:
-        layers = select_layers(depth, k)
-        for h in spec.grid.expert_hidden:
-            params = fusion_param_count(dim, len(layers), h)
-            gflop, sec = cost(params, False, True, n_search)
-            for seed in spec.grid.seeds:
-                pid = f"h{h}-k{k}"
-                units.append(Unit(f"{pid}-s{seed}", pid, "grid", h, k, layers, seed, params, n_search, gflop, sec))
+    plan = Plan(spec=spec, encoder=enc, decoder=dec, data=data, phase1=replace(spec.phase1, seed=spec.seed),
+                phase2=spec.phase2, phase3=spec.phase3, dim=dim, depth=depth, tokens=tokens, units=(),
+                enc_params=enc_params, dec_params=dec_params, features_cached=cached)
+    units: list[Unit] = [plan.grid_unit(h, k, seed) for k in layer_counts for h in spec.grid.expert_hidden
+                         for seed in spec.grid.seeds]
     for control in spec.controls.runs:
         seed = spec.grid.seeds[0]
         uid = f"{control.value}-s{seed}"
@@ -122,19 +134,18 @@ def build_plan(spec: SweepSpec) -> Plan:
             gflop, sec = spec.eval.n_images * 5.7, spec.eval.n_images / FID_IMAGES_PER_S[device]
             units.append(Unit(uid, control.value, "control", None, 0, (), seed, 0, 1, gflop, sec))
         elif control is Control.DECODER_ONLY:
-            gflop, sec = cost(0, True, True)
+            gflop, sec = plan.cost(0, True, True)
             units.append(Unit(uid, control.value, "control", None, 0, (), seed, dec_params, 1, gflop, sec))
         elif control is Control.LAST_LAYER:
             h = spec.controls.last_layer_hidden or max(spec.grid.expert_hidden)
             params = fusion_param_count(dim, 1, h)
-            gflop, sec = cost(params, False, True)
+            gflop, sec = plan.cost(params, False, True)
             units.append(Unit(uid, control.value, "control", h, 1, (depth - 1,), seed, params, 1, gflop, sec))
     ids = [u.unit_id for u in units]
     if len(set(ids)) != len(ids):
         raise SpecError("grid: duplicate points")
     _check_faults(spec, ids)
-    return Plan(spec=spec, encoder=enc, decoder=dec, data=data, phase1=replace(spec.phase1, seed=spec.seed),
-                phase2=p2, phase3=p3, dim=dim, depth=depth, tokens=tokens, units=tuple(units))
+    return replace(plan, units=tuple(units))
 
 
 def _decoder_params(dec: DecoderConfig, dim: int, grid: int, patch: int) -> int:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from drorae_io import atomic_path, check_endpoint, check_output_dir, made_dirs
 
+from .adaptive import AdaptiveChooser
 from .experiment import check_tracking, git_commit, log_parent_params, parent_run, tracking_uri, ui_url
 from .live import LiveLaw, skipped_rows
 from .lock import SweepLock, lock_path
@@ -97,8 +98,9 @@ EVAL_METRICS = ("rfid", "rfid_se", "psnr", "psnr_se", "ssim", "ssim_se", "lpips"
 
 
 def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, results, sweep_dir: Path,
-                   law: LiveLaw | None = None):
-    """For each searched unit, evaluate its best completed trial (lowest val_l1) once.
+                   law: LiveLaw | None = None, units=None):
+    """For each searched unit (of ``units``, default the plan's), evaluate its best completed trial (lowest
+    val_l1) once.
 
     ``results`` is Tune's ResultGrid: each trial's final checkpoint, wherever the storage is (a local
     or shared directory, an object store); the evaluation runs as a Ray task that reads it from there.
@@ -109,7 +111,7 @@ def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, res
 
     finished = {r.config["trial_id"]: r for r in results if r.config and r.checkpoint}
     df = table.frame()
-    searched = [u for u in plan.units if u.n_trials > 1]
+    searched = [u for u in (plan.units if units is None else units) if u.n_trials > 1]
     jobs = []
     for unit in searched:
         rows = df[(df.unit_id == unit.unit_id) & (df.status == "completed")]
@@ -159,18 +161,19 @@ def progress_reporter():
                             max_report_frequency=TABLE_EVERY_S, print_intermediate_tables=True)
 
 
-def resume_tuner(experiment_path: str, trainable, tracker: SweepTracker, reporter, law: LiveLaw | None = None,
+def resume_tuner(experiment_path: str, trainable, tracker: SweepTracker, reporter, configure=None,
                  num_samples: int | None = None):
     """``Tuner.restore`` of the sweep's Tune experiment, its errored trials resumed, with this run's
-    ``tracker``, progress ``reporter``, live ``law`` and ``num_samples``.
+    ``tracker``, progress ``reporter`` and ``num_samples``, its searcher set up by ``configure(searcher)``.
 
     Tune restores the RunConfig that the sweep's first run pickled into the experiment, callbacks
     included: a copy of that run's tracker (``SweepTracker.__reduce__``). This run's live tracker takes
     its place, so that Tune's events and the end of the sweep (the evaluation of searched points,
     ``finish``) share one outbox and one map of MLflow runs. The restored searcher gets this run's live
-    law (its stop rule) and runs inside a ``SweepSearch`` (a sweep that its stop rule ended asks it
-    again). Under Ray Client the Tuner runs on the cluster (there is no local one to hand them to) and
-    uses its own copies, as a fresh sweep's does: there the stop rule is not applied.
+    law (its stop rule) and adaptive points (``configure``) and runs inside a ``SweepSearch`` (a sweep
+    that its stop rule ended asks it again). Under Ray Client the Tuner runs on the cluster (there is no
+    local one to hand them to) and uses its own copies, as a fresh sweep's does: there neither the stop
+    rule nor --adaptive applies.
     """
     from ray import tune
     from ray.tune.search import Searcher
@@ -186,25 +189,27 @@ def resume_tuner(experiment_path: str, trainable, tracker: SweepTracker, reporte
         if isinstance(tune_config.search_alg, Searcher):  # an experiment from before SweepSearch
             tune_config.search_alg = SweepSearch(tune_config.search_alg)
         searcher = unit_searcher(tune_config.search_alg)
-        if searcher is not None:
-            searcher.law = law
+        if searcher is not None and configure is not None:
+            configure(searcher)
         if num_samples is not None:
             tune_config.search_alg.total = num_samples
     return tuner
 
 
-def _ended(plan, table: ResultsTable, law: LiveLaw) -> dict:
+def _ended(plan, table: ResultsTable, law: LiveLaw, unchosen: int = 0) -> dict:
     """Why the sweep ended, in the table's metadata (the report says it) and returned; the trials that its
-    stop rule kept from starting are rows of their own, status ``skipped``, the reason as their error."""
+    stop rule kept from starting are rows of their own, status ``skipped``, the reason as their error.
+    ``unchosen``: adaptive points asked for (--adaptive) and never chosen."""
+    adaptive = f"; {unchosen} adaptive point(s) not chosen" if unchosen > 0 else ""
     if law.stopped is not None:
         rows = skipped_rows(plan.units, table.rows, law.stopped["reason"])
         for row in rows:
             table.rows[row["trial_id"]] = {**table.rows.get(row["trial_id"], {}), **row}
         ended = {"by": "stop rule", **law.stopped, "skipped": len(rows),
-                 "reason": f"{law.stopped['reason']}; {len(rows)} planned trial(s) skipped"}
+                 "reason": f"{law.stopped['reason']}; {len(rows)} planned trial(s) skipped{adaptive}"}
         log.warning("sweep ended by its stop rule: %s", ended["reason"])
     else:
-        ended = {"by": "plan", "skipped": 0, "reason": "every planned trial ran"}
+        ended = {"by": "plan", "skipped": 0, "reason": f"every planned trial ran{adaptive}"}
     table.metadata["ended"] = ended
     return ended
 
@@ -219,8 +224,9 @@ def _trial_name(trial) -> str:
     return f"{trial.config['trial_id']}_{trial.trial_id}"
 
 
-def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.DataFrame:
-    """Run (or resume) the sweep of ``plan``; returns the results table.
+def run_sweep(plan, restart: bool = False, address: str | None = None, adaptive: int = 0) -> pd.DataFrame:
+    """Run (or resume) the sweep of ``plan``, with ``adaptive`` points beyond it in all (``sweeper.adaptive``);
+    returns the results table.
 
     Checked before anything is written: results_dir can hold the results, the tracking server and the
     Ray cluster answer, no other process runs a sweep of this name (``SweepLock``), no other results
@@ -246,10 +252,11 @@ def run_sweep(plan, restart: bool = False, address: str | None = None) -> pd.Dat
         ray_seconds = time.perf_counter() - t
         if address:
             check_shared_storage(storage, cluster_hosts(), address)
-        return _run(plan, restart, uri, experiment, ray_seconds)
+        return _run(plan, restart, uri, experiment, ray_seconds, adaptive)
 
 
-def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_seconds: float = 0.0) -> pd.DataFrame:
+def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_seconds: float = 0.0,
+         adaptive: int = 0) -> pd.DataFrame:
     from ray import tune
 
     from .search import SweepSearch, UnitMedianStopping, UnitSearcher
@@ -294,16 +301,25 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
     reporter = progress_reporter()
     # The law as points arrive (console, the parent run's metrics, law.json) and the stop rule: shown now
     # for a resumed sweep's points, then after every trial and every evaluation of a searched point.
-    law = LiveLaw(sweep_dir, spec, sum(u.kind == "grid" for u in plan.units), tracker.log_parent)
+    law = LiveLaw(sweep_dir, spec, sum(u.kind == "grid" for u in plan.units) + adaptive, tracker.log_parent)
     law()
     tracker.after_trial = law
+    chooser = AdaptiveChooser(plan, law) if adaptive else None
+    n_trials = plan.n_trials + adaptive * plan.n_search
+
+    searchers = []
+
+    def configure(searcher):  # this run's live law (its stop rule) and adaptive points, on a new or restored searcher
+        searcher.law, searcher.adaptive, searcher.chooser = law, adaptive, chooser
+        searchers.append(searcher)
+
     if tune.Tuner.can_restore(experiment_path):
         log.info("resuming the sweep from %s", experiment_path)
-        tuner = resume_tuner(experiment_path, trainable, tracker, reporter, law, plan.n_trials)
+        tuner = resume_tuner(experiment_path, trainable, tracker, reporter, configure, n_trials)
     else:
         searcher = UnitSearcher(plan.units, spec.search, storage=f"sqlite:///{sweep_dir / 'optuna.db'}",
                                 study_prefix=f"{spec.name}/", seed=spec.seed)
-        searcher.law = law
+        configure(searcher)
         search_alg = searcher
         if res.max_concurrent:
             from ray.tune.search import ConcurrencyLimiter
@@ -312,8 +328,7 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
         scheduler = UnitMedianStopping() if spec.search and spec.search.pruner == "median" else None
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=SweepSearch(search_alg), scheduler=scheduler,
-                                        num_samples=plan.n_trials,
+            tune_config=tune.TuneConfig(search_alg=SweepSearch(search_alg), scheduler=scheduler, num_samples=n_trials,
                                         reuse_actors=res.reuse_actors, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
@@ -327,8 +342,9 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
     trials_seconds = time.perf_counter() - t
     t = time.perf_counter()
     table = ResultsTable(sweep_dir, {"splits": splits})
-    _evaluate_best(plan, shared, table, tracker, results, sweep_dir, law)
-    ended = _ended(plan, table, law)
+    units = searchers[-1].units if searchers else plan.units  # the plan's, and the adaptive points chosen
+    _evaluate_best(plan, shared, table, tracker, results, sweep_dir, law, units)
+    ended = _ended(plan, table, law, adaptive - (len(searchers[-1].adaptive_units) if searchers else 0))
     table.write()
     df = table.frame()
     wall = time.perf_counter() - t_start

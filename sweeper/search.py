@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from dataclasses import asdict
 
 import optuna
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -53,17 +54,19 @@ class UnitSearcher(Searcher):
         self.asked = defaultdict(int)  # unit_id -> trials suggested
         self.live = {}  # tune trial id -> (unit_id, optuna trial number or None)
         self.law = None  # this run's sweeper.live.LiveLaw: once its stop rule is met, no new trial starts
+        self.adaptive = 0  # how many adaptive points the sweep has in all (--adaptive N)
+        self.adaptive_units = []  # those chosen so far (in self.units too), kept in the searcher's state
+        self.chooser = None  # this run's sweeper.adaptive.AdaptiveChooser
         self._studies = {}
 
-    # Optuna studies are re-opened from their storage, never pickled; the live law is this run's own.
+    # Optuna studies are re-opened from their storage, never pickled; the live law and chooser are this run's.
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_studies"] = {}
-        state["law"] = None
+        state.update(_studies={}, law=None, chooser=None)
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update({"law": None, **state})
+        self.__dict__.update({"law": None, "adaptive": 0, "adaptive_units": [], "chooser": None, **state})
 
     def study(self, unit_id: str) -> optuna.Study:
         if unit_id not in self._studies:
@@ -93,6 +96,18 @@ class UnitSearcher(Searcher):
             self.live[trial_id] = (unit.unit_id, ot.number)
             # With search, only the unit's best trial is evaluated (after the run, by the driver).
             return TrialConfig.of(unit, dict(ot.params), evaluate=False, index=index).to_tune()
+        if len(self.adaptive_units) < self.adaptive and self.chooser is not None:
+            by_id = {u.unit_id: u for u in self.units}
+            unit = self.chooser([by_id[uid] for uid, _ in self.live.values() if uid in by_id], self.units)
+            if unit is not None:
+                self.units.append(unit)
+                self.adaptive_units.append(unit)
+                log.info("adaptive point %d of %d: %s", len(self.adaptive_units), self.adaptive, unit.unit_id)
+                return self.suggest(trial_id)
+            if self.live:
+                return None  # the law waits for the running trials: asked again on Tune's next step
+            log.warning("adaptive: %d of %d adaptive points chosen; no more: %s", len(self.adaptive_units),
+                        self.adaptive, self.chooser.why_not)
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
@@ -115,7 +130,8 @@ class UnitSearcher(Searcher):
 
     def save(self, checkpoint_path: str):
         state = {"version": self.STATE_VERSION, "asked": dict(self.asked),
-                 "live": {tid: [unit_id, number] for tid, (unit_id, number) in self.live.items()}}
+                 "live": {tid: [unit_id, number] for tid, (unit_id, number) in self.live.items()},
+                 "adaptive_units": [{**asdict(u), "layers": list(u.layers)} for u in self.adaptive_units]}
         with open(checkpoint_path, "w") as f:
             json.dump(state, f)
 
@@ -127,6 +143,11 @@ class UnitSearcher(Searcher):
         self.asked = defaultdict(int, {str(k): int(v) for k, v in state["asked"].items()})
         self.live = {str(tid): (str(unit_id), None if number is None else int(number))
                      for tid, (unit_id, number) in state["live"].items()}
+        from .plan import Unit
+
+        self.adaptive_units = [Unit(**{**u, "layers": tuple(u["layers"])}) for u in state.get("adaptive_units", [])]
+        known = {u.unit_id for u in self.units}
+        self.units = [*self.units, *(u for u in self.adaptive_units if u.unit_id not in known)]
 
 
 class SweepSearch(SearchGenerator):
