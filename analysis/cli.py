@@ -1,4 +1,4 @@
-"""The analysis commands of ``drorae`` (fit, predict, backtest, figures, report) and the command-line rules.
+"""The analysis commands of ``drorae`` (fit, predict, next, backtest, figures, report) and the command-line rules.
 
 ``drorae fit ...`` (``sweeper.cli`` adds these commands to ``drorae``) and ``python -m analysis fit ...``
 run the same code. Each command is a pair ``add_<name>(subparsers)`` / ``_cmd_<name>(args) -> int``,
@@ -340,6 +340,159 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- drorae next ------------------------------------------------------------------------------
+
+NEXT_EPILOG = """\
+examples:
+  drorae next results/default --target 1e8              # every candidate, best first
+  drorae next results/default --target 1e8 --per trial  # ranked by the reduction alone, not per second
+  drorae next results/default --target 1e8 --candidates 1e5,3e5,1e6 --interval ci --json
+
+The criterion is a c-optimal sequential design: the expected variance of the law's mean at the
+target C0. With x(C) the law's design row and w(C) = 1 / sigma^2(C) from the fit's noise model,
+M = sum w x x' over the fitted rows, V = x0' M^-1 x0, and one more trial at C gives
+V' = V - w (x0' M^-1 x)^2 / (1 + w x' M^-1 x). The expected PI width is 2 t sqrt(V' + sigma^2(C0))
+(the mean's CI: 2 t sqrt(V')), t with df = distinct capacities - p under the default CR2 errors
+(their Bell-McCaffrey df track capacities, not rows): a seed at a capacity already trained leaves df
+as it was, a new capacity adds one. Candidates: every trained capacity (kind seed: one more seed)
+and new ones (kind new): the geometric midpoints between adjacent capacities and 2 steps beyond the
+largest at the median log spacing, never beyond the target, or --candidates. Where params is exactly
+linear in expert_hidden, a new capacity is snapped to the nearest integer width (the width column).
+
+Cost: ln(seconds) = c0 + c1 log10(C), fitted to the completed units' train_seconds + eval_seconds
+(all trial rows of a searched unit); with fewer than 2 capacities that have seconds, the median
+unit's seconds. --per cost (the default) ranks by reduction per expected second and needs those
+columns; --per trial ranks by the reduction alone. The saturating law has no design matrix: use a
+linear-in-parameters form.
+"""
+
+
+def add_next(sub) -> argparse.ArgumentParser:
+    p = _command(
+        sub, "next", _cmd_next, NEXT_EPILOG,
+        help="rank the capacities worth training next by how much one more trial shrinks the interval at a target",
+        description="Fit the law to RESULTS (as `drorae fit` does) and rank candidate capacities (new widths, and\n"
+                    "one more seed at those trained) by the expected shrinking of the prediction interval (or the\n"
+                    "mean's CI) at --target per expected second of training (or per trial).")
+    p.add_argument("--target", metavar="C", required=True,
+                   help="the capacity whose prediction should get surer, in the units of --x (a finite number > 0), "
+                        "e.g. 1e8 trainable parameters")
+    p.add_argument("--candidates", metavar="C1,C2,...", default=None,
+                   help="new capacities to consider, comma-separated, in the units of --x (default: the geometric "
+                        "midpoints of the trained ones and 2 steps beyond the largest, never beyond --target); "
+                        "every trained capacity is a candidate for one more seed besides")
+    p.add_argument("--per", metavar="cost|trial", default="cost",
+                   help="cost (default): rank by the expected reduction per expected second (needs train_seconds / "
+                        "eval_seconds in the table); trial: by the reduction alone")
+    p.add_argument("--interval", metavar="pi|ci", default="pi",
+                   help="pi (default): the prediction interval of one new run at --target; ci: the law's mean's")
+    _json_option(p, "one object: criterion, law, target, now (model-based width), actual (the fit's CI and PI "
+                    "at the target), cost_model, width_map, candidates (ranked: capacity, kind, width, seconds, "
+                    "width_now, width_after, reduction, reduction_per_second or _per_trial, df_after, rank)")
+    return p
+
+
+def _target(text: str) -> float:
+    from analysis.errors import AnalysisError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise AnalysisError(f"--target {text!r}: expected a number, e.g. 1e8") from None
+    if not (math.isfinite(value) and value > 0):
+        raise AnalysisError(f"--target {text}: expected a finite capacity > 0, in the units of --x "
+                            "(e.g. 1e8 trainable parameters)")
+    return value
+
+
+def _candidate_list(text: str | None) -> list[float] | None:
+    """--candidates as numbers: AnalysisError naming --candidates and the item for text, NaN, inf or <= 0."""
+    from analysis.errors import AnalysisError
+
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",")]
+    if not any(items):
+        raise AnalysisError(f"--candidates {text!r}: expected comma-separated capacities, e.g. 1e5,3e5")
+    out = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise AnalysisError(f"--candidates: {item!r} is not a number; expected comma-separated capacities "
+                                "> 0, e.g. 1e5,3e5") from None
+        if not (math.isfinite(value) and value > 0):
+            raise AnalysisError(f"--candidates: {item} is not a finite capacity > 0; expected comma-separated "
+                                "capacities in the units of --x, e.g. 1e5,3e5")
+        out.append(value)
+    return out
+
+
+def _cmd_next(args: argparse.Namespace) -> int:
+    from analysis import design
+    from analysis.errors import AnalysisError
+    from analysis.load import _read
+
+    target = _target(args.target)
+    candidates = _candidate_list(args.candidates)
+    for value, allowed, what in ((args.per, design.PER, "--per"), (args.interval, design.INTERVALS, "--interval")):
+        if value not in allowed:
+            raise AnalysisError(f"{what} {value!r}: expected one of {', '.join(allowed)}")
+    if args.form != "auto" and not laws.get_law(args.form).linear:
+        raise design.not_linear(f"the {args.form!r} law")     # before fitting it: no fit's warnings first
+    with warnings_as_lines(args.prog):
+        table, res = _fit(args)
+        design.check_linear(res)
+        rows = _read(args.results)    # every trial row, read again: a searched unit's unevaluated trials cost too
+        rk = design.rank(res, table, target, candidates, rows=rows, per=args.per, interval=args.interval,
+                         alpha=args.alpha)
+    if args.json:
+        out = rk.to_dict()
+        out["dropped"] = [str(d) for d in table.dropped]
+        _print_json(out)
+        return 0
+    print("\n".join(next_lines(rk)))
+    return 0
+
+
+def next_lines(rk) -> list[str]:
+    """``drorae next``'s text: the criterion and law, the intervals now, the cost model, the ranked table."""
+    import pandas as pd
+
+    from analysis.design import DF_WORDS
+
+    level = f"{1 - rk.alpha:.0%}"
+    what = "prediction interval (PI) of one new run" if rk.interval == "pi" else "confidence interval (CI) of the mean"
+    name = rk.interval.upper()
+    a = rk.actual
+    lines = [f"Design criterion: {rk.criterion}",
+             f"  ranked by the expected reduction of the {level} {what} at {rk.x} = {rk.target:.4g}, "
+             f"{'per expected second of training' if rk.per == 'cost' else 'per trial'}",
+             f"Law: {rk.law}; C = {rk.x}, y = {rk.y}",
+             f"Now at {rk.target:.4g} (the fit's own intervals): mean {a['mean']:.5g}, "
+             f"{level} CI [{a['ci'][0]:.5g}, {a['ci'][1]:.5g}] (width {a['ci_width']:.4g}), "
+             f"{level} PI [{a['pi'][0]:.5g}, {a['pi'][1]:.5g}] (width {a['pi_width']:.4g})",
+             f"Model-based {name} width now: {rk.now['width']:.4g} (t with df {rk.now['df']:g}: "
+             f"{DF_WORDS[rk.df_rule]})",
+             "Cost: " + (rk.cost.describe(rk.x) if rk.cost is not None else "no train_seconds / eval_seconds: none")]
+    if rk.widths is not None and rk.x != "expert_hidden":
+        layers = "" if rk.widths.fused_layers is None else f" at fused_layers = {rk.widths.fused_layers:g}"
+        lines.append(f"Widths: {rk.x} = {rk.widths.intercept:.10g} + {rk.widths.slope:.10g} * expert_hidden{layers}; "
+                     "new capacities snapped to the nearest integer width")
+    t = rk.table
+    has_width = "width" in t.columns
+    score = "per second" if rk.per == "cost" else "per trial"
+    lines += ["", f"{'rank':>4}{'capacity':>12}{'kind':>6}" + (f"{'width':>8}" if has_width else "") +
+              f"{'seconds':>10}{name + ' now':>10}{name + ' after':>10}{'reduction':>11}{score:>12}"]
+    for _, r in t.iterrows():
+        width = "" if not has_width else f"{'' if r['width'] is pd.NA else int(r['width']):>8}"
+        lines.append(f"{int(r['rank']):>4}{r['capacity']:>12.4g}{r['kind']:>6}{width}{r['seconds']:>10.4g}"
+                     f"{r['width_now']:>10.4g}{r['width_after']:>10.4g}{r['reduction']:>11.4g}"
+                     f"{r[rk.score]:>12.4g}")
+    lines += [f"note: {n}" for n in rk.notes]
+    return lines
+
+
 # --- drorae backtest -------------------------------------------------------------------------
 
 BACKTEST_EPILOG = """\
@@ -542,7 +695,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 # --- the command line ------------------------------------------------------------------------
 
 # The analysis commands, in the order `drorae --help` lists them; each adds its parser and sets `func`.
-COMMANDS: tuple[Callable, ...] = (add_fit, add_predict, add_backtest, add_figures, add_report)
+COMMANDS: tuple[Callable, ...] = (add_fit, add_predict, add_next, add_backtest, add_figures, add_report)
 
 
 def build_parser(prog: str = "python -m analysis") -> argparse.ArgumentParser:

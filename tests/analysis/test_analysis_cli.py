@@ -186,7 +186,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, words):
 
 @pytest.mark.parametrize("module, prog", [("sweeper", "drorae"), ("analysis", "python -m analysis")])
 def test_analysis_commands_never_import_torch(results_dir, module, prog):
-    """`python -m sweeper|analysis fit|predict|backtest` in a fresh interpreter: torch, ray and model stay out."""
+    """`python -m sweeper|analysis fit|predict|next|backtest` in a fresh interpreter: torch, ray and model stay out."""
     code = (
         "import runpy, sys\n"
         "module, calls, codes = sys.argv[1], sys.argv[2:], []\n"
@@ -199,11 +199,12 @@ def test_analysis_commands_never_import_torch(results_dir, module, prog):
         "print('MODULES', codes, sorted(m for m in ('torch', 'ray', 'model', 'timm') if m in sys.modules))\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     calls = [f"fit|{results_dir}|--json", f"predict|{results_dir}|--capacity|2e8",
-             f"backtest|{results_dir}|--holdout|2", f"fit|{results_dir}|--y|nope"]
+             f"next|{results_dir}|--target|1e9|--per|trial", f"backtest|{results_dir}|--holdout|2",
+             f"fit|{results_dir}|--y|nope"]
     out = subprocess.run([sys.executable, "-c", code, module, *calls],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[-1] == "MODULES [0, 0, 0, 2] []"
+    assert out.stdout.splitlines()[-1] == "MODULES [0, 0, 0, 0, 2] []"
     assert "Traceback" not in out.stderr
     assert out.stderr.splitlines()[-1].startswith(f"{prog}: error: ") and "'nope'" in out.stderr
 
