@@ -94,7 +94,8 @@ def test_the_capacity_panel_fits_the_most_common_layer_count_only(tmp_path):
     table = ResultsTable(tmp_path)
     for i in range(6):
         table.upsert(_row(i, CAPS[i], RFID[i]))
-    odd = {**_row(7, 2e4, 60.0), "fused_layers": 2, "point_id": "h7-k2", "unit_id": "h7-k2-s0", "trial_id": "h7-k2-s0-t0"}
+    odd = {**_row(7, 2e4, 60.0), "fused_layers": 2, "point_id": "h7-k2", "unit_id": "h7-k2-s0",
+           "trial_id": "h7-k2-s0-t0"}
     table.upsert(odd)
     unified = LiveLaw(tmp_path, _spec(), 7)
     capacity = LiveLaw(tmp_path, _spec("law.panel=capacity"), 7)
