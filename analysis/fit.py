@@ -245,8 +245,9 @@ class PredictionResults:
         if method == "bootstrap":
             for i, row in enumerate(L):
                 lo[i], hi[i] = boot.wild_interval(res._clusters(), mean[i], row, alpha, B=B, seed=seed)
-            # a new run's interval holds its mean's: the inversion can be the wider with few capacities
-            pi_lo, pi_hi = np.minimum(pi_lo, lo), np.maximum(pi_hi, hi)
+        # a new run's interval holds its mean's: the bootstrap's inversion can be the wider with few capacities,
+        # and with a mean's df near 1 the PI's quadrature over the t's scale misses the tails that the CI's t has
+        pi_lo, pi_hi = np.minimum(pi_lo, lo), np.maximum(pi_hi, hi)
         sf = pd.DataFrame({"mean": mean, "mean_se": se, "mean_df": df, "mean_ci_lower": lo, "mean_ci_upper": hi,
                            "obs_sd": obs_sd, "pi_df": pi_df, "obs_ci_lower": pi_lo, "obs_ci_upper": pi_hi,
                            "pi_note": note})

@@ -259,3 +259,19 @@ def test_case_bootstrap_interval_and_prediction_errors(loglinear_df):
     assert ci.loc["b", "lower"] < res.params["b"] < ci.loc["b", "upper"]
     with pytest.raises(AnalysisError, match=r"^column 'params' has a non-positive value \(-1\)"):
         res.get_prediction([-1.0])
+
+
+def test_a_new_runs_interval_holds_the_interval_of_its_mean():
+    # a PI narrower than the mean's CI cannot be right; with a mean's df near 1 (few capacities) the noise
+    # model's quadrature once made it so (rFID smoke sweeps: PI [299, 336.4] inside CI [299, 336.5])
+    smoke = pd.DataFrame({"params": [7602.0, 9918.0, 14550.0, 23814.0, 42342.0],
+                          "rfid": [308.1495109, 309.8846713, 309.9555810, 309.5159604, 310.5081754]})
+    rng = np.random.default_rng(7)
+    for i in range(61):
+        m = int(rng.integers(3, 7))
+        C = np.geomspace(1e4, 10 ** rng.uniform(5, 7), m)
+        y = 40 - 2 * np.log10(C) + rng.normal(0, 1, m) * np.exp(rng.normal(0, 1.5, m))
+        res = fit(smoke if i == 0 else pd.DataFrame({"params": C, "rfid": y}))
+        sf = res.get_prediction([1e8, 1e4, 3e7]).summary_frame(0.05)
+        assert (sf.obs_ci_lower <= sf.mean_ci_lower + 1e-12).all()
+        assert (sf.obs_ci_upper >= sf.mean_ci_upper - 1e-12).all()
