@@ -46,7 +46,8 @@ def _sweep(root, *args, timeout=900):
     _, parent = _parent(root)
     _, trial_runs = mlflow_trial_runs(root, "smoke")
     return SimpleNamespace(out=out + err, err=err, n_runs=len(trial_runs),
-                           table=pd.read_parquet(sweep_dir / "trials.parquet"), law=json.loads((sweep_dir / "law.json").read_text()),
+                           table=pd.read_parquet(sweep_dir / "trials.parquet"),
+                           law=json.loads((sweep_dir / "law.json").read_text()),
                            report=(sweep_dir / "report.md").read_text(), ended=parent.data.tags.get("ended"))
 
 
