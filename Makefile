@@ -35,6 +35,7 @@ help:
 	@echo "make mlflow-server  an MLflow tracking server on $(MLFLOW_HOST):$(MLFLOW_PORT) for sweeps (RESULTS=$(RESULTS))"
 	@echo "make fit       the scaling law fitted to RESULTS_DIR=$(RESULTS_DIR) (ARGS='--json', ...)"
 	@echo "make predict   its prediction at CAPACITY (e.g. make predict CAPACITY=2e8)"
+	@echo "make next      which capacity to train next for a surer prediction at TARGET"
 	@echo "make figures   the paper's panels into RESULTS_DIR/figures/"
 	@echo "make report    RESULTS_DIR/report.md: table, fits, predictions, figures"
 
@@ -134,7 +135,7 @@ RESULTS_DIR ?= results/default
 # Capacities to predict, space-separated: make predict CAPACITY="2e8 5e8"
 CAPACITY ?=
 
-.PHONY: fit predict figures report
+.PHONY: fit predict next figures report
 
 # The fitted law: params with CIs, R², lack of fit.
 fit: venv
@@ -144,6 +145,12 @@ fit: venv
 predict: venv
 	@test -n "$(CAPACITY)" || { echo 'make predict: set CAPACITY, e.g. make predict CAPACITY=2e8' >&2; exit 2; }
 	$(PY) -m sweeper predict $(RESULTS_DIR) $(foreach c,$(CAPACITY),--capacity $(c)) $(ARGS)
+
+# Which capacity to train next for a surer prediction at TARGET (e.g. make next TARGET=2.4e7).
+TARGET ?=
+next: venv
+	@test -n "$(TARGET)" || { echo 'make next: set TARGET, e.g. make next TARGET=2.4e7' >&2; exit 2; }
+	$(PY) -m sweeper next $(RESULTS_DIR) --target $(TARGET) $(ARGS)
 
 # The paper's panels (PDF + PNG) into $(RESULTS_DIR)/figures/.
 figures: venv
