@@ -181,7 +181,7 @@ def main() -> None:
     if args.sd is not None:
         law["sd"], law["sd_source"] = args.sd, "--sd"
     else:
-        law["sd_source"] = "residual sd of the law fitted to " + law["source"]
+        law["sd_source"] = "the residual sd of that fit"
     caps = law["capacities"]
     law["start"] = [caps[i] for i in START] if len(caps) >= 6 else [caps[0], caps[len(caps) // 2], caps[-1]]
     target = 10 * max(law["start"])
@@ -192,8 +192,8 @@ def main() -> None:
     def seconds(C):
         return np.exp(cost["c0"] + cost["c1"] * np.log10(np.asarray(C, dtype=float)))
 
-    print(f"truth: y = {law['a']:.4g} {'+' if law['b'] >= 0 else '-'} {abs(law['b']):.4g} log10(C), sd {law['sd']:.4g} "
-          f"({law['sd_source']}); law from {law['source']}")
+    print(f"truth: the law fitted to {law['source']}: y = {law['a']:.4g} {'+' if law['b'] >= 0 else '-'} "
+          f"{abs(law['b']):.4g} log10(C), noise sd {law['sd']:.4g} ({law['sd_source']}); cost: {law['cost']['source']}")
     print(f"start: {', '.join(f'{c:.4g}' for c in law['start'])} (one trial each); target C0 = {target:.4g} "
           f"(true mean {true_mean:.4g}); stop when the fit's 95% PI at C0 < {width:.4g}; cap {args.cap} trials; "
           f"{n} sweeps; both policies within [{min(law['start']):.4g}, {max(law['start']):.4g}]")
