@@ -358,6 +358,9 @@ as it was, a new capacity adds one. Candidates: every trained capacity (kind see
 and new ones (kind new): the geometric midpoints between adjacent capacities and 2 steps beyond the
 largest at the median log spacing, never beyond the target, or --candidates. Where params is exactly
 linear in expert_hidden, a new capacity is snapped to the nearest integer width (the width column).
+--criterion tool ranks by the expected width of the tool's own interval instead: the same V', the
+Bell-McCaffrey df the design will have, and the noise model's uncertainty at the target as the trial
+leaves it (one more degree of freedom at its capacity).
 
 Cost: ln(seconds) = c0 + c1 log10(C), fitted to the completed units' train_seconds + eval_seconds
 (all trial rows of a searched unit); with fewer than 2 capacities that have seconds, the median
@@ -386,6 +389,10 @@ def add_next(sub) -> argparse.ArgumentParser:
                         "eval_seconds in the table); trial: by the reduction alone")
     p.add_argument("--interval", metavar="pi|ci", default="pi",
                    help="pi (default): the prediction interval of one new run at --target; ci: the law's mean's")
+    p.add_argument("--criterion", metavar="c-optimal|tool", default="c-optimal",
+                   help="c-optimal (default): the textbook expected width, t with df = capacities - p; tool: the "
+                        "expected width of the tool's own interval (the design's Bell-McCaffrey df and, for the PI, "
+                        "the noise model's uncertainty at the target as the trial would leave it)")
     _json_option(p, "one object: criterion, law, target, now (model-based width), actual (the fit's CI and PI "
                     "at the target), cost_model, width_map, candidates (ranked: capacity, kind, width, seconds, "
                     "width_now, width_after, reduction, reduction_per_second or _per_trial, df_after, rank)")
@@ -435,7 +442,8 @@ def _cmd_next(args: argparse.Namespace) -> int:
 
     target = _target(args.target)
     candidates = _candidate_list(args.candidates)
-    for value, allowed, what in ((args.per, design.PER, "--per"), (args.interval, design.INTERVALS, "--interval")):
+    for value, allowed, what in ((args.per, design.PER, "--per"), (args.interval, design.INTERVALS, "--interval"),
+                                 (args.criterion, tuple(design.CRITERIA), "--criterion")):
         if value not in allowed:
             raise AnalysisError(f"{what} {value!r}: expected one of {', '.join(allowed)}")
     if args.form != "auto" and not laws.get_law(args.form).linear:
@@ -445,7 +453,7 @@ def _cmd_next(args: argparse.Namespace) -> int:
         design.check_linear(res)
         rows = _read(args.results)    # every trial row, read again: a searched unit's unevaluated trials cost too
         rk = design.rank(res, table, target, candidates, rows=rows, per=args.per, interval=args.interval,
-                         alpha=args.alpha)
+                         alpha=args.alpha, criterion=args.criterion)
     if args.json:
         out = rk.to_dict()
         out["dropped"] = [str(d) for d in table.dropped]
@@ -459,8 +467,6 @@ def next_lines(rk) -> list[str]:
     """``drorae next``'s text: the criterion and law, the intervals now, the cost model, the ranked table."""
     import pandas as pd
 
-    from analysis.design import DF_WORDS
-
     level = f"{1 - rk.alpha:.0%}"
     what = "prediction interval (PI) of one new run" if rk.interval == "pi" else "confidence interval (CI) of the mean"
     name = rk.interval.upper()
@@ -473,7 +479,7 @@ def next_lines(rk) -> list[str]:
              f"{level} CI [{a['ci'][0]:.5g}, {a['ci'][1]:.5g}] (width {a['ci_width']:.4g}), "
              f"{level} PI [{a['pi'][0]:.5g}, {a['pi'][1]:.5g}] (width {a['pi_width']:.4g})",
              f"Model-based {name} width now: {rk.now['width']:.4g} (t with df {rk.now['df']:g}: "
-             f"{DF_WORDS[rk.df_rule]})",
+             f"{rk.df_words})",
              "Cost: " + (rk.cost.describe(rk.x) if rk.cost is not None else "no train_seconds / eval_seconds: none")]
     if rk.widths is not None and rk.x != "expert_hidden":
         layers = "" if rk.widths.fused_layers is None else f" at fused_layers = {rk.widths.fused_layers:g}"

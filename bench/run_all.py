@@ -94,6 +94,7 @@ def _benchmarks(quick: bool) -> dict:
             f"{r['residual_s'] * 1e3:.1f} ms vs {r['statsmodels_s']:.2f} s: **{r['speedup']:.0f}x**",
             "< 0.5 s, >= 50x", "yes" if r["residual_s"] < 0.5 and r["speedup"] >= 50 else "no")),
         "analysis-scale": (["bench/analysis_scale.py"], _analysis_scale_row),
+        "adaptive-design": (["bench/adaptive_design.py", "--cost"] + (["--quick"] if quick else []), _adaptive_row),
         "gpu-throughput": (["bench/gpu_throughput.py"], _gpu_row),
     }
 
@@ -105,6 +106,28 @@ def _analysis_scale_row(r: dict):
                                                                else "") for c in r["results"]]
     return (f"the analysis at {r['rows']:,} rows ({r['format']}): each command in a fresh process",
             "; ".join(parts), "; ".join(targets), "yes" if all(c["met"] for c in r["results"]) else "no")
+
+
+def _adaptive_row(r: dict):
+    law, u, ratios = r["law"], r["policies"]["uniform"], r["ratios"]
+
+    def part(p: str, label: str) -> str:
+        a, q = r["policies"][p], ratios[p]
+        return (f"{label}: mean {a['mean_trials']:.1f} trials, median {a['median_trials']:g}, {a['capped']} capped: "
+                f"**{q['mean_trials']:.2f}x** fewer (median {q['median_trials']:.2f}x), cost {q['mean_cost']:.2f}x")
+
+    what = (f"trials until the 95% PI at 10x the largest of 3 start capacities is narrower than {r['width']:.3g} "
+            f"({r['sweeps']} simulated sweeps of rFID = {law['a']:.4g} {law['b']:+.4g} log10(params), "
+            f"sd {law['sd']:.3g}, each refitted by `analysis.fit`): the next capacity by `analysis.design` vs new "
+            f"capacities uniformly in log space (cost: {law['cost']['source']})")
+    parts = [f"uniform: mean {u['mean_trials']:.1f} trials, median {u['median_trials']:g}, {u['capped']} of "
+             f"{r['sweeps']} hit the cap of {r['cap']}"]
+    labels = {"adaptive": "c-optimal per trial", "adaptive-tool": "tool per trial",
+              "adaptive-cost": "c-optimal per second", "adaptive-tool-cost": "tool per second"}
+    parts += [part(p, labels[p]) for p in labels if p in ratios]
+    first = ratios.get("adaptive", next(iter(ratios.values())))
+    return what, "; ".join(parts), ">= 1.3x fewer trials (c-optimal per trial)", \
+        "yes" if first["mean_trials"] >= 1.3 else "no"
 
 
 def _gpu_row(r: dict):

@@ -356,3 +356,44 @@ def test_a_saturating_law_is_refused_in_one_line():
     with pytest.raises(AnalysisError, match="'saturating' law is not linear in its parameters") as err:
         design.rank(res, pd.DataFrame({"params": C}), 1e9, per="trial")
     assert "\n" not in str(err.value)
+
+
+# --- criterion "tool": the tool's own interval, read off the design -------------------------------
+
+
+@pytest.mark.parametrize("c", [1e4, 3e5, 2e7])                  # a seed at a one-row capacity, and two new ones
+def test_the_tool_criterion_has_the_df_and_noise_uncertainty_the_refit_will_have(c):
+    """The Bell-McCaffrey df and the noise model's variance at the target depend on the design alone: the
+    criterion's must equal those of the fit refitted with the trial's row (whatever its metric)."""
+    df = table(seeds=1, sd=0.3, seed=17)
+    df = pd.concat([df, table(caps=CAPS[2:4], seeds=1, sd=0.3, seed=18)], ignore_index=True)   # 2 seeds at two
+    res = fit(df)
+    t = design.rank(res, df, 1e8, [2e7, 3e5], per="trial", criterion="tool").table.set_index("capacity")
+    row = t.loc[c]
+    refit = fit(pd.concat([df, pd.DataFrame({"params": [c], "rfid": [A + B * np.log10(c) + 0.7]})], ignore_index=True))
+    sf = refit.get_prediction([1e8]).summary_frame().iloc[0]
+    assert row["df_after"] == pytest.approx(sf["mean_df"], rel=1e-9)
+    d = design.design(res, 1e8)
+    C_after = np.append(df["params"].to_numpy(), c)
+    assert d.noise_v(C_after) == pytest.approx(refit.noise.log_var([1e8])[1][0], rel=1e-9)
+    # the width: noise.interval of the c-optimal V' with those, computed here from the parts
+    from analysis import noise
+    m0 = res.noise.log_var([1e8])[0][0]
+    lo, hi = noise.interval(0.0, math.sqrt(row["variance_after"]), sf["mean_df"], m0,
+                            refit.noise.log_var([1e8])[1][0], 0.05)
+    assert row["width_after"] == pytest.approx(hi[0] - lo[0], rel=1e-9)
+    assert row["variance_after"] == pytest.approx(d.variance_after([c])[0], rel=1e-12)
+
+
+def test_the_tool_criterion_is_the_c_optimal_one_for_classical_errors():
+    df = table(seeds=2, sd=0.2, seed=19)
+    res = fit(df, cov_type="nonrobust")
+    a = design.rank(res, df, 1e8, per="trial").table
+    b = design.rank(res, df, 1e8, per="trial", criterion="tool").table
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_an_unknown_criterion_is_an_analysis_error():
+    df = table()
+    with pytest.raises(AnalysisError, match="criterion 'd-optimal': expected one of c-optimal, tool"):
+        design.rank(fit(df), df, 1e8, criterion="d-optimal")

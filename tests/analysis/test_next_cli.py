@@ -141,3 +141,14 @@ def test_bad_input_is_one_line_exit_2(results_dir, argv, words):
     assert rc == 2 and out == ""
     (line,) = err.splitlines()
     assert line.startswith("drorae: error: ") and words in line, line
+
+
+def test_criterion_tool_names_itself_and_counts_bell_mccaffrey_df(results_dir):
+    rc, out, _ = call("next", results_dir, "--target", "2.4e7", "--criterion", "tool", "--json")
+    assert rc == 0
+    got = json.loads(out)
+    assert got["criterion_name"] == "tool" and got["criterion"].startswith("expected width of the tool's own interval")
+    assert got["df_rule"].startswith("Bell-McCaffrey df of the design")
+    assert got["now"]["df"] == pytest.approx(got["actual"]["mean_df"], rel=1e-9)   # the design's df is the fit's
+    rc, out, err = call("next", results_dir, "--target", "2.4e7", "--criterion", "x")
+    assert rc == 2 and err.splitlines() == ["drorae: error: --criterion 'x': expected one of c-optimal, tool"]
