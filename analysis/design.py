@@ -41,13 +41,17 @@ Bell-McCaffrey df of the mean at C0 that the design after the trial will have (`
 depends on the design alone, not on the residuals), and, for the PI, integrates the noise model's
 uncertainty as the trial leaves it: the variance v' of log sigma^2(C0) from the noise model's
 information with each capacity weighted 1 / trigamma(nu / 2), nu = its seeds - 1 (1 for a single
-seed), so a seed at a capacity that has one adds a degree of freedom to the noise there
-(``noise.interval`` then gives the width). With one seed per capacity that uncertainty dominates
-the PI 10x beyond the data, which the c-optimal criterion does not see. In the simulation of
-``bench/adaptive_design.py`` (bench/results.md) it reached the target PI width in 1.82x fewer trials
-than uniform log spacing (c-optimal: 1.46x), and ranked per second it cost about what uniform did
-where the c-optimal ranking per second cost more and needed more trials than uniform. It equals the
-c-optimal criterion for classical (``nonrobust``) and known-variance (``measurement``) fits.
+seed: its residual), as ``analysis.noise.fit`` weighs them; a new capacity adds a point to that
+trend, one more seed at a capacity with 2+ seeds raises its nu by one (``noise.interval`` then gives
+the width). A reduction can be negative here: one more seed at a capacity that already carries much
+of the design's leverage (the largest, for an extrapolation) lowers the Bell-McCaffrey df, and the
+tool's interval after the refit is expected to be wider. With one seed per capacity the noise
+model's uncertainty dominates the PI 10x beyond the data, which the c-optimal criterion does not
+see. In the simulation of ``bench/adaptive_design.py`` (bench/results.md) it reached the target PI
+width in 2.09x fewer trials than uniform log spacing (c-optimal: 1.73x), and ranked per second it
+cost about what uniform did, where the c-optimal ranking per second cost more and needed more
+trials than uniform. It equals the c-optimal criterion for classical (``nonrobust``) and
+known-variance (``measurement``) fits.
 
 **Pending trials.** Because the criterion depends only on x, trials chosen but not yet measured are
 added to M (and to the capacities that count for df) without their y: ``pending=``. Choosing a

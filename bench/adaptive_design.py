@@ -59,7 +59,7 @@ ALPHA = 0.05
 
 def truth(results: Path | None) -> dict:
     """The law, its residual sd and a cost law, from a fresh default sweep's results or the README's points."""
-    pts, why = None, f"no {results}/trials.parquet"
+    pts, why = None, "--results none" if results is None else f"no {results}/trials.parquet"
     if results is not None and (results / "trials.parquet").exists():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--sd", type=float, default=None, help="the noise sd (default: the default sweep's residual sd)")
     ap.add_argument("--results", default=str(FRESH),
                     help=f"a default sweep's results directory to take the law from (default {FRESH}; "
-                         "the README's points when it has no trials.parquet)")
+                         "the README's points when it has no trials.parquet, or with none)")
     ap.add_argument("--cost", action="store_true", help="also each adaptive policy ranked per expected second")
     ap.add_argument("--criterion", choices=("c-optimal", "tool", "both"), default="both",
                     help="the adaptive policies' design criterion (default: both, side by side)")
@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args()
     n = 20 if args.quick else args.sweeps
-    law = truth(Path(args.results) if args.results else None)
+    law = truth(Path(args.results) if args.results and args.results != "none" else None)
     if args.sd is not None:
         law["sd"], law["sd_source"] = args.sd, "--sd"
     else:
