@@ -389,10 +389,11 @@ def add_next(sub) -> argparse.ArgumentParser:
                         "eval_seconds in the table); trial: by the reduction alone")
     p.add_argument("--interval", metavar="pi|ci", default="pi",
                    help="pi (default): the prediction interval of one new run at --target; ci: the law's mean's")
-    p.add_argument("--criterion", metavar="c-optimal|tool", default="c-optimal",
-                   help="c-optimal (default): the textbook expected width, t with df = capacities - p; tool: the "
-                        "expected width of the tool's own interval (the design's Bell-McCaffrey df and, for the PI, "
-                        "the noise model's uncertainty at the target as the trial would leave it)")
+    p.add_argument("--criterion", metavar="c-optimal|tool", default="tool",
+                   help="tool (default): the expected width of the tool's own interval (the c-optimal variance "
+                        "with the design's Bell-McCaffrey df and, for the PI, the noise model's uncertainty at the "
+                        "target as the trial would leave it); c-optimal: the textbook expected width, t with df = "
+                        "capacities - p (bench/results.md compares both)")
     _json_option(p, "one object: criterion, law, target, now (model-based width), actual (the fit's CI and PI "
                     "at the target), cost_model, width_map, candidates (ranked: capacity, kind, width, seconds, "
                     "width_now, width_after, reduction, reduction_per_second or _per_trial, df_after, rank)")

@@ -4,7 +4,7 @@ The choice is ``analysis.design``'s: the expected width of the tool's own interv
 target capacity after the trial (criterion ``tool``: the c-optimal variance of the law's mean with
 the Bell-McCaffrey df and noise-model uncertainty the design will have), per expected second of the
 cost model fitted to the table's measured seconds (bench/results.md: over 200 simulated sweeps it
-needed 1.41x fewer trials than uniform log spacing, at 1.19x less cost), among new widths
+needed 1.43x fewer trials than uniform log spacing on the mean, at about the same cost), among new widths
 (geometric midpoints of the trained ones, and two steps beyond the largest, never beyond the
 target) and one more seed at a trained width. The live law
 (``sweeper.live``) supplies the fit; the trials already running, or chosen and not yet measured, are

@@ -59,7 +59,7 @@ def call(*argv) -> tuple[int, str, str]:
 
 
 def test_next_json_is_the_modules_ranking_with_the_fits_interval_and_the_cost_fit(results_dir):
-    rc, out, err = call("next", results_dir, "--target", "2.4e7", "--json")
+    rc, out, err = call("next", results_dir, "--target", "2.4e7", "--json", "--criterion", "c-optimal")
     assert rc == 0 and err == ""
     got = json.loads(out)
     assert got["criterion"].startswith("c-optimal") and got["interval"] == "pi" and got["per"] == "cost"
@@ -88,7 +88,7 @@ def test_next_json_is_the_modules_ranking_with_the_fits_interval_and_the_cost_fi
 
 
 def test_next_text_names_the_criterion_the_law_the_interval_now_and_ranks_every_candidate(results_dir):
-    rc, out, err = call("next", results_dir, "--target", "2.4e7", "--per", "trial")
+    rc, out, err = call("next", results_dir, "--target", "2.4e7", "--per", "trial", "--criterion", "c-optimal")
     assert rc == 0 and err == ""
     lines = out.splitlines()
     assert lines[0].startswith("Design criterion: c-optimal sequential design")
@@ -152,3 +152,13 @@ def test_criterion_tool_names_itself_and_counts_bell_mccaffrey_df(results_dir):
     assert got["now"]["df"] == pytest.approx(got["actual"]["mean_df"], rel=1e-9)   # the design's df is the fit's
     rc, out, err = call("next", results_dir, "--target", "2.4e7", "--criterion", "x")
     assert rc == 2 and err.splitlines() == ["drorae: error: --criterion 'x': expected one of c-optimal, tool"]
+
+
+def test_next_ranks_by_the_tool_criterion_unless_told_otherwise(results_dir):
+    rc, out, err = call("next", results_dir, "--target", "2.4e7", "--json")
+    assert rc == 0 and err == ""
+    got = json.loads(out)
+    table = load(results_dir)
+    expected = design.rank(fit(table), table, 2.4e7, rows=results_table(), criterion="tool")
+    assert got["criterion_name"] == "tool" and got["criterion"] == expected.criterion
+    assert [c["capacity"] for c in got["candidates"]] == pytest.approx(expected.table["capacity"].tolist())

@@ -129,7 +129,7 @@ def test_drorae_next_ranks_candidates_of_the_finished_sweep(runs):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["criterion"].startswith("c-optimal") and out["per"] == "cost"
+    assert out["criterion_name"] == "tool" and out["per"] == "cost"
     cands = pd.DataFrame(out["candidates"])
     assert {"new", "seed"} <= set(cands.kind) and cands["rank"].tolist() == list(range(1, len(cands) + 1))
     score = cands["reduction_per_second"].to_numpy()
