@@ -32,11 +32,18 @@ examples:
   drorae sweep sweeps/paper_capacity.yaml        # the paper's capacity sweep, on whatever Ray it finds
   RAY_ADDRESS=ray://head:10001 MLFLOW_TRACKING_URI=http://mlflow:5000 drorae sweep SPEC
   drorae sweep SPEC phase2.lr=3e-4 'grid.seeds=[0,1]'   # dotted overrides, validated like the file
+  drorae sweep sweeps/default.yaml --adaptive 3  # 3 more points, each chosen as it starts (drorae next's ranking)
+  drorae sweep SPEC 'stop={target: 1.0e+8, pi_width_below: 2.0}'  # end once the PI at 1e8 is that narrow
 
 Overrides are KEY=VALUE with a dotted key into the spec and a YAML value; quote values with
 brackets or spaces for your shell. A bad spec or override stops with one line naming the key,
 exit code 2, and nothing written. Rerunning the same command resumes an interrupted sweep; no
 completed trial runs twice.
+
+While it runs, the driver refits the law whenever a point's rFID arrives (the spec's law: block):
+one console line, metrics on the MLflow parent run, results/<sweep>/law.json; a stop: block ends
+the sweep once the interval at its target is narrow enough (the trials never started are recorded
+as skipped).
 
 environment:
   RAY_ADDRESS          Ray cluster to run on (default for --address); unset: a local one-node Ray
@@ -178,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  drorae fit results/default                   # the scaling law, with CIs and R²\n"
                "  drorae predict results/default --capacity 2e8\n"
                "  drorae backtest results/default --holdout 2\n"
+               "  drorae next results/default --target 2.4e7     # which width to train next\n"
                "  drorae figures results/default --out figures/\n"
                "  drorae report results/default                # Markdown report with table, fits, figures\n\n"
                f"'{PROG} COMMAND --help' explains a command's options.")
