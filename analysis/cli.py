@@ -123,19 +123,21 @@ def _alpha(text: str) -> float:
 
 def _capacities(args: argparse.Namespace) -> list[float]:
     """The --capacity values as numbers: AnalysisError naming --capacity for text, NaN, inf or <= 0."""
+    return [_capacity(text, "--capacity", "2e8") for text in args.capacity or []]
+
+
+def _capacity(text: str, option: str, example: str) -> float:
+    """``text`` as a capacity: AnalysisError naming ``option`` for text, NaN, inf or <= 0."""
     from analysis.errors import AnalysisError
 
-    out = []
-    for text in args.capacity or []:
-        try:
-            value = float(text)
-        except ValueError:
-            raise AnalysisError(f"--capacity {text!r}: expected a number, e.g. 2e8") from None
-        if not (math.isfinite(value) and value > 0):
-            raise AnalysisError(f"--capacity {text}: expected a finite capacity > 0, in the units of --x "
-                                "(e.g. 2e8 trainable parameters)")
-        out.append(value)
-    return out
+    try:
+        value = float(text)
+    except ValueError:
+        raise AnalysisError(f"{option} {text!r}: expected a number, e.g. {example}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise AnalysisError(f"{option} {text}: expected a finite capacity > 0, in the units of --x "
+                            f"(e.g. {example} trainable parameters)")
+    return value
 
 
 def _fit_options(*, weights: bool = True) -> argparse.ArgumentParser:
@@ -401,16 +403,7 @@ def add_next(sub) -> argparse.ArgumentParser:
 
 
 def _target(text: str) -> float:
-    from analysis.errors import AnalysisError
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise AnalysisError(f"--target {text!r}: expected a number, e.g. 1e8") from None
-    if not (math.isfinite(value) and value > 0):
-        raise AnalysisError(f"--target {text}: expected a finite capacity > 0, in the units of --x "
-                            "(e.g. 1e8 trainable parameters)")
-    return value
+    return _capacity(text, "--target", "1e8")
 
 
 def _candidate_list(text: str | None) -> list[float] | None:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from ray.tune import Callback
 
 from drorae_io import atomic_path, check_endpoint, check_output_dir, made_dirs
 
@@ -97,49 +98,142 @@ def _prepare_remote(plan, device):
 EVAL_METRICS = ("rfid", "rfid_se", "psnr", "psnr_se", "ssim", "ssim_se", "lpips", "lpips_se", "eval_seconds")
 
 
+def _evaluate_task(plan, shared, trial: TrialConfig, checkpoint, expert_hidden):
+    """The Ray task that evaluates a searched unit's best trial from its Tune checkpoint (wherever the storage
+    is: a local or shared directory, an object store); returns its object ref."""
+    import ray
+
+    from .trial import tune_evaluate_checkpoint
+
+    res = plan.spec.resources
+    fn = ray.remote(tune_evaluate_checkpoint).options(num_cpus=res.cpu, num_gpus=res.gpu_for(expert_hidden))
+    return fn.remote(plan, shared, trial, checkpoint)
+
+
+def _record_evaluation(table: ResultsTable, tracker: SweepTracker, sweep_dir: Path, trial_id: str, metrics: dict,
+                       png: bytes, law: LiveLaw | None) -> None:
+    """A searched unit's best trial, evaluated: its metrics in the table (and ``best`` on its unit's rows), its
+    reconstruction grid under best/, the metrics and grid on its MLflow run, its point to the live law."""
+    unit_id = table.rows[trial_id].get("unit_id")
+    for tid, row in table.rows.items():
+        if row.get("unit_id") == unit_id:
+            row["best"] = tid == trial_id
+    table.upsert({"trial_id": trial_id, "best": True, **{k: v for k, v in metrics.items() if k in EVAL_METRICS}})
+    image = sweep_dir / "best" / trial_id / "reconstructions.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(image) as tmp:
+        tmp.write_bytes(png)
+    tracker.log_final(table.rows[trial_id].get("mlflow_run_id"), metrics, str(image), trial_id=trial_id)
+    if law is not None:
+        law()  # the point's rFID is in the table: the live law takes it
+
+
+def _best_to_evaluate(rows: list[dict]) -> dict | None:
+    """Of a searched unit's rows, the completed trial of lowest val_l1, unless it is evaluated already."""
+    done = [r for r in rows if r.get("status") == "completed" and _finite(r.get("val_l1"))]
+    if not done:
+        return None
+    best = min(done, key=lambda r: r["val_l1"])
+    return None if bool(best.get("best")) and _finite(best.get("rfid")) else best
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class BestEvaluator(Callback):
+    """Evaluates a searched unit's best trial as soon as the unit's last trial ends (a Ray task beside the
+    trials), so that its point reaches the live law and the stop rule while the sweep runs, not after it.
+
+    A Ray Tune callback, listed after the tracker (whose table holds the trial's row by then). ``collect``
+    records the evaluations that have finished (at every step of Tune's loop); the end of the sweep waits
+    for the rest (``collect(None, table)``), and ``_evaluate_best`` does whatever is left (a failed
+    evaluation, a resumed sweep's units). Never pickled with the experiment: a restored sweep has its own.
+    """
+
+    def __init__(self, plan, shared, tracker: SweepTracker, sweep_dir: Path, law: LiveLaw):
+        self.plan, self.shared, self.tracker, self.sweep_dir, self.law = plan, shared, tracker, sweep_dir, law
+        self.jobs: dict[str, tuple[str, object]] = {}  # unit_id -> (its best trial_id, the evaluation's ref)
+
+    def trial_ended(self, trial, trials) -> None:
+        config = TrialConfig.from_tune(trial.config)
+        if config.n_trials < 2 or config.unit_id in self.jobs:
+            return
+        rows = [r for r in self.tracker.table.rows.values() if r.get("unit_id") == config.unit_id]
+        if sum(r.get("status") in ("completed", "pruned", "failed") for r in rows) < config.n_trials:
+            return  # the unit's search goes on
+        best = _best_to_evaluate(rows)
+        found = None if best is None else next(
+            (t for t in trials if t.config.get("trial_id") == best["trial_id"] and t.checkpoint is not None), None)
+        if found is None:
+            return  # nothing to evaluate here, or its checkpoint is not at hand: the end of the sweep sees to it
+        ref = _evaluate_task(self.plan, self.shared, TrialConfig.from_tune(found.config), found.checkpoint,
+                             config.expert_hidden)
+        self.jobs[config.unit_id] = (best["trial_id"], ref)
+        log.info("evaluating %s, the best of %s's %d trials", best["trial_id"], config.unit_id, config.n_trials)
+
+    def collect(self, timeout: float | None = 0, table: ResultsTable | None = None) -> None:
+        """Record the evaluations done within ``timeout`` seconds (None: wait for all) into ``table`` (default:
+        the tracker's, while Tune runs); one that failed is left to the end of the sweep."""
+        import ray
+
+        pending = [(unit, tid, ref) for unit, (tid, ref) in self.jobs.items() if ref is not None]
+        if not pending:
+            return
+        refs = [ref for _, _, ref in pending]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for unit, trial_id, ref in pending:
+            if ref not in ready:
+                continue
+            self.jobs[unit] = (trial_id, None)
+            try:
+                metrics, png = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001  (retried by the end of the sweep)
+                log.warning("evaluating %s failed (%s); the end of the sweep tries again", trial_id, exc)
+                del self.jobs[unit]
+                continue
+            _record_evaluation(table or self.tracker.table, self.tracker, self.sweep_dir, trial_id, metrics, png,
+                               self.law)
+
+    def __reduce__(self):  # Tune pickles callbacks with the experiment: a no-op stands in (resume_tuner)
+        return (Callback, ())
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.trial_ended(trial, trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.trial_ended(trial, trials)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.collect(0)
+
+
 def _evaluate_best(plan, shared, table: ResultsTable, tracker: SweepTracker, results, sweep_dir: Path,
                    law: LiveLaw | None = None, units=None):
     """For each searched unit (of ``units``, default the plan's), evaluate its best completed trial (lowest
-    val_l1) once.
+    val_l1) once, unless that is done already (``BestEvaluator``, or an earlier run of the sweep).
 
     ``results`` is Tune's ResultGrid: each trial's final checkpoint, wherever the storage is (a local
     or shared directory, an object store); the evaluation runs as a Ray task that reads it from there.
     """
     import ray
 
-    from .trial import tune_evaluate_checkpoint
-
     finished = {r.config["trial_id"]: r for r in results if r.config and r.checkpoint}
-    df = table.frame()
     searched = [u for u in (plan.units if units is None else units) if u.n_trials > 1]
     jobs = []
     for unit in searched:
-        rows = df[(df.unit_id == unit.unit_id) & (df.status == "completed")]
-        if rows.empty:
-            continue
-        best = rows.loc[rows.val_l1.idxmin()]
-        if bool(best.get("best")) and not math.isnan(best.rfid):
-            continue  # already evaluated in an earlier run of this sweep
-        result = finished.get(best.trial_id)
+        best = _best_to_evaluate([r for r in table.rows.values() if r.get("unit_id") == unit.unit_id])
+        if best is None:
+            continue  # nothing completed, or evaluated already
+        result = finished.get(best["trial_id"])
         if result is None:
-            log.warning("no checkpoint for %s: cannot evaluate it", best.trial_id)
+            log.warning("no checkpoint for %s: cannot evaluate it", best["trial_id"])
             continue
-        res = plan.spec.resources
-        fn = ray.remote(tune_evaluate_checkpoint).options(num_cpus=res.cpu, num_gpus=res.gpu_for(unit.expert_hidden))
         trial = TrialConfig.from_tune(result.config)
-        jobs.append((best.trial_id, fn.remote(plan, shared, trial, result.checkpoint)))
+        jobs.append((best["trial_id"], _evaluate_task(plan, shared, trial, result.checkpoint, unit.expert_hidden)))
     for trial_id, ref in jobs:
         metrics, png = ray.get(ref)
-        for tid in df[df.unit_id == df.loc[df.trial_id == trial_id, "unit_id"].iloc[0]].trial_id:
-            table.rows[tid]["best"] = tid == trial_id
-        table.upsert({"trial_id": trial_id, "best": True, **{k: v for k, v in metrics.items() if k in EVAL_METRICS}})
-        image = sweep_dir / "best" / trial_id / "reconstructions.png"
-        image.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(image) as tmp:
-            tmp.write_bytes(png)
-        tracker.log_final(table.rows[trial_id].get("mlflow_run_id"), metrics, str(image), trial_id=trial_id)
-        if law is not None:
-            law()  # the point's rFID is in the table: the live law takes it
+        _record_evaluation(table, tracker, sweep_dir, trial_id, metrics, png, law)
 
 
 #: Tune's table: each trial's params, step, val L1 and rFID (a column once some trial has it), at most
@@ -162,9 +256,10 @@ def progress_reporter():
 
 
 def resume_tuner(experiment_path: str, trainable, tracker: SweepTracker, reporter, configure=None,
-                 num_samples: int | None = None):
+                 num_samples: int | None = None, callbacks: tuple = ()):
     """``Tuner.restore`` of the sweep's Tune experiment, its errored trials resumed, with this run's
-    ``tracker``, progress ``reporter`` and ``num_samples``, its searcher set up by ``configure(searcher)``.
+    ``tracker`` (then ``callbacks``), progress ``reporter`` and ``num_samples``, its searcher set up by
+    ``configure(searcher)``.
 
     Tune restores the RunConfig that the sweep's first run pickled into the experiment, callbacks
     included: a copy of that run's tracker (``SweepTracker.__reduce__``). This run's live tracker takes
@@ -184,7 +279,7 @@ def resume_tuner(experiment_path: str, trainable, tracker: SweepTracker, reporte
     local = tuner._local_tuner  # Ray 2.60's Tuner: its TunerInternal in this process, None under Ray Client
     if local is not None:
         run_config = local.get_run_config()
-        run_config.callbacks, run_config.progress_reporter = [tracker], reporter
+        run_config.callbacks, run_config.progress_reporter = [tracker, *callbacks], reporter
         tune_config = local._tune_config  # what Tuner.fit hands to Tune: the restored searcher, num_samples
         if isinstance(tune_config.search_alg, Searcher):  # an experiment from before SweepSearch
             tune_config.search_alg = SweepSearch(tune_config.search_alg)
@@ -305,6 +400,7 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
     law()
     tracker.after_trial = law
     chooser = AdaptiveChooser(plan, law) if adaptive else None
+    evaluator = BestEvaluator(plan, shared, tracker, sweep_dir, law)  # a searched point's rFID as its search ends
     n_trials = plan.n_trials + adaptive * plan.n_search
 
     searchers = []
@@ -315,7 +411,7 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
 
     if tune.Tuner.can_restore(experiment_path):
         log.info("resuming the sweep from %s", experiment_path)
-        tuner = resume_tuner(experiment_path, trainable, tracker, reporter, configure, n_trials)
+        tuner = resume_tuner(experiment_path, trainable, tracker, reporter, configure, n_trials, (evaluator,))
     else:
         searcher = UnitSearcher(plan.units, spec.search, storage=f"sqlite:///{sweep_dir / 'optuna.db'}",
                                 study_prefix=f"{spec.name}/", seed=spec.seed)
@@ -332,7 +428,7 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
                                         reuse_actors=res.reuse_actors, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
-                name=tune_experiment.name, storage_path=tune_experiment.storage, callbacks=[tracker],
+                name=tune_experiment.name, storage_path=tune_experiment.storage, callbacks=[tracker, evaluator],
                 progress_reporter=reporter,
                 failure_config=tune.FailureConfig(max_failures=res.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -343,6 +439,7 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
     t = time.perf_counter()
     table = ResultsTable(sweep_dir, {"splits": splits})
     units = searchers[-1].units if searchers else plan.units  # the plan's, and the adaptive points chosen
+    evaluator.collect(None, table)
     _evaluate_best(plan, shared, table, tracker, results, sweep_dir, law, units)
     ended = _ended(plan, table, law, adaptive - (len(searchers[-1].adaptive_units) if searchers else 0))
     table.write()

@@ -59,3 +59,28 @@ def test_restore_never_unpickles(tmp_path):
     with pytest.raises(ValueError):
         searcher.restore(str(path))
     assert not marker.exists() and dict(searcher.asked) == {}
+
+
+def test_a_met_stop_rule_finishes_the_search_and_adaptive_units_survive_a_resume(tmp_path):
+    from types import SimpleNamespace
+
+    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,16]")
+    first = _searcher(tmp_path, plan)
+    chosen = plan.grid_unit(5, plan.depth, 0)
+    calls = []
+    first.adaptive, first.chooser = 2, lambda pending, units: calls.append(len(units)) or chosen
+    ids = [TrialConfig.from_tune(first.suggest(f"t{i}")).trial_id for i in range(3)]
+    assert ids[2] == "h5-k6-s0-t0" and calls == [2]  # after the plan's units, the chooser's
+    path = tmp_path / "searcher-state-x.pkl"
+    first.save(str(path))
+    again = _searcher(tmp_path, plan)
+    again.restore(str(path))
+    assert [u.unit_id for u in again.adaptive_units] == ["h5-k6-s0"] and again.units[-1] == chosen
+    assert again.asked["h5-k6-s0"] == 1
+    # once the live law's stop rule is met, nothing more starts: neither the plan's trials nor adaptive ones
+    again.adaptive, again.chooser = 2, lambda pending, units: plan.grid_unit(7, plan.depth, 0)
+    again.law = SimpleNamespace(stopped={"reason": "met"})
+    assert again.suggest("t9") == UnitSearcher.FINISHED
+    again.law = SimpleNamespace(stopped=None)
+    assert TrialConfig.from_tune(again.suggest("t9")).trial_id == "h7-k6-s0-t0"
+    assert pickle.loads(pickle.dumps(again)).law is None  # the live law is this run's, never pickled
