@@ -41,6 +41,7 @@ from drorae_io import atomic_path
 log = logging.getLogger(__name__)
 
 LAW_FILE = "law.json"
+_UNSEEN = object()
 PANELS = {"unified": "unified_scaling", "capacity": "capacity_scaling"}
 #: The parent run's metrics of the live law, at step = number of points: "law.<param>" and its interval,
 #: "law.r2", and at the target "law.target_mean", "law.target_ci_width", "law.target_pi_width".
@@ -84,7 +85,7 @@ class LiveLaw:
         self.points = None  # the rows it was fitted to
         self.stopped: dict | None = None  # the stop rule's verdict once met (sticky for this run)
         self.state: dict = {}
-        self._seen = None
+        self._seen: object = _UNSEEN  # the (trial_id, y) of the points last fitted
         self._history: list[dict] = self._read_history()
 
     @property
@@ -119,7 +120,7 @@ class LiveLaw:
             table = None
         points = None if table is None else table.points
         seen = None if points is None else tuple(sorted(zip(points["trial_id"].astype(str), points[table.y])))
-        if seen == self._seen and self._seen is not None:
+        if seen == self._seen:
             return False
         self._seen = seen
         n = 0 if points is None else len(points)
