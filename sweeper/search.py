@@ -94,7 +94,7 @@ class UnitSearcher(Searcher):
                 return TrialConfig.of(unit, {}, evaluate=True, index=index).to_tune()
             ot = self.study(unit.unit_id).ask(distributions(self.search))
             self.live[trial_id] = (unit.unit_id, ot.number)
-            # With search, only the unit's best trial is evaluated (after the run, by the driver).
+            # With search, only the unit's best trial is evaluated (by the driver, once the unit's search ends).
             return TrialConfig.of(unit, dict(ot.params), evaluate=False, index=index).to_tune()
         if len(self.adaptive_units) < self.adaptive and self.chooser is not None:
             by_id = {u.unit_id: u for u in self.units}
