@@ -98,8 +98,9 @@ def fake_run(monkeypatch):
     module = types.ModuleType("sweeper.run")
     module.calls, module.raises = [], None
 
-    def run_sweep(plan, *, restart, address):
+    def run_sweep(plan, *, restart, address, adaptive=0):
         module.calls.append((plan, restart, address))
+        module.adaptive = adaptive
         if module.raises is not None:
             raise module.raises
 
@@ -122,6 +123,7 @@ def test_sweep_calls_run_sweep(fake_run, monkeypatch, capsys, write_spec, tiny_r
     assert main(["sweep", spec]) == 0
     assert fake_run.calls[-1][2] is None  # run_sweep starts a local Ray
     assert main(["sweep", spec, "--dry-run"]) == 0 and len(fake_run.calls) == 3  # a dry run starts nothing
+    assert main(["sweep", spec, "--adaptive", "2", "law.target=1e8"]) == 0 and fake_run.adaptive == 2
 
 
 def test_interrupt_and_user_errors_from_the_run(fake_run, capsys, write_spec, tiny_raw):
