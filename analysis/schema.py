@@ -15,7 +15,9 @@ from __future__ import annotations
 COLUMNS = ("trial_id", "point_id", "kind", "status", "expert_hidden", "fused_layers", "seed", "params",
            "rfid", "psnr", "ssim", "lpips", "rfid_se", "psnr_se", "ssim_se", "lpips_se", "val_l1",
            "train_steps", "train_flops", "train_seconds", "eval_seconds", "report_seconds",
-           "startup_seconds", "error", "best", "retries", "unit_id", "node_id", "mlflow_run_id")
+           "startup_seconds", "lr_source", "error", "best", "retries", "unit_id", "node_id", "mlflow_run_id")
+#: ``lr_source`` is where a trial's phase-2 learning rate came from: searched (its unit's Optuna study), law (the
+#: hyperparameter law of the searched widths, ``search.transfer``; the value in ``hp.lr``) or spec (phase2.lr).
 #: Float columns (NaN where unknown); report_seconds and startup_seconds are what orchestration cost the
 #: trial (the time training waited in tune.report, and a new actor process's age when the trial began).
 #: ``<metric>_se`` is a metric's measurement error, its standard error over the evaluation images

@@ -48,6 +48,9 @@ class Unit:
     n_trials: int  # Optuna trials for this unit (1 without search)
     gflop: float  # estimated cost of the unit: n_trials trainings + one rFID evaluation
     seconds: float  # estimated seconds of the unit's trials on the spec's device, run one after another
+    # Where its phase-2 learning rate comes from: "searched" (its own Optuna study), "law" (the hyperparameter
+    # law of the searched widths: search.transfer), "spec" (phase2.lr, or no fusion training at all).
+    lr_source: str = "spec"
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,22 @@ class Plan:
 
     @property
     def n_search(self) -> int:
-        """Trials per grid unit: the search's, else 1."""
+        """Trials per searched grid unit: the search's, else 1."""
         return self.spec.search.n_trials if self.spec.search else 1
+
+    @property
+    def n_new_width(self) -> int:
+        """Trials of a width the grid does not list (an adaptive point): 1 where the law gives its learning rate."""
+        return 1 if self.spec.search and self.spec.search.transfer == "law" else self.n_search
+
+    def lr_source(self, expert_hidden: int) -> str:
+        """Where a grid width's learning rate comes from (``Unit.lr_source``)."""
+        search = self.spec.search
+        if search is None:
+            return "spec"
+        if search.transfer == "law" and expert_hidden not in search.searched:
+            return "law"
+        return "searched"
 
     def cost(self, fusion_params: int, train_decoder: bool, evaluate: bool, n: int = 1) -> tuple[float, float]:
         """(GFLOP, seconds) of n trainings of a unit with ``fusion_params`` (and its rFID evaluation)."""
@@ -98,10 +115,12 @@ class Plan:
         """The grid unit of width ``expert_hidden`` over ``fused_layers`` blocks at ``seed`` (planned or not)."""
         layers = select_layers(self.depth, fused_layers)
         params = fusion_param_count(self.dim, len(layers), expert_hidden)
-        gflop, sec = self.cost(params, False, True, self.n_search)
+        source = self.lr_source(expert_hidden)
+        n = self.n_search if source == "searched" else 1
+        gflop, sec = self.cost(params, False, True, n)
         pid = f"h{expert_hidden}-k{fused_layers}"
-        return Unit(f"{pid}-s{seed}", pid, "grid", expert_hidden, fused_layers, layers, seed, params, self.n_search,
-                    gflop, sec)
+        return Unit(f"{pid}-s{seed}", pid, "grid", expert_hidden, fused_layers, layers, seed, params, n, gflop, sec,
+                    source)
 
 
 def build_plan(spec: SweepSpec) -> Plan:
@@ -186,11 +205,11 @@ def format_plan(plan: Plan) -> str:
             f"{plan.tokens} tokens), decoder {s.decoder.preset}, data {s.data.name} {s.data.resolution}px, "
             f"device {plan.device}",
             f"{'trial unit':<22}{'kind':<9}{'h':>6}{'k':>4}{'seed':>6}{'params':>10}{'trials':>8}"
-            f"{'GFLOP':>10}{'est. s':>9}"]
+            f"{'GFLOP':>10}{'est. s':>9}  lr"]
     for u in plan.units:
         h = "-" if u.expert_hidden is None else str(u.expert_hidden)
         rows.append(f"{u.unit_id:<22}{u.kind:<9}{h:>6}{u.fused_layers:>4}{u.seed:>6}{_human(u.params):>10}"
-                    f"{u.n_trials:>8}{u.gflop:>10.4g}{u.seconds:>9.0f}")
+                    f"{u.n_trials:>8}{u.gflop:>10.4g}{u.seconds:>9.0f}  {u.lr_source}")
     total_s = sum(u.seconds for u in plan.units)
     total_g = sum(u.gflop for u in plan.units)
     grid = [u for u in plan.units if u.kind == "grid"]
@@ -202,4 +221,10 @@ def format_plan(plan: Plan) -> str:
     rows.append(f"total: {len(plan.units)} units, {plan.n_trials} trials{span}, {total_g:.4g} GFLOP, "
                 f"~{total_s / 60:.1f} min of trial time (serial; {conc} concurrent), plus shared work "
                 f"(encoder, feature cache, FID statistics, phase 1: {s.phase1.steps} steps)")
+    if s.search is not None and s.search.transfer == "law":
+        law = sorted({u.expert_hidden for u in grid if u.lr_source == "law"})
+        rows.append(f"learning rate: searched at h = {', '.join(map(str, s.search.searched))} ({s.search.n_trials} "
+                    f"trials each) first; h = {', '.join(map(str, law)) or '(none)'} then train once at the "
+                    "hyperparameter law's lr (log10 lr linear in log10 params), fitted to the searched trials "
+                    "once they have all ended")
     return "\n".join(rows)

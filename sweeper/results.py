@@ -76,7 +76,7 @@ def row_from(config: dict, result: dict | None, status: str, error: str | None =
     """A trial's row from its config and its last Tune result (None: it has reported nothing)."""
     result = result or {}
     row = {k: config.get(k) for k in ("trial_id", "unit_id", "point_id", "kind", "expert_hidden",
-                                      "fused_layers", "seed", "params")}
+                                      "fused_layers", "seed", "params", "lr_source")}
     row.update(status=status, error=error, node_id=result.get("node_id"),
                best=config.get("n_trials", 1) == 1 and status == "completed")
     for key in NUMERIC:

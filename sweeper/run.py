@@ -401,7 +401,7 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
     tracker.after_trial = law
     chooser = AdaptiveChooser(plan, law) if adaptive else None
     evaluator = BestEvaluator(plan, shared, tracker, sweep_dir, law)  # a searched point's rFID as its search ends
-    n_trials = plan.n_trials + adaptive * plan.n_search
+    n_trials = plan.n_trials + adaptive * plan.n_new_width
 
     searchers = []
 

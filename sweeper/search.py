@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import optuna
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -58,15 +58,18 @@ class UnitSearcher(Searcher):
         self.adaptive_units = []  # those chosen so far (in self.units too), kept in the searcher's state
         self.chooser = None  # this run's sweeper.adaptive.AdaptiveChooser
         self._studies = {}
+        self._hparam_laws = {}  # fused_layers -> the hyperparameter law (or why there is none), fitted once
 
-    # Optuna studies are re-opened from their storage, never pickled; the live law and chooser are this run's.
+    # Optuna studies are re-opened from their storage, never pickled (the hyperparameter laws are refitted from
+    # them); the live law and chooser are this run's.
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.update(_studies={}, law=None, chooser=None)
+        state.update(_studies={}, law=None, chooser=None, _hparam_laws={})
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update({"law": None, "adaptive": 0, "adaptive_units": [], "chooser": None, **state})
+        self.__dict__.update({"law": None, "adaptive": 0, "adaptive_units": [], "chooser": None, "_hparam_laws": {},
+                              **state})
 
     def study(self, unit_id: str) -> optuna.Study:
         if unit_id not in self._studies:
@@ -84,9 +87,16 @@ class UnitSearcher(Searcher):
     def suggest(self, trial_id: str):
         if self.law is not None and self.law.stopped is not None:
             return Searcher.FINISHED
+        waiting = False  # a width whose learning rate comes from the law waits for the searched widths
         for unit in self.units:
             if self.asked[unit.unit_id] >= unit.n_trials:
                 continue
+            if unit.lr_source == "law":
+                config = self.transferred(unit, trial_id)
+                if config is None:
+                    waiting = True
+                    continue
+                return config
             index = self.asked[unit.unit_id]
             self.asked[unit.unit_id] += 1
             if self.search is None or unit.kind == "control":
@@ -108,7 +118,54 @@ class UnitSearcher(Searcher):
                 return None  # the law waits for the running trials: asked again on Tune's next step
             log.warning("adaptive: %d of %d adaptive points chosen; no more: %s", len(self.adaptive_units),
                         self.adaptive, self.chooser.why_not)
-        return Searcher.FINISHED
+        return None if waiting else Searcher.FINISHED
+
+    # --- search.transfer: law ------------------------------------------------------------------------
+
+    def transferred(self, unit, trial_id: str) -> dict | None:
+        """The Tune config of ``unit``'s one trial at the hyperparameter law's learning rate, or None while a
+        searched width of its layer count has trials to start or running (Tune asks again on its next step).
+
+        Where no law can be fitted (e.g. fewer than 2 searched widths completed a trial), the trial runs at
+        phase2.lr, with ``lr_source`` "spec" and a warning saying why.
+        """
+        searched = [u for u in self.units if u.lr_source == "searched" and u.fused_layers == unit.fused_layers]
+        running = {uid for uid, _ in self.live.values()}
+        if any(self.asked[u.unit_id] < u.n_trials or u.unit_id in running for u in searched):
+            return None
+        law = self.hparam_law(unit.fused_layers, searched)
+        index = self.asked[unit.unit_id]
+        self.asked[unit.unit_id] += 1
+        self.live[trial_id] = (unit.unit_id, None)
+        if isinstance(law, str):
+            log.warning("%s trains at phase2.lr: no hyperparameter law (%s)", unit.unit_id, law)
+            return replace(TrialConfig.of(unit, {}, evaluate=True, index=index), lr_source="spec").to_tune()
+        lr = float(law.predict([unit.params])[0])
+        log.info("%s (%d params) trains at the hyperparameter law's lr = %.4g", unit.unit_id, unit.params, lr)
+        return TrialConfig.of(unit, {"lr": lr}, evaluate=True, index=index).to_tune()
+
+    def hparam_law(self, fused_layers: int, searched):
+        """The law of the best learning rate against params (``analysis.hparams``) fitted to every completed trial
+        of the ``searched`` units' studies, once; a string saying why where it cannot be fitted."""
+        if fused_layers not in self._hparam_laws:
+            import pandas as pd
+
+            from analysis import AnalysisError
+            from analysis.hparams import fit_hparam_law
+
+            rows = [{"point_id": u.point_id, "unit_id": u.unit_id, "kind": "grid", "status": "completed",
+                     "seed": u.seed, "expert_hidden": u.expert_hidden, "fused_layers": u.fused_layers,
+                     "params": u.params, "hp.lr": t.params["lr"], "val_l1": t.value, "lr_source": "searched"}
+                    for u in searched for t in self.study(u.unit_id).get_trials(
+                        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+            try:
+                law = fit_hparam_law(pd.DataFrame(rows), param="lr", metric="val_l1", x="params")
+                log.info("hyperparameter law from %d searched trials at %d widths: %s", len(rows),
+                         len({r["point_id"] for r in rows}), law.equation)
+            except AnalysisError as err:
+                law = str(err)
+            self._hparam_laws[fused_layers] = law
+        return self._hparam_laws[fused_layers]
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
         unit_id, number = self.live.pop(trial_id, (None, None))

@@ -269,6 +269,10 @@ class SearchSpec(_Strict):
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "none"] = "median"
     metric: Literal["val_l1"] = "val_l1"
+    # transfer: law searches only the widths in ``searched``; every other width trains once at the learning rate
+    # of the hyperparameter law (analysis.hparams) fitted to the searched points' trials, once they have ended.
+    transfer: Literal["none", "law"] = "none"
+    searched: list[Int] | None = None
 
     @field_validator("params")
     @classmethod
@@ -279,6 +283,29 @@ class SearchSpec(_Strict):
         for name, p in v.items():
             _check_param(name, p)
         return v
+
+    @model_validator(mode="after")
+    def _transfer(self):
+        if self.transfer == "none":
+            if self.searched is not None:
+                raise BadValue("searched", "lists the widths whose learning rate is searched when the others take "
+                                           "the law's; expected it only with transfer: law")
+            return self
+        if self.searched is None:
+            raise BadValue("transfer", "law needs searched: the widths to search (at least 2; 3 or more give the "
+                                       "law a confidence interval)")
+        if set(self.params) != {"lr"}:
+            raise BadValue("transfer", f"law transfers the learning rate alone; expected params to be just lr, got "
+                                       f"{', '.join(self.params)}")
+        if self.params["lr"].type not in ("loguniform", "uniform") or self.params["lr"].low <= 0:
+            raise BadValue("params.lr", "transfer: law fits log10(lr) against log10(params); expected type "
+                                        "loguniform (or uniform with low > 0)")
+        dup = _first_duplicate(self.searched)
+        if dup is not None:
+            raise BadValue("searched", f"duplicate width {dup} in {self.searched}")
+        if len(self.searched) < 2:
+            raise BadValue("searched", f"a law needs at least 2 searched widths, got {self.searched}")
+        return self
 
 
 class ControlsSpec(_Strict):
@@ -457,6 +484,17 @@ class SweepSpec(_Strict):
         if stop.target is not None and law.target is not None and stop.target != law.target:
             raise ValueError(f"stop.target ({stop.target:g}) differs from law.target ({law.target:g}); set one of "
                              "them (the stop rule and the live law predict at the same capacity)")
+        return self
+
+    @model_validator(mode="after")
+    def _searched_in_grid(self):
+        search = self.search
+        if search is None or search.searched is None:
+            return self
+        missing = [h for h in search.searched if h not in self.grid.expert_hidden]
+        if missing:
+            raise ValueError(f"search.searched: width {missing[0]} is not in grid.expert_hidden "
+                             f"{self.grid.expert_hidden}; expected some of its widths")
         return self
 
     @property

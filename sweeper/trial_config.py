@@ -36,6 +36,7 @@ class TrialConfig:
     hp: dict = field(default_factory=dict)  # the searched hyperparameters (empty without search)
     evaluate: bool = True  # rFID after training (with search only the unit's best trial is, by the driver)
     n_trials: int = 1  # the unit's trials (Optuna's), for the scheduler's per-unit pruning
+    lr_source: str = "spec"  # where hp's lr comes from: "searched", "law" (search.transfer) or "spec" (phase2.lr)
 
     @property
     def control(self) -> Control | None:
@@ -48,7 +49,7 @@ class TrialConfig:
         return cls(trial_id=f"{unit.unit_id}-t{index}", unit_id=unit.unit_id, point_id=unit.point_id,
                    kind=unit.kind, expert_hidden=unit.expert_hidden, fused_layers=unit.fused_layers,
                    layers=tuple(unit.layers), seed=unit.seed, params=unit.params, hp=dict(hp), evaluate=evaluate,
-                   n_trials=unit.n_trials)
+                   n_trials=unit.n_trials, lr_source=unit.lr_source)
 
     def to_tune(self) -> dict:
         """The dict Tune carries: these fields, layers as a list (as the MLflow params show them)."""

@@ -138,3 +138,18 @@ def test_a_timm_name_without_a_preset_does_not_inherit_the_tiny_presets_sizes(ti
     tiny_raw["encoder"]["preset"] = "tiny"  # an explicit preset is the base, even with a name
     cfg = parse_spec(tiny_raw).encoder.config
     assert cfg.name == "vit_small_patch16_224" and cfg.model_kwargs["embed_dim"] == 96 and cfg.input_size == 32
+
+
+def test_dry_run_shows_which_widths_search_their_lr_and_which_take_the_law_after_them(tmp_path):
+    from helpers import smoke_plan
+
+    plan = smoke_plan(tmp_path, "search={params: {lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}, n_trials: 3, "
+                                "transfer: law, searched: [2, 128]}", "controls.runs=[rae]")
+    units = {u.point_id: u for u in plan.units}
+    assert {k: (u.lr_source, u.n_trials) for k, u in units.items()} == {
+        "h2-k6": ("searched", 3), "h16-k6": ("law", 1), "h128-k6": ("searched", 3), "rae": ("spec", 1)}
+    assert plan.n_trials == 3 + 1 + 3 + 1 and plan.n_new_width == 1
+    text = format_plan(plan)
+    assert "learning rate: searched at h = 2, 128 (3 trials each) first; h = 16 then train once" in text
+    row = next(line for line in text.splitlines() if line.startswith("h16-k6-s0"))
+    assert row.rstrip().endswith("law")

@@ -84,3 +84,65 @@ def test_a_met_stop_rule_finishes_the_search_and_adaptive_units_survive_a_resume
     again.law = SimpleNamespace(stopped=None)
     assert TrialConfig.from_tune(again.suggest("t9")).trial_id == "h7-k6-s0-t0"
     assert pickle.loads(pickle.dumps(again)).law is None  # the live law is this run's, never pickled
+
+
+TRANSFER = ("search={params: {lr: {type: loguniform, low: 1.0e-4, high: 3.0e-1}}, n_trials: 4, transfer: law, "
+            "searched: [2, 16, 128]}")
+
+
+def _drain(searcher, prefix: str) -> list:
+    configs = []
+    while isinstance(config := searcher.suggest(f"{prefix}{len(configs)}"), dict):
+        configs.append(TrialConfig.from_tune(config))
+    return configs, config
+
+
+def test_a_transferred_width_waits_for_every_searched_trial_then_trains_once_at_the_laws_lr(tmp_path):
+    """The transferred lr is the hyperparameter law of exactly the searched widths' completed trials (the law
+    itself is tested in tests/analysis/test_hparams.py): a failed trial, and the other layer count, stay out."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.hparams import fit_hparam_law
+
+    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,16,128,1024]", "grid.fused_layers=[3,6]", TRANSFER)
+    by_h = {(u.expert_hidden, u.fused_layers): u for u in plan.units}
+    assert [by_h[h, 6].lr_source for h in (2, 16, 128, 1024)] == ["searched"] * 3 + ["law"]
+    assert [by_h[h, 6].n_trials for h in (2, 16, 128, 1024)] == [4, 4, 4, 1]
+    searcher = _searcher(tmp_path, plan)
+    configs, last = _drain(searcher, "t")
+    # every searched trial starts; the law's widths wait (None: Tune asks again), the search is not finished
+    assert last is None and len(configs) == 24 and {c.lr_source for c in configs} == {"searched"}
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, c in enumerate(configs):
+        if c.trial_id == by_h[16, 6].unit_id + "-t2":
+            searcher.on_trial_complete(f"t{i}", None, error=True)
+            continue
+        vertex = -1 - 0.5 * np.log10(c.params) + (0.3 if c.fused_layers == 3 else 0.0)
+        value = 0.1 + (np.log10(c.hp["lr"]) - vertex) ** 2 + rng.normal(0, 0.01)
+        if i == len(configs) - 1:  # the last one still runs: nothing transferred yet
+            assert searcher.suggest("w") is None
+        searcher.on_trial_complete(f"t{i}", {"val_l1": value, "final": True})
+        if c.fused_layers == 6:
+            rows.append({"point_id": c.point_id, "kind": "grid", "status": "completed", "params": c.params,
+                         "hp.lr": c.hp["lr"], "val_l1": value, "lr_source": "searched", "seed": c.seed})
+    law_cfgs, last = _drain(searcher, "law")
+    assert last == UnitSearcher.FINISHED and len(law_cfgs) == 2
+    law_cfg = next(c for c in law_cfgs if c.fused_layers == 6)
+    assert law_cfg.unit_id == by_h[1024, 6].unit_id and law_cfg.lr_source == "law" and law_cfg.evaluate
+    expected = fit_hparam_law(pd.DataFrame(rows)).predict([by_h[1024, 6].params])[0]
+    assert law_cfg.hp["lr"] == pytest.approx(expected, rel=1e-9)
+    other = next(c for c in law_cfgs if c.fused_layers == 3)
+    assert other.hp["lr"] != pytest.approx(expected, rel=1e-3)  # its own layer count's law
+
+
+def test_without_a_fittable_law_a_transferred_width_trains_at_phase2_lr_and_says_so(tmp_path, caplog):
+    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,16,128]", TRANSFER.replace("[2, 16, 128]", "[2, 16]"))
+    searcher = _searcher(tmp_path, plan)
+    configs, last = _drain(searcher, "t")
+    assert last is None and len(configs) == 8
+    for i in range(8):  # every searched trial fails: no optimum anywhere
+        searcher.on_trial_complete(f"t{i}", None, error=True)
+    config = TrialConfig.from_tune(searcher.suggest("law"))
+    assert config.lr_source == "spec" and config.hp == {} and "no hyperparameter law" in caplog.text

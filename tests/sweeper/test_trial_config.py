@@ -40,9 +40,10 @@ def test_the_tune_config_is_the_flat_dict_the_table_and_mlflow_read_and_reads_ba
     config = trial.to_tune()
     assert config == {"trial_id": "h8-k6-s5-t2", "unit_id": "h8-k6-s5", "point_id": "h8-k6", "kind": "grid",
                       "expert_hidden": 8, "fused_layers": 6, "layers": [0, 1, 2, 3, 4, 5], "seed": 5,
-                      "params": trial.params, "hp": {"lr": 1e-3}, "evaluate": False, "n_trials": 1}
+                      "params": trial.params, "hp": {"lr": 1e-3}, "evaluate": False, "n_trials": 1,
+                      "lr_source": "spec"}
     assert list(config) == ["trial_id", "unit_id", "point_id", "kind", "expert_hidden", "fused_layers", "layers",
-                            "seed", "params", "hp", "evaluate", "n_trials"]  # the order the MLflow params had
+                            "seed", "params", "hp", "evaluate", "n_trials", "lr_source"]  # the order the MLflow params had
     assert TrialConfig.from_tune(config) == trial
     assert TrialConfig.from_tune(pickle.loads(pickle.dumps(config))) == trial
 
