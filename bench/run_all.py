@@ -96,7 +96,28 @@ def _benchmarks(quick: bool) -> dict:
         "analysis-scale": (["bench/analysis_scale.py"], _analysis_scale_row),
         "adaptive-design": (["bench/adaptive_design.py", "--cost"] + (["--quick"] if quick else []), _adaptive_row),
         "gpu-throughput": (["bench/gpu_throughput.py"], _gpu_row),
+        "hparam-transfer": (["bench/hparam_transfer.py", "--results", str(Path(tempfile.gettempdir()) / "drorae-bench")]
+                            + (["--spec", "sweeps/smoke.yaml", "--search", SMOKE_SEARCH] if quick else []),
+                            _transfer_row),
     }
+
+
+# --quick: the backtest on the smoke spec (about 3 minutes instead of ~25)
+SMOKE_SEARCH = ("search={params: {lr: {type: loguniform, low: 3.0e-4, high: 3.0e-2}}, n_trials: 3, transfer: law, "
+                "searched: [2, 16, 128]}")
+
+
+def _transfer_row(r: dict):
+    what = (f"hyperparameter transfer on `{r['spec']}`: h = {r['held_out']} at the lr the law of h = "
+            f"{', '.join(map(str, r['fitted_on']))} predicts vs the lr of its own search")
+    ratio = r["search_trials_transfer"] / r["search_trials_all_searched"]
+    measured = (f"lr {r['lr_predicted']:.3g} vs searched {r['lr_searched']:.3g}; rFID {r['rfid_transferred']:.4g} "
+                f"(se {r['rfid_transferred_se']:.2g}) vs {r['rfid_searched']:.4g} (se {r['rfid_searched_se']:.2g}): "
+                f"difference **{r['difference']:+.3g}**; search trials {r['search_trials_transfer']} vs "
+                f"{r['search_trials_all_searched']} (**{ratio:.2f}x**), "
+                f"all trials {r['trials_transfer']} vs {r['trials_all_searched']}")
+    met = r["within_error"] and ratio < 0.5
+    return what, measured, "within the transferred point's rfid_se, < 0.5x the search trials", "yes" if met else "no"
 
 
 def _analysis_scale_row(r: dict):
