@@ -607,7 +607,7 @@ examples:
   drorae hparams results/paper_capacity                   # the learning-rate law, its CI, each point's optimum
   drorae hparams results/paper_capacity --capacity 2e8 --capacity 1e9
   drorae hparams results/paper_capacity --where fused_layers=6 --json
-  make hparams RESULTS_DIR=results/paper_capacity ARGS='--capacity 2e8'
+  make hparams RESULTS_DIR=results/paper_capacity CAPACITY=2e8
 
 Fitted to every completed search trial of the grid (a spec with a search block), not only each
 point's winner; pruned trials (their metric is partial), failed ones and controls are left out,

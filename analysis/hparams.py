@@ -151,8 +151,9 @@ def searched_trials(df: pd.DataFrame, param: str = "lr", metric: str = "val_l1",
                        (x, "the capacity")):
         if need not in df.columns:
             hps = [c for c in df.columns if str(c).startswith(schema.HP_PREFIX)]
-            hint = (f"; searched hyperparameters in the table: {', '.join(hps)}" if hps and need == col else
-                    "; the table has no hp.<name> column: was a search block in the spec?" if need == col else "")
+            hint = "" if need != col else (
+                f"; searched hyperparameters in the table: {', '.join(hps)}" if hps else
+                "; the table has no hp.<name> column: its sweep searched no hyperparameter (a spec's search block)")
             raise AnalysisError(f"{source}: no column {need!r} for {role}{hint}")
     df = df.reset_index(drop=True)
     keep = np.ones(len(df), dtype=bool)
