@@ -36,6 +36,7 @@ help:
 	@echo "make fit       the scaling law fitted to RESULTS_DIR=$(RESULTS_DIR) (ARGS='--json', ...)"
 	@echo "make predict   its prediction at CAPACITY (e.g. make predict CAPACITY=2e8)"
 	@echo "make next      which capacity to train next for a surer prediction at TARGET"
+	@echo "make hparams   the best learning rate against capacity (the searched points' law), predicted at CAPACITY"
 	@echo "make figures   the paper's panels into RESULTS_DIR/figures/"
 	@echo "make report    RESULTS_DIR/report.md: table, fits, predictions, figures"
 
@@ -135,7 +136,7 @@ RESULTS_DIR ?= results/default
 # Capacities to predict, space-separated: make predict CAPACITY="2e8 5e8"
 CAPACITY ?=
 
-.PHONY: fit predict next figures report
+.PHONY: fit predict next hparams figures report
 
 # The fitted law: params with CIs, R², lack of fit.
 fit: venv
@@ -151,6 +152,11 @@ TARGET ?=
 next: venv
 	@test -n "$(TARGET)" || { echo 'make next: set TARGET, e.g. make next TARGET=2.4e7' >&2; exit 2; }
 	$(PY) -m sweeper next $(RESULTS_DIR) --target $(TARGET) $(ARGS)
+
+# The hyperparameter law: each searched point's best learning rate against capacity, and its
+# prediction at each CAPACITY (e.g. make hparams CAPACITY="2e8 1e9").
+hparams: venv
+	$(PY) -m sweeper hparams $(RESULTS_DIR) $(foreach c,$(CAPACITY),--capacity $(c)) $(ARGS)
 
 # The paper's panels (PDF + PNG) into $(RESULTS_DIR)/figures/.
 figures: venv

@@ -171,9 +171,12 @@ def _fit_options(*, weights: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def _command(sub, name: str, func: Callable, epilog: str, *, weights: bool = True, **kwargs):
-    """The parser of analysis command ``name``: the shared options, ``epilog``'s examples, ``func`` to run."""
-    p = sub.add_parser(name, parents=[common_options(), _fit_options(weights=weights)], formatter_class=HelpFormatter,
+def _command(sub, name: str, func: Callable, epilog: str, *, weights: bool = True,
+             options: argparse.ArgumentParser | None = None, **kwargs):
+    """The parser of analysis command ``name``: the shared options (or ``options``: a command that fits no
+    scaling law), ``epilog``'s examples, ``func`` to run."""
+    options = _fit_options(weights=weights) if options is None else options
+    p = sub.add_parser(name, parents=[common_options(), options], formatter_class=HelpFormatter,
                        epilog=epilog, **kwargs)
     p.set_defaults(func=func, parser=p)
     return p
@@ -597,6 +600,99 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- drorae hparams --------------------------------------------------------------------------
+
+HPARAMS_EPILOG = """\
+examples:
+  drorae hparams results/paper_capacity                   # the learning-rate law, its CI, each point's optimum
+  drorae hparams results/paper_capacity --capacity 2e8 --capacity 1e9
+  drorae hparams results/paper_capacity --where fused_layers=6 --json
+  make hparams RESULTS_DIR=results/paper_capacity CAPACITY=2e8
+
+Fitted to every completed search trial of the grid (a spec with a search block), not only each
+point's winner; pruned trials (their metric is partial), failed ones and controls are left out,
+and where the table has lr_source only its 'searched' trials (a 'law' trial is one run at a
+transferred value). Per point (point_id, seeds pooled) the metric is fitted as a quadratic in
+u = log10(value); with 4+ distinct values, a positive curvature and the vertex inside the tried
+range, the optimum is the vertex -b1/(2 b2) with its delta-method standard error (method
+vertex); otherwise the best value tried, without one (method best). The law is
+log10(value*) = a + b log10(C) over the points: weighted by 1/(se^2 + tau^2) (tau^2 the law's
+misfit, DerSimonian-Laird; Knapp-Hartung scale) when every optimum has a standard error, else
+unweighted; t intervals with points - 2 df (undefined with 2 points: the line then passes
+through both). Predictions are 10^(a + b log10 C) with that interval mapped back.
+
+Bad input (no hp.<param> column, fewer than 2 searched points, a value or capacity <= 0) stops
+with one line naming it, exit code 2.
+"""
+
+
+def _hparams_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("results", metavar="RESULTS", help=RESULTS_HELP)
+    p.add_argument("--param", metavar="NAME", default="lr",
+                   help="the searched hyperparameter, the table's column hp.NAME (default: lr)")
+    p.add_argument("--metric", metavar="COLUMN", default="val_l1",
+                   help="the selection metric the search minimized (default: val_l1)")
+    p.add_argument("--x", metavar="COLUMN", default="params",
+                   help="capacity column (default: params, the trainable parameters; e.g. expert_hidden)")
+    p.add_argument("--where", metavar="KEY=VALUE", action="append", default=[],
+                   help="only the rows whose column KEY equals VALUE, e.g. --where fused_layers=6; repeat (or "
+                        "join with commas) for several")
+    p.add_argument("--capacity", metavar="C", action="append", default=[],
+                   help="a capacity to predict the optimum at, in the units of --x (a finite number > 0); "
+                        "repeat for several")
+    p.add_argument("--alpha", type=_alpha, default=0.05, metavar="A",
+                   help="intervals at level 1 - A (default: 0.05, i.e. 95%%)")
+    return p
+
+
+def add_hparams(sub) -> argparse.ArgumentParser:
+    p = _command(
+        sub, "hparams", _cmd_hparams, HPARAMS_EPILOG, options=_hparams_options(),
+        help="fit the best learning rate (a searched hyperparameter) against capacity, and predict it",
+        description="Locate each searched point's optimal hyperparameter from all its completed search trials,\n"
+                    "fit log10(optimum) = a + b log10(capacity) over the points and print the law, its\n"
+                    "intervals, each point's optimum and the predicted optimum at each --capacity.")
+    _json_option(p, "one object: param, metric, x, equation, params, bse, conf_int, df_resid, weighting, tau2, "
+                    "points (point_id, capacity, optimum, optimum_se_log10, method, n_trials, n_values, "
+                    "best_value), skipped, notes, predictions (capacity, mean, ci [low, high])")
+    return p
+
+
+def _cmd_hparams(args: argparse.Namespace) -> int:
+    from analysis.errors import AnalysisError
+    from analysis.hparams import fit_hparam_law
+    from analysis.load import _apply_where, _drop_duplicates, _read
+
+    capacities = _capacities(args)
+    source = str(args.results)
+    with warnings_as_lines(args.prog):
+        df = _read(args.results).reset_index(drop=True)
+        if df.empty:
+            raise AnalysisError(f"{source}: no rows; expected one row per trial")
+        df, _ = _drop_duplicates(df, source)
+        grid = df[df["kind"].astype(str) != "control"] if "kind" in df.columns else df
+        grid = _apply_where(grid, args.where or None, source)
+        law = fit_hparam_law(grid, param=args.param, metric=args.metric, x=args.x, alpha=args.alpha, source=source)
+        sf = law.get_prediction(capacities).summary_frame(args.alpha) if capacities else None
+    rows = [] if sf is None else [
+        {"capacity": float(c), "mean": float(r["mean"]), "mean_se_log10": float(r["mean_se_log10"]),
+         "df": float(r["df"]), "ci": [float(r["mean_ci_lower"]), float(r["mean_ci_upper"])]}
+        for c, (_, r) in zip(capacities, sf.iterrows())]
+    if args.json:
+        _print_json({**law.to_dict(args.alpha), "predictions": rows})
+        return 0
+    print(law.summary(args.alpha))
+    if rows:
+        level = f"{1 - args.alpha:.0%}"
+        print(f"\nPredicted {args.param}* (10^(a + b log10 {args.x}), its {level} CI mapped back):")
+        print(f"{'capacity':>14}{args.param + '*':>14}{level + ' CI':>28}")
+        for r in rows:
+            ci = f"[{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]"
+            print(f"{r['capacity']:>14.5g}{r['mean']:>14.4g}{ci:>28}")
+    return 0
+
+
 # --- drorae figures --------------------------------------------------------------------------
 
 FIGURES_EPILOG = """\
@@ -695,7 +791,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 # --- the command line ------------------------------------------------------------------------
 
 # The analysis commands, in the order `drorae --help` lists them; each adds its parser and sets `func`.
-COMMANDS: tuple[Callable, ...] = (add_fit, add_predict, add_next, add_backtest, add_figures, add_report)
+COMMANDS: tuple[Callable, ...] = (add_fit, add_predict, add_next, add_hparams, add_backtest, add_figures, add_report)
 
 
 def build_parser(prog: str = "python -m analysis") -> argparse.ArgumentParser:

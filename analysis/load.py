@@ -48,6 +48,9 @@ class Table:
     y: str = "rfid"
     source: str | None = None  # the file (or mlflow:EXPERIMENT) the rows came from; None: a DataFrame
     metadata: dict = field(default_factory=dict)  # a sweep's parquet table: what holds for every row (schema)
+    #: Every grid row that ``where`` selects, whatever its status, all trials of a searched unit (not only
+    #: its best): what the hyperparameter law is fitted to (``analysis.hparams``). None: not read from a table.
+    trials: pd.DataFrame | None = None
 
 
 def load(source, x: str = "params", y: str = "rfid", where=None) -> Table:
@@ -369,6 +372,7 @@ def select(df: pd.DataFrame, x: str = "params", y: str = "rfid", where=None, sou
     completed = status == "completed"
     controls = df[(kind == "control") & completed]
     grid = _apply_where(df[kind != "control"], where, source)
+    trials = grid
     dropped = list(duplicates)
     for state, what in (("failed", "failed"), ("running", "unfinished (running)")):
         rows = grid[status[grid.index] == state]
@@ -384,4 +388,4 @@ def select(df: pd.DataFrame, x: str = "params", y: str = "rfid", where=None, sou
         warnings.warn(f"{source}: dropped {len(ids)} row(s) with a NaN or infinite {x!r} or {y!r}: "
                       f"{listed(ids)}", stacklevel=3)
         dropped += ids
-    return Table(grid[~bad], controls, dropped, x, y)
+    return Table(grid[~bad], controls, dropped, x, y, trials=trials)

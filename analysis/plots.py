@@ -1,5 +1,6 @@
 """The paper's scaling figures: points with error bars, the fitted law with its CI and PI bands, the
-controls; and the rollout backtest's error against the extrapolation distance.
+controls; the rollout backtest's error against the extrapolation distance; and the hyperparameter law
+(``hparam_figure``: the searched trials, each point's optimum, the law of the best learning rate).
 
 Plotting takes results objects and never refits: ``plot_scaling`` draws one panel from a
 ``FitResults``, ``plot_rollout`` a ``backtest.Rollout``; ``scaling_figures`` saves the panels that
@@ -44,7 +45,8 @@ from drorae_io import atomic_path, make_output_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Panel", "control_styles", "plot_rollout", "plot_scaling", "scaling_figures", "slope_text"]
+__all__ = ["Panel", "control_styles", "hparam_figure", "plot_hparam_law", "plot_rollout", "plot_scaling",
+           "scaling_figures", "slope_text"]
 
 COLUMN_WIDTH_IN = 3.5        # one column of a two-column paper
 PANEL_HEIGHT_IN = 3.0        # the legend sits below the axes, clear of the data
@@ -373,6 +375,72 @@ def rollout_figure(rollout) -> Figure:
     return fig
 
 
+# --- the hyperparameter law ------------------------------------------------------------------
+
+
+def plot_hparam_law(ax, law, alpha: float | None = None, legend: bool = True):
+    """Draw an ``analysis.hparams.HparamLaw`` on ``ax`` (log-log, never refitted): every completed search
+    trial's value against its capacity as faint points (gid ``"trials"``), each point's optimum (gid
+    ``"optima:vertex"`` with ± 2 se bars in log10, gid ``"bars:vertex"``; ``"optima:best"`` hollow, no
+    bar: the best value tried has no se), the law (gid ``"fit"``) and the (1 - alpha) CI of its mean
+    (gid ``"ci"``, none with 2 points). Returns ``ax``."""
+    alpha = law.alpha if alpha is None else alpha
+    tr, pts = law.trials, law.points
+    ax.scatter(tr["capacity"], tr["value"], s=6, color="0.55", alpha=0.35, linewidths=0, zorder=1, gid="trials",
+               label=f"search trials ({len(tr)})")
+    vertex = pts[pts["method"] == "vertex"]
+    if len(vertex):
+        u, se = np.log10(vertex["optimum"].to_numpy(float)), vertex["optimum_se_log10"].to_numpy(float)
+        y = 10 ** u
+        bars = ax.errorbar(vertex["capacity"], y, yerr=[y - 10 ** (u - 2 * se), 10 ** (u + 2 * se) - y], fmt="o",
+                           color=POINTS, ecolor=to_rgba(POINTS, 0.6), capsize=2, elinewidth=0.9, zorder=3,
+                           label="optimum: quadratic's vertex (± 2 se)")
+        bars.lines[0].set_gid("optima:vertex")
+        bars.lines[2][0].set_gid("bars:vertex")
+    best = pts[pts["method"] == "best"]
+    if len(best):
+        ax.plot(best["capacity"], best["optimum"], "o", markerfacecolor="none", color=POINTS, zorder=3,
+                gid="optima:best", label="optimum: best value tried (no se)")
+    lo, hi = float(pts["capacity"].min()), float(pts["capacity"].max())
+    grid = np.geomspace(lo, hi, 200)
+    sf = law.get_prediction(grid).summary_frame(alpha)
+    ax.plot(grid, sf["mean"], color=FIT, zorder=2, gid="fit",
+            label=f"law: {law.param}* ∝ {law.x}^{law.params['b']:.3g}")
+    band = sf["mean_ci_lower"].to_numpy(float), sf["mean_ci_upper"].to_numpy(float)
+    if np.isfinite(band).all():
+        ax.fill_between(grid, *band, color=FIT, alpha=CI_ALPHA, linewidth=0, zorder=1.5, gid="ci",
+                        label=f"{100 * (1 - alpha):g}% CI (law)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(LABELS.get(law.x, law.x))
+    ax.set_ylabel(law.param)
+    ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
+    if legend:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False, handlelength=1.6,
+                  columnspacing=1.0)
+    return ax
+
+
+def hparam_figure(law, alpha: float | None = None) -> Figure:
+    """The hyperparameter law, one column wide (``plot_hparam_law``), its equation as the title."""
+    fig = Figure(figsize=(COLUMN_WIDTH_IN, PANEL_HEIGHT_IN + 0.3), layout="constrained")
+    plot_hparam_law(fig.add_subplot(), law, alpha=alpha)
+    fig.suptitle(f"Hyperparameter law: {law.equation}", fontsize=7)
+    return fig
+
+
+def _hparam_law(table, alpha: float):
+    """The table's learning-rate law, or None (fewer than 2 searched points, or it cannot be fitted: said in
+    a log line; the other figures are drawn regardless)."""
+    from analysis.hparams import law_from_table
+
+    try:
+        return law_from_table(table, alpha=alpha)
+    except AnalysisError as exc:
+        log.warning("no hyperparameter figure: %s", exc)
+        return None
+
+
 # --- files -----------------------------------------------------------------------------------
 
 
@@ -392,13 +460,17 @@ def _save_both(fig: Figure, stem: Path) -> list[Path]:
 
 
 def scaling_figures(table, out_dir, alpha: float = 0.05, form: str = "log-linear", panels: Panels | None = None,
-                    rollout=None, what: str | None = None) -> list[Path]:
+                    rollout=None, what: str | None = None, hparam_law=None) -> list[Path]:
     """Save the paper's panels as PDF and PNG (one column wide) plus a combined figure, and the rollout's.
 
     ``table`` is an ``analysis.Table`` (from ``load``); ``panels`` its ``fit_panels`` (fitted here,
     with ``form``, only when not given). Files: ``capacity_scaling``, ``layer_scaling`` (only with >= 3
-    distinct fused_layers), ``unified_scaling``, ``scaling_panels`` (all panels side by side) and,
-    given a ``backtest.Rollout``, ``rollout_error``; each ``.pdf`` and ``.png``. Returns the paths.
+    distinct fused_layers), ``unified_scaling``, ``scaling_panels`` (all panels side by side),
+    given a ``backtest.Rollout``, ``rollout_error``, and where the table's trials searched the learning
+    rate at 2 or more points, ``hparam_scaling`` (``hparam_figure``; ``hparam_law``: the law when
+    already fitted, False for none, None to fit it here: one that cannot be is a log line, never an
+    error); each ``.pdf``
+    and ``.png``. Returns the paths.
     ``out_dir`` is made if missing; one that cannot hold files (``drorae_io.make_output_dir``) is a
     one-line error naming ``what`` (the option that gave it) and the path.
     """
@@ -420,5 +492,8 @@ def scaling_figures(table, out_dir, alpha: float = 0.05, form: str = "log-linear
                               out_dir / "scaling_panels")
         if rollout is not None and rollout.splits:
             written += _save_both(rollout_figure(rollout), out_dir / "rollout_error")
+        law = _hparam_law(table, alpha) if hparam_law is None else hparam_law
+        if law:
+            written += _save_both(hparam_figure(law, alpha), out_dir / "hparam_scaling")
     log.info("wrote %d figure files to %s", len(written), out_dir)
     return written

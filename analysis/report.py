@@ -1,4 +1,5 @@
-"""One Markdown report per sweep: the results table, the fitted law, predictions, backtests, figures.
+"""One Markdown report per sweep: the results table, the fitted law, predictions, backtests, the
+hyperparameter law (where the sweep searched the learning rate), figures.
 
     from analysis import load
     from analysis.report import write_report
@@ -25,6 +26,7 @@ import pandas as pd
 from analysis.backtest import ROLLOUT_WEIGHTING, Rollout, backtest, rollout
 from analysis.errors import AnalysisError
 from analysis.fit import FitResults
+from analysis.hparams import HparamLaw, law_from_table
 from analysis.panels import Panels, fit_panels
 from analysis.schema import se_column
 from drorae_io import atomic_path, check_output_file
@@ -236,6 +238,27 @@ def _rollout_section(ro, alpha: float) -> list[str]:
     return lines + [f"- Split k = {k} not fitted: {why}" for k, why in ro.skipped] + ([""] if ro.skipped else [])
 
 
+def _hparam_section(law, alpha: float) -> list[str]:
+    """The hyperparameter law (``analysis.hparams``): its equation and intervals, and each point's optimum;
+    or why it could not be fitted."""
+    lines = ["## Hyperparameter law", ""]
+    if isinstance(law, AnalysisError):
+        return lines + [f"Not fitted: {law}", ""]
+    level = f"{100 * (1 - alpha):g}%"
+    ci = law.conf_int(alpha)
+    lines += [f"The best {law.param} (least {law.metric}) of each searched point, against {law.x}: "
+              f"`{law.form}`, fitted to {law.nobs} points ({len(law.trials)} completed search trials).", "",
+              f"**{law.equation}**", ""]
+    lines += _md_table(["", "coef", "std err", f"{level} CI"],
+                       [[name, law.params[name], law.bse[name],
+                         _interval(ci.loc[name, "lower"], ci.loc[name, "upper"])] for name in law.params.index])
+    lines += [""] + [f"- {note}" for note in law.notes()] + [""]
+    lines += _md_table(["point", law.x, f"{law.param}*", "se (log10)", "method", "trials", f"best {law.metric}"],
+                       [[r.point_id, r.capacity, r.optimum, r.optimum_se_log10, r.method, r.n_trials, r.best_value]
+                        for r in law.points.itertuples()])
+    return lines + [""]
+
+
 def _percent(v: float) -> str:
     return "" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
 
@@ -316,11 +339,15 @@ def write_report(table, out_path, figures_dir=None, capacities=None, holdout: in
             lines += _prediction_section(res, caps, alpha)
         lines += _backtest_section(bt, holdout, table.x, table.y, alpha)
         lines += _rollout_section(ro, alpha)
+    hparam_law = _attempt(lambda: law_from_table(table, alpha=alpha))  # None: no searched points
+    if hparam_law is not None:
+        lines += _hparam_section(hparam_law, alpha)
     lines += _dropped_section(table)
     if figures_dir is not None:
         try:
             paths = scaling_figures(table, figures_dir, alpha=alpha, panels=panels,
-                                    rollout=ro if isinstance(ro, Rollout) else None)
+                                    rollout=ro if isinstance(ro, Rollout) else None,
+                                    hparam_law=hparam_law if isinstance(hparam_law, HparamLaw) else False)
         except AnalysisError as exc:
             lines += ["## Figures", "", f"None: {exc}", ""]
         else:

@@ -35,6 +35,13 @@ COSTS = ("train_steps", "train_flops")
 #: The rows' order in the written table.
 SORT_BY = ("kind", "fused_layers", "params", "seed", "trial_id")
 HP_PREFIX = "hp."  # a searched hyperparameter's column (and MLflow param): hp.<name>
+#: Where a trial's learning rate came from (a column of tables written since issue 16): ``searched`` (a
+#: trial of the unit's Optuna study), ``law`` (one trial at the hyperparameter law's value, transferred
+#: from the searched widths) or ``spec`` (the spec's own value). The hyperparameter law fits only
+#: searched trials (analysis.hparams).
+LR_SOURCE = "lr_source"
+SEARCHED, LAW, SPEC = "searched", "law", "spec"
+LR_SOURCES = (SEARCHED, LAW, SPEC)
 #: The parquet file's key-value metadata: JSON of what holds for every row (the splits; why the sweep ended).
 METADATA_KEY = b"drorae"
 
