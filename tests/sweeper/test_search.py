@@ -114,27 +114,30 @@ def test_a_transferred_width_waits_for_every_searched_trial_then_trains_once_at_
     # every searched trial starts; the law's widths wait (None: Tune asks again), the search is not finished
     assert last is None and len(configs) == 24 and {c.lr_source for c in configs} == {"searched"}
     rng = np.random.default_rng(0)
-    rows = []
+    rows = {3: [], 6: []}
     for i, c in enumerate(configs):
         if c.trial_id == by_h[16, 6].unit_id + "-t2":
             searcher.on_trial_complete(f"t{i}", None, error=True)
             continue
-        vertex = -1 - 0.5 * np.log10(c.params) + (0.3 if c.fused_layers == 3 else 0.0)
-        value = 0.1 + (np.log10(c.hp["lr"]) - vertex) ** 2 + rng.normal(0, 0.01)
-        if i == len(configs) - 1:  # the last one still runs: nothing transferred yet
-            assert searcher.suggest("w") is None
+        u = np.log10(c.hp["lr"])
+        # 6 layers: a parabola in log10 lr around -1 - 0.5 log10 params; 3 layers: the larger lr the better
+        value = 0.1 + (u - (-1 - 0.5 * np.log10(c.params))) ** 2 + rng.normal(0, 0.01) if c.fused_layers == 6 \
+            else 0.1 - u
+        if i == len(configs) - 1:  # the last one still runs: its layer count's law width waits, the other's starts
+            early = TrialConfig.from_tune(searcher.suggest("w"))
+            assert early.lr_source == "law" and early.fused_layers != c.fused_layers
+            assert searcher.suggest("w2") is None
         searcher.on_trial_complete(f"t{i}", {"val_l1": value, "final": True})
-        if c.fused_layers == 6:
-            rows.append({"point_id": c.point_id, "kind": "grid", "status": "completed", "params": c.params,
-                         "hp.lr": c.hp["lr"], "val_l1": value, "lr_source": "searched", "seed": c.seed})
+        rows[c.fused_layers].append({"point_id": c.point_id, "kind": "grid", "status": "completed", "params": c.params,
+                                     "hp.lr": c.hp["lr"], "val_l1": value, "lr_source": "searched", "seed": c.seed})
     law_cfgs, last = _drain(searcher, "law")
-    assert last == UnitSearcher.FINISHED and len(law_cfgs) == 2
-    law_cfg = next(c for c in law_cfgs if c.fused_layers == 6)
-    assert law_cfg.unit_id == by_h[1024, 6].unit_id and law_cfg.lr_source == "law" and law_cfg.evaluate
-    expected = fit_hparam_law(pd.DataFrame(rows)).predict([by_h[1024, 6].params])[0]
-    assert law_cfg.hp["lr"] == pytest.approx(expected, rel=1e-9)
-    other = next(c for c in law_cfgs if c.fused_layers == 3)
-    assert other.hp["lr"] != pytest.approx(expected, rel=1e-3)  # its own layer count's law
+    assert last == UnitSearcher.FINISHED and len(law_cfgs) == 1
+    got = {c.fused_layers: c for c in [early, *law_cfgs]}
+    for k in (3, 6):  # each layer count's own law, of its own searched widths
+        assert got[k].unit_id == by_h[1024, k].unit_id and got[k].lr_source == "law" and got[k].evaluate
+        expected = fit_hparam_law(pd.DataFrame(rows[k])).predict([by_h[1024, k].params])[0]
+        assert got[k].hp["lr"] == pytest.approx(expected, rel=1e-9)
+    assert got[3].hp["lr"] != pytest.approx(got[6].hp["lr"], rel=1e-3)
 
 
 def test_without_a_fittable_law_a_transferred_width_trains_at_phase2_lr_and_says_so(tmp_path, caplog):

@@ -43,7 +43,7 @@ def test_the_tune_config_is_the_flat_dict_the_table_and_mlflow_read_and_reads_ba
                       "params": trial.params, "hp": {"lr": 1e-3}, "evaluate": False, "n_trials": 1,
                       "lr_source": "spec"}
     assert list(config) == ["trial_id", "unit_id", "point_id", "kind", "expert_hidden", "fused_layers", "layers",
-                            "seed", "params", "hp", "evaluate", "n_trials", "lr_source"]  # the order the MLflow params had
+                            "seed", "params", "hp", "evaluate", "n_trials", "lr_source"]  # the MLflow params' order
     assert TrialConfig.from_tune(config) == trial
     assert TrialConfig.from_tune(pickle.loads(pickle.dumps(config))) == trial
 
