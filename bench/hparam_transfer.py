@@ -40,7 +40,10 @@ def main() -> int:
     ap.add_argument("--json", help="also write the numbers to this file")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="more spec overrides")
     args = ap.parse_args()
+    from analysis.cli import configure_logging
     from sweeper.spec import load_spec
+
+    configure_logging(verbose=False)  # the sweeps' lines, as `drorae sweep` shows them
 
     try:
         name = args.name or f"{load_spec(args.spec).name}-hparams"
