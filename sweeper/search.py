@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections import defaultdict
 from dataclasses import asdict, replace
 
@@ -74,8 +75,11 @@ class UnitSearcher(Searcher):
     def study(self, unit_id: str) -> optuna.Study:
         if unit_id not in self._studies:
             s = self.search
-            sampler = (optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=max(1, s.n_trials // 2))
-                       if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=self.seed))
+            # Each unit's sampler its own seed: one seed for all would try the same values at every width
+            # (what the hyperparameter law then sees is a fixed grid, not the search space).
+            seed = (self.seed + zlib.crc32(unit_id.encode())) % 2**32
+            sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, s.n_trials // 2))
+                       if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed))
             self._studies[unit_id] = optuna.create_study(
                 study_name=f"{self.study_prefix}{unit_id}", storage=self.storage, sampler=sampler,
                 direction="minimize", load_if_exists=True)

@@ -149,3 +149,17 @@ def test_without_a_fittable_law_a_transferred_width_trains_at_phase2_lr_and_says
         searcher.on_trial_complete(f"t{i}", None, error=True)
     config = TrialConfig.from_tune(searcher.suggest("law"))
     assert config.lr_source == "spec" and config.hp == {} and "no hyperparameter law" in caplog.text
+
+
+def test_each_width_samples_its_own_values_and_the_same_ones_again_on_a_rerun(tmp_path):
+    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,16,128]", SEARCH)
+    lrs = {}
+    for run in ("a", "b"):
+        configs, _ = _drain(UnitSearcher(plan.units, plan.spec.search, storage=None, seed=0), "t")
+        lrs[run] = {c.trial_id: c.hp["lr"] for c in configs}
+    assert lrs["a"] == lrs["b"]  # seeded: the same sweep draws the same values
+    by_unit = {}
+    for tid, lr in lrs["a"].items():
+        by_unit.setdefault(tid.rsplit("-t", 1)[0], []).append(lr)
+    firsts = [v[0] for v in by_unit.values()]
+    assert len(by_unit) == 3 and len(set(firsts)) == 3  # not one sequence of values for every width
