@@ -58,6 +58,8 @@ TRIAL_ID_TAG = "trial_id"
 TRIAL_TAGS = (TRIAL_ID_TAG, "point_id", "kind")
 BEST_TAG = "best"  # "true" on a searched point's evaluated (best) trial
 ERROR_TAG = "error"  # a failed trial's error line
+#: "pruned" on a pruned trial's run: its run is FINISHED (as a completed one's), its val_l1 a partial value
+STATUS_TAG = "status"
 #: A trial's final metrics on its run (at step 0, besides the curves); ``params`` is logged as a metric too.
 FINAL_METRICS = ("rfid", "psnr", "ssim", "lpips", "rfid_se", "psnr_se", "ssim_se", "lpips_se", "val_l1",
                  "train_steps", "train_flops", "train_seconds", "eval_seconds")

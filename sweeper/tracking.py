@@ -266,6 +266,8 @@ class SweepTracker(Callback):
         self.outbox.submit({"op": "metrics", "trial": trial_id, "metrics": final})
         if error:
             self.outbox.submit({"op": "tags", "trial": trial_id, "tags": {schema.ERROR_TAG: error}})
+        if status == "pruned":
+            self.outbox.submit({"op": "tags", "trial": trial_id, "tags": {schema.STATUS_TAG: status}})
         ckpt = trial.checkpoint
         if ckpt is not None:
             png = Path(ckpt.path) / "reconstructions.png"
@@ -387,6 +389,8 @@ class SweepTracker(Callback):
             if status == "FAILED" and isinstance(error, str) and error and (
                     run is None or run.data.tags.get(schema.ERROR_TAG) != error):
                 ops.append({"op": "tags", **ref, "tags": {schema.ERROR_TAG: error}})
+            if row.get("status") == "pruned" and (run is None or run.data.tags.get(schema.STATUS_TAG) != "pruned"):
+                ops.append({"op": "tags", **ref, "tags": {schema.STATUS_TAG: "pruned"}})
             if run is None or run.info.status != status:
                 ops.append({"op": "status", **ref, "status": status})
             if ops:

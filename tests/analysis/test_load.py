@@ -135,9 +135,11 @@ def test_load_from_mlflow(tmp_path, monkeypatch):
     exp = client.create_experiment("sweep")
     parent = client.create_run(exp).info.run_id
     trials = [("a", 1e6, 2.0, "FINISHED", "1"), ("b", 1e7, 1.5, "FINISHED", "1"), ("c", 1e8, 1.0, "FINISHED", "1"),
-              ("d", 1e9, None, "FAILED", "1"), ("e", 1e9, None, "FINISHED", "3")]
+              ("d", 1e9, None, "FAILED", "1"), ("e", 1e9, None, "FINISHED", "3"), ("f", 1e9, None, "FINISHED", "3")]
     for tid, params, rfid, status, n_trials in trials:
-        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": tid, "kind": "grid"}).info.run_id
+        tags = {"mlflow.parentRunId": parent, "trial_id": tid, "kind": "grid", **({"status": "pruned"} if tid == "f"
+                                                                                  else {})}
+        run = client.create_run(exp, tags=tags).info.run_id
         client.log_param(run, "params", str(int(params)))
         client.log_param(run, "n_trials", n_trials)
         if rfid is not None:
@@ -146,6 +148,8 @@ def test_load_from_mlflow(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="failed trial.*d"):
         table = load("mlflow:sweep")
     assert sorted(table.points.trial_id) == ["a", "b", "c"]
+    status = dict(zip(table.trials.trial_id, table.trials.status))
+    assert status["e"] == "completed" and status["f"] == "pruned"  # a pruned run is FINISHED, tagged pruned
     assert fit(table).params["b"] == pytest.approx(-0.5)
     with pytest.raises(AnalysisError, match="no such experiment"):
         load("mlflow:nope")

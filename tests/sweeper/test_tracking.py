@@ -265,6 +265,11 @@ def test_reconcile_logs_what_mlflow_lacks_from_the_table(store, tmp_path, caplog
     # Agreed already: the completed trial (its eval lpips sits at step 0 under the curve's lpips).
     assert runs["h2-k6-s0-t0"].info.status == "FINISHED"
     assert tracker.reconcile(table) == 0
+    # A trial the table has as pruned: its run (FINISHED, as a completed one's) gets the tag that tells them apart.
+    table.upsert({**table.rows["h2-k6-s0-t0"], "status": "pruned"})
+    assert tracker.reconcile(table) == 1 and tracker.finish(table, {}, "FINISHED", timeout=5)["pending"] == 0
+    runs = {r.data.tags["trial_id"]: r for r in trial_runs(client, exp_id, parent)}
+    assert runs["h2-k6-s0-t0"].data.tags["status"] == "pruned" and tracker.reconcile(table) == 0
 
 
 def test_a_resumed_sweeps_tuner_reports_to_this_runs_tracker_and_the_restored_copy_delivers_nothing(
