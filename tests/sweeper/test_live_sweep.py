@@ -135,17 +135,3 @@ def test_drorae_next_ranks_candidates_of_the_finished_sweep(runs):
     score = cands["reduction_per_second"].to_numpy()
     assert np.all(score[:-1] >= score[1:] - 1e-12)  # best first
     assert out["cost_model"]["units"] == 5
-
-
-def test_a_searched_points_rfid_reaches_the_law_as_soon_as_its_search_ends(tmp_path):
-    search = "search={params: {lr: {type: loguniform, low: 1.0e-3, high: 1.0e-2}}, n_trials: 2, pruner: none}"
-    run = _sweep(tmp_path, search, "grid.expert_hidden=[2,16,128]", "law.target=1.0e+8")
-    err = run.err
-    # one unit at a time, the longest first: h128's best is evaluated (and its point shown) while h2 still trains
-    first_point = err.index("law after 1 of 3 points")
-    assert first_point < err.index("evaluating h2-k6-s0-t")
-    assert "law after 3 of 3 points: rFID = " in err
-    best = run.table[run.table.best.astype(bool)]
-    assert sorted(best.unit_id) == ["h128-k6-s0", "h16-k6-s0", "h2-k6-s0"] and best.rfid.notna().all()
-    for _unit, rows in run.table.groupby("unit_id"):  # each unit's best is its trial of lowest selection L1
-        assert rows.loc[rows.val_l1.idxmin(), "best"]

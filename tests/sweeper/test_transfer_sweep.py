@@ -72,6 +72,7 @@ def test_a_searched_points_rfid_reaches_the_live_law_as_soon_as_its_search_ends(
     err = backtest.err
     # one unit at a time, the longest first: h128's best is evaluated (and its point shown) while h2 still trains
     assert err.index("law after 1 of 4 points") < err.index("evaluating h2-k6-s0-t")
+    assert "law after 3 of 4 points: rFID = " in err and "law after 4 of 4 points: rFID = " in err
     best = backtest.table[backtest.table.best.astype(bool) & (backtest.table.lr_source == "searched")]
     assert sorted(best.unit_id) == ["h128-k6-s0", "h16-k6-s0", "h2-k6-s0"] and best.rfid.notna().all()
     for _unit, rows in backtest.table[backtest.table.lr_source == "searched"].groupby("unit_id"):
