@@ -73,8 +73,8 @@ def _counted(model: DRoRAE, counter, images: int) -> FlopCount:
     return FlopCount(total, by)
 
 
-def count_step(model: DRoRAE, phase: int, cfg, train, images: int = COUNT_IMAGES) -> FlopCount:
-    """Model FLOPs per image of one training step of ``phase`` (``cfg``'s loss), counted on ``images`` images.
+def count_step(model: DRoRAE, phase: int, cfg, train, images: int = COUNT_IMAGES, step: int = 0) -> FlopCount:
+    """Model FLOPs per image of training step ``step`` of ``phase`` (``cfg``'s loss), counted on ``images`` images.
 
     The step runs on a deep copy (the model and the global RNG are left as they were), with
     attention in PyTorch's math kernel (the one the counter knows) and without torch.compile.
@@ -94,7 +94,7 @@ def count_step(model: DRoRAE, phase: int, cfg, train, images: int = COUNT_IMAGES
         trainer.open_stream(1)  # a streamed Dataset's batch is decoded ahead, outside the count
         try:
             with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-                trainer.step(0)
+                trainer.step(step)  # the step's index only switches the adversarial term on
         finally:
             trainer.close_stream()
     finally:
@@ -134,14 +134,40 @@ def count_reconstruction(model: DRoRAE, data, images: int = COUNT_IMAGES, use_fu
     return _counted(model, counter, n)
 
 
-def step_flops(model: DRoRAE, phase: int, cfg, train, images: int = COUNT_IMAGES) -> float:
-    """Model FLOPs of one training step of ``phase`` at ``cfg.batch_size`` (``count_step`` scaled to the batch)."""
-    return count_step(model, phase, cfg, train, images).total * cfg.batch_size
+def step_flops(model: DRoRAE, phase: int, cfg, train, images: int = COUNT_IMAGES, step: int = 0) -> float:
+    """Model FLOPs of training step ``step`` of ``phase`` at ``cfg.batch_size`` (``count_step`` scaled to the batch)."""
+    return count_step(model, phase, cfg, train, images, step).total * cfg.batch_size
 
 
 def phase_flops(model: DRoRAE, phase: int, cfg, train) -> float:
-    """Model FLOPs of a whole phase: ``cfg.steps`` steps at the first step's count."""
-    return step_flops(model, phase, cfg, train) * cfg.steps
+    """Model FLOPs of a whole phase: ``cfg.steps`` steps, counted once before and once after the step where the
+    adversarial term (and the discriminator's own step) switches on, when that is inside the phase."""
+    on = cfg.loss.adv_start_step if cfg.loss.adv > 0 else cfg.steps
+    if not 0 < on < cfg.steps:  # the same step throughout: step 0's count
+        return step_flops(model, phase, cfg, train) * cfg.steps
+    return (step_flops(model, phase, cfg, train) * on
+            + step_flops(model, phase, cfg, train, step=on) * (cfg.steps - on))
+
+
+def device_description(device: torch.device) -> str:
+    """What a trial ran on: the GPU's name and how many this process sees, or the CPU's model and threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x{torch.cuda.device_count()}"
+    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def _cpu_model() -> str:
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
 
 
 # --- closed forms ----------------------------------------------------------------------------

@@ -22,8 +22,10 @@ from model.cost import (
     count_reconstruction,
     count_step,
     decoder_forward_flops,
+    device_description,
     encoder_forward_flops,
     fusion_forward_flops,
+    phase_flops,
     step_flops,
 )
 
@@ -114,3 +116,18 @@ def test_each_wrong_formula_is_caught():
     arch = s.encoder
     assert arch.prefix_tokens == 1
     assert encoder_forward_flops(replace(arch, prefix_tokens=0)) < encoder_forward_flops(arch)
+
+
+def test_a_phase_counts_the_steps_before_and_after_the_adversarial_term_switches_on():
+    model = _build("tiny-all-h16")
+    images = torch.rand(4, 3, 32, 32)
+    cfg = PhaseConfig(steps=10, batch_size=2, loss=dict(adv=0.5, adv_start_step=4))
+    off, on = step_flops(model, 3, cfg, images), step_flops(model, 3, cfg, images, step=4)
+    assert on > off
+    assert phase_flops(model, 3, cfg, images) == 4 * off + 6 * on
+    assert phase_flops(model, 3, replace(cfg, loss=replace(cfg.loss, adv_start_step=0)), images) == 10 * on
+
+
+def test_the_device_names_the_cpu_and_its_threads():
+    text = device_description(torch.device("cpu"))
+    assert text.endswith(f"({torch.get_num_threads()} threads)") and len(text) > len(" (1 threads)")
