@@ -16,7 +16,7 @@ network is the metric, not the model: evaluation counts do not include it.
 **Closed forms**, per image, for N tokens of an encoder of width d, L fused layers, experts of
 width h, a decoder of width D, depth n_b, MLP width M and patch p, T = N + prefix tokens:
 
-    fusion forward      N (4 L d h  +  2 L^2 d  +  2 L d)        experts, router, aggregation
+    fusion forward      N (4 L d h  +  2 L^2 d  +  2 L d)        experts, router, aggregation (none for L = 1)
     decoder forward     2 N d D  +  n_b (2 N (3D^2 + D^2 + 2 D M)  +  4 N^2 D)  +  2 N D 3p^2
                         embed      qkv, proj, MLP                  QK^T, AV     head
     encoder forward     2 T' 3 p_e^2 d  +  n_e (2 T (4d^2 + 2 d M_e)  +  4 T^2 d)
@@ -177,10 +177,12 @@ def fusion_forward_flops(tokens: int, dim: int, num_layers: int, hidden: int) ->
     """Forward FLOPs of ``DepthRoutedFusion(dim, num_layers, hidden)`` on ``tokens`` tokens.
 
     Per token: L experts d -> h -> d (2 d h each way), the router L d -> L, the weighted sum of
-    the L expert outputs (L d multiply-adds).
+    the L expert outputs (L d multiply-adds). With one layer (L = 1) that sum is one weight times
+    one expert's output: torch's einsum runs it elementwise, not as a matmul, and it is not counted.
     """
     L, d, h = num_layers, dim, hidden
-    return tokens * (4 * L * d * h + 2 * L * L * d + 2 * L * d)
+    aggregation = 2 * L * d if L > 1 else 0
+    return tokens * (4 * L * d * h + 2 * L * L * d + aggregation)
 
 
 @dataclass(frozen=True)

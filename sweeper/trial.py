@@ -191,7 +191,7 @@ def _cost_key(model, trial, *what) -> tuple:
             None if model.fusion is None else model.fusion.config.hidden, trial.control, *what)
 
 
-def eval_flops(model, evaluate, trial=None) -> float:
+def eval_flops(model, evaluate, trial: TrialConfig) -> float:
     """Model FLOPs of the evaluation's reconstructions of the ``evaluate`` images (``model.cost``; no Inception)."""
     key = _cost_key(model, trial, "eval", type(evaluate).__name__, len(evaluate))
     return _counted(key, lambda: count_reconstruction(model, evaluate).total * len(evaluate))
@@ -366,7 +366,7 @@ def tune_evaluate_checkpoint(plan, shared, trial: TrialConfig, checkpoint) -> tu
     out = Path(tempfile.mkdtemp(prefix="drorae-eval-"))
     try:
         metrics = evaluate(model, data.evaluate, plan, shared, device, out)
-        metrics["eval_flops"] = eval_flops(model, data.evaluate)
+        metrics["eval_flops"] = eval_flops(model, data.evaluate, trial)
         png = (out / "reconstructions.png").read_bytes()
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -39,6 +39,8 @@ MODELS = {  # (encoder, fused layers, expert width, decoder, image size)
     "tiny-3of6-h5-deep": (replace(TINY, layers=(1, 3, 5)), None, 5,
                           DecoderConfig(dim=64, depth=3, num_heads=2, mlp_ratio=2.5), 32),
     "dino-reg4-h40": (DINO, None, 40, DecoderConfig(dim=32, depth=1, num_heads=2, mlp_ratio=3.0), 64),
+    # One fused layer (the last_layer control): the weighted sum of one expert is elementwise, not a matmul.
+    "tiny-last-layer-h12": (replace(TINY, layers=(5,)), None, 12, DecoderConfig(dim=32, depth=1, num_heads=2), 32),
 }
 
 
