@@ -249,11 +249,11 @@ def measured_rates(plan: Plan) -> Rates:
     evaluated = eval_s > 0
     per_image = (eval_s[evaluated].sum() / (evaluated.sum() * plan.spec.eval.n_images) if evaluated.any()
                  else 1 / FID_IMAGES_PER_S[device])
-    how = (f"{evaluated.sum()} evaluations" if evaluated.any()
-           else f"the constant {FID_IMAGES_PER_S[device]:g} images/s (no evaluation measured)")
+    how = (f"the evaluation's on {evaluated.sum()} evaluations" if evaluated.any()
+           else f"the evaluation's the constant {FID_IMAGES_PER_S[device]:g} images/s (none measured)")
     same = "" if recorded is not None else "; the table records no spec: taken as this one"
     return Rates(train_s[trained].sum() / train_f[trained].sum(), per_image,
-                 f"measured on {trained.sum()} completed trials of {path} ({how} for the evaluation{same})")
+                 f"measured on {trained.sum()} completed trials of {path} ({how}{same})")
 
 
 def _human(n: float) -> str:
