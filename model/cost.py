@@ -54,9 +54,6 @@ class FlopCount:
     total: float
     by_module: dict[str, float]
 
-    def __mul__(self, n: float) -> FlopCount:
-        return FlopCount(self.total * n, {k: v * n for k, v in self.by_module.items()})
-
 
 # --- counted ---------------------------------------------------------------------------------
 

@@ -173,7 +173,10 @@ def train_trial(trial: TrialConfig, plan, shared, report, checkpoint_dir: Path, 
         raise
 
 
-# Counted FLOPs of this process's trials, by what determines them: a unit's trials (a search's) count once.
+# Counted FLOPs of this process's trials, by what determines them (model sizes, fused layers, phase config, the
+# kind of data): the trials of a unit (a search's) that run in one process count once; another process counts
+# again: one step on 4 images per phase and one forward on 4 images (model.cost), under a second on the tiny
+# CPU models (not measured on the paper's).
 _FLOPS: dict[tuple, float] = {}
 
 
