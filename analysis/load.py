@@ -230,7 +230,7 @@ def _mlflow_rows(client, experiment: str, name: str, uri: str) -> pd.DataFrame:
             if schema.PARENT_RUN_TAG not in tags:
                 continue                                   # the sweep's parent run
             row = {**run.data.params, **run.data.metrics}  # metrics win (params is logged as both)
-            row.update({k: tags[k] for k in schema.TRIAL_TAGS if k in tags})
+            row.update({k: tags[k] for k in (*schema.TRIAL_TAGS, schema.DEVICE_TAG) if k in tags})
             row["status"] = ("pruned" if tags.get(schema.STATUS_TAG) == "pruned"
                              else schema.TABLE_STATUS.get(run.info.status, "running"))
             if "n_trials" in row or schema.BEST_TAG in tags:

@@ -14,8 +14,8 @@ from __future__ import annotations
 #: point of the law) or control (e.g. the RAE baseline: never fitted).
 COLUMNS = ("trial_id", "point_id", "kind", "status", "expert_hidden", "fused_layers", "seed", "params",
            "rfid", "psnr", "ssim", "lpips", "rfid_se", "psnr_se", "ssim_se", "lpips_se", "val_l1",
-           "train_steps", "train_flops", "train_seconds", "eval_seconds", "report_seconds",
-           "startup_seconds", "lr_source", "error", "best", "retries", "unit_id", "node_id", "mlflow_run_id")
+           "train_steps", "train_flops", "eval_flops", "train_seconds", "eval_seconds", "report_seconds",
+           "startup_seconds", "device", "lr_source", "error", "best", "retries", "unit_id", "node_id", "mlflow_run_id")
 #: ``lr_source`` is where a trial's phase-2 learning rate came from: searched (its unit's Optuna study), law (the
 #: hyperparameter law of the searched widths, ``search.transfer``; the value in ``hp.lr``) or spec (phase2.lr).
 #: Float columns (NaN where unknown); report_seconds and startup_seconds are what orchestration cost the
@@ -23,15 +23,18 @@ COLUMNS = ("trial_id", "point_id", "kind", "status", "expert_hidden", "fused_lay
 #: ``<metric>_se`` is a metric's measurement error, its standard error over the evaluation images
 #: (rfid_se by bootstrap over the images, the others the standard error of the mean of per-image
 #: values); ``train_steps`` and ``train_flops`` are the optimizer steps and model FLOPs of the trial's
-#: training, all phases. Tables written before these columns existed lack them: the analysis then
-#: claims nothing about measurement error.
+#: training, all phases; ``eval_flops`` the model FLOPs of its evaluation's reconstructions (encoder when it
+#: runs, fusion, decoder; not the FID Inception), NaN for a trial not evaluated (``model.cost``). Tables
+#: written before these columns existed lack them: the analysis then claims nothing about measurement error.
+#: ``device`` (text) is what the trial ran on: the GPU's name and count, or the CPU's model and threads.
 NUMERIC = ("rfid", "psnr", "ssim", "lpips", "rfid_se", "psnr_se", "ssim_se", "lpips_se", "val_l1",
-           "train_steps", "train_flops", "train_seconds", "eval_seconds", "report_seconds", "startup_seconds")
+           "train_steps", "train_flops", "eval_flops", "train_seconds", "eval_seconds", "report_seconds",
+           "startup_seconds")
 #: The suffix of a metric's measurement-error column: ``rfid`` -> ``rfid_se``.
 SE_SUFFIX = "_se"
 #: The columns that hold a metric's measurement error, and the training-cost columns.
 MEASUREMENT_ERRORS = ("rfid_se", "psnr_se", "ssim_se", "lpips_se")
-COSTS = ("train_steps", "train_flops")
+COSTS = ("train_steps", "train_flops", "eval_flops")
 #: The rows' order in the written table.
 SORT_BY = ("kind", "fused_layers", "params", "seed", "trial_id")
 HP_PREFIX = "hp."  # a searched hyperparameter's column (and MLflow param): hp.<name>
@@ -60,9 +63,10 @@ BEST_TAG = "best"  # "true" on a searched point's evaluated (best) trial
 ERROR_TAG = "error"  # a failed trial's error line
 #: "pruned" on a pruned trial's run: its run is FINISHED (as a completed one's), its val_l1 a partial value
 STATUS_TAG = "status"
+DEVICE_TAG = "device"  # what the trial ran on (the table's device column)
 #: A trial's final metrics on its run (at step 0, besides the curves); ``params`` is logged as a metric too.
 FINAL_METRICS = ("rfid", "psnr", "ssim", "lpips", "rfid_se", "psnr_se", "ssim_se", "lpips_se", "val_l1",
-                 "train_steps", "train_flops", "train_seconds", "eval_seconds")
+                 "train_steps", "train_flops", "eval_flops", "train_seconds", "eval_seconds")
 #: The run status of a trial in a terminal state, and the table status a run's status reads back as (a
 #: pruned trial's run is FINISHED, and reads back as completed).
 RUN_STATUS = {"completed": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}

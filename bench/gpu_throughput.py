@@ -18,11 +18,12 @@ Three inputs, each run for --warmup + --steps steps, the last --steps timed:
   on-the-fly   images in host memory, the frozen encoder in the step (paper_capacity.yaml: its
                feature cache, ~6.8 TB, does not fit, so its trials run this way).
 
-FLOPs are model FLOPs, counted by torch.utils.flop_counter.FlopCounterMode over one run_phase step
-(forward and backward, on min(batch, 16) images, per image), with the math attention kernel so
-that attention counts alike on every device (no recomputation; the optimizer and elementwise work
-are not counted). MFU = achieved FLOP/s / the device's dense bf16 peak (table below; --peak-tflops
-for another device; n/a on a CPU).
+FLOPs are model FLOPs, counted by ``model.cost`` (torch.utils.flop_counter.FlopCounterMode; the
+sweep's trials count theirs with the same functions) over one training step of phase 2 (forward
+and backward, on min(batch, 16) images, per image), with the math attention kernel so that
+attention counts alike on every device (no recomputation; the optimizer and elementwise work are
+not counted); the encoder's, over its forward in the evaluation's reconstruction. MFU = achieved
+FLOP/s / the device's dense bf16 peak (table below; --peak-tflops for another device; n/a on a CPU).
 
 The fusion share is measured inside the timed steps: hooks on the fusion module record CUDA events
 (synchronized clocks on a CPU) at the start and end of its forward, when the gradient reaches its
@@ -222,27 +223,14 @@ class StepProbe:
 # --- measurements ----------------------------------------------------------------------------
 
 
-def count_flops(model, phase, train, val, n: int) -> dict:
-    """Model FLOPs per image of one phase-2 step (by module) and of one encoder forward."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
+def count_flops(model, phase, train, n: int) -> dict:
+    """Model FLOPs per image of one phase-2 step (by module) and of one encoder forward (``model.cost``)."""
+    from model.cost import count_reconstruction, count_step
 
-    seen = {}
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        def report(m):
-            if m.get("step") == 1 and "loss" in m:
-                seen["total"] = counter.get_total_flops()
-                seen["modules"] = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
-
-        run_phase(model, 2, replace(phase, steps=1, batch_size=n, compile=False), train, val, report)
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.encoder(train.images[:n])
-    by_module = {name: seen["modules"].get(type(module).__name__, 0) / n
-                 for name, module in (("fusion", model.fusion), ("decoder", model.decoder))}
-    # The rest is the loss: FlopCounterMode credits LPIPS's backward to ReconstructionLoss.lpips
-    # but not to ReconstructionLoss itself (its output is a tuple with a dict).
-    by_module["loss"] = seen["total"] / n - sum(by_module.values())
-    return {"step": seen["total"] / n, "by_module": by_module, "encoder": counter.get_total_flops() / n}
+    step = count_step(model, 2, phase, train, images=n)
+    encoder = count_reconstruction(model, train.images if isinstance(train, FeatureSet) else train, images=n)
+    by_module = {k: step.by_module[k] for k in ("fusion", "decoder", "loss")}
+    return {"step": step.total, "by_module": by_module, "encoder": encoder.by_module["encoder"]}
 
 
 def time_phase(model, phase, train, val, clock, args, hooks: bool) -> dict:
@@ -290,7 +278,7 @@ def measure(args) -> dict:
     cached = FeatureSet(host.images.to(device), host.layers.to(device), host.base.to(device))
 
     log.info("counting FLOPs")
-    flops = count_flops(model, phase, cached, cached.head(1), min(B, FLOP_COUNT_IMAGES))
+    flops = count_flops(model, phase, cached, min(B, FLOP_COUNT_IMAGES))
     hooks = not (args.compile and device.type == "cuda")
     inputs = {"cached": (cached, cached.head(1))}
     if device.type == "cuda":

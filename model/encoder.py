@@ -210,6 +210,8 @@ class EncoderArchitecture:
     patch_size: int
     grid: int  # tokens per side: input_size / patch_size
     params: int
+    prefix_tokens: int = 0  # class and register tokens, which every block also runs on (model.cost)
+    mlp_hidden: int = 0  # the blocks' MLP hidden width (model.cost)
 
     @property
     def tokens(self) -> int:
@@ -234,8 +236,11 @@ def architecture_of(vit: nn.Module, cfg: EncoderConfig) -> EncoderArchitecture:
                           "has no blocks; expected a ViT of at least one block")
     if cfg.input_size % patch:
         raise ConfigError(f"encoder.input_size: {cfg.input_size} px is not divisible by the patch size {patch}")
+    mlp = getattr(vit.blocks[0], "mlp", None)
     return EncoderArchitecture(dim=vit.embed_dim, depth=len(vit.blocks), patch_size=patch,
-                               grid=cfg.input_size // patch, params=sum(p.numel() for p in vit.parameters()))
+                               grid=cfg.input_size // patch, params=sum(p.numel() for p in vit.parameters()),
+                               prefix_tokens=int(getattr(vit, "num_prefix_tokens", 0)),
+                               mlp_hidden=int(getattr(getattr(mlp, "fc1", None), "out_features", 0)))
 
 
 # The most modules a plan builds for one model on the meta device: about 130 ViT blocks of ~19 modules each

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SWEEP_EPILOG = """\
 examples:
   make sweep                                     # the embedded default: local Ray, SQLite MLflow, CPU
-  drorae sweep sweeps/default.yaml --dry-run     # the resolved plan: points, parameter counts, cost
+  drorae sweep sweeps/default.yaml --dry-run     # the resolved plan: points, parameter counts, FLOPs, seconds
   drorae sweep sweeps/paper_capacity.yaml        # the paper's capacity sweep, on whatever Ray it finds
   RAY_ADDRESS=ray://head:10001 MLFLOW_TRACKING_URI=http://mlflow:5000 drorae sweep SPEC
   drorae sweep SPEC phase2.lr=3e-4 'grid.seeds=[0,1]'   # dotted overrides, validated like the file
@@ -68,8 +68,9 @@ def _add_sweep(sub) -> argparse.ArgumentParser:
                    help="dotted KEY=VALUE replacing a value of the spec, e.g. phase2.lr=3e-4 or "
                         "'grid.seeds=[0,1]'; applied in order, then validated like the file")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved plan (every grid point with its parameter count and "
-                        "estimated cost, and the totals); start nothing, write nothing")
+                   help="print the resolved plan (every grid point with its parameter count, model FLOPs and "
+                        "estimated seconds, and the totals; the seconds per FLOP measured on the sweep's results "
+                        "table once it has completed trials of the same spec); start nothing, write nothing")
     p.add_argument("--restart", action="store_true",
                    help="start the sweep over instead of resuming its earlier trials (the shared "
                         "caches are kept)")
@@ -89,7 +90,7 @@ def _add_sweep(sub) -> argparse.ArgumentParser:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from model.errors import UserError
 
-    from .plan import build_plan, format_plan
+    from .plan import build_plan, format_plan, measured_rates
     from .spec import SpecError, load_spec
 
     spec = load_spec(args.spec, args.overrides)
@@ -105,6 +106,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             raise SpecError("--adaptive: the points are chosen by a law linear in its parameters (law.form "
                             "log-linear, linear or power), not saturating")
     if args.dry_run:
+        plan = build_plan(spec, measured_rates(plan))  # seconds from the sweep's own table, once it has one
         print(format_plan(plan))
         if args.adaptive:
             print(f"then {args.adaptive} adaptive point(s), each chosen as it starts (--adaptive)")

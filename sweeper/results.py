@@ -77,7 +77,7 @@ def row_from(config: dict, result: dict | None, status: str, error: str | None =
     result = result or {}
     row = {k: config.get(k) for k in ("trial_id", "unit_id", "point_id", "kind", "expert_hidden",
                                       "fused_layers", "seed", "params", "lr_source")}
-    row.update(status=status, error=error, node_id=result.get("node_id"),
+    row.update(status=status, error=error, node_id=result.get("node_id"), device=result.get("device"),
                best=config.get("n_trials", 1) == 1 and status == "completed")
     for key in NUMERIC:
         value = result.get(key)

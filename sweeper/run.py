@@ -26,6 +26,7 @@ from .adaptive import AdaptiveChooser
 from .experiment import check_tracking, git_commit, log_parent_params, parent_run, tracking_uri, ui_url
 from .live import LiveLaw, skipped_rows
 from .lock import SweepLock, lock_path
+from .plan import spec_digest
 from .results import ResultsTable
 from .storage import TuneExperiment, check_shared_storage, cluster_hosts
 from .tracking import SweepTracker
@@ -95,7 +96,8 @@ def _prepare_remote(plan, device):
     return ray.get(shared_work.options(num_cpus=cpus, num_gpus=gpus).remote(plan, device))
 
 
-EVAL_METRICS = ("rfid", "rfid_se", "psnr", "psnr_se", "ssim", "ssim_se", "lpips", "lpips_se", "eval_seconds")
+EVAL_METRICS = ("rfid", "rfid_se", "psnr", "psnr_se", "ssim", "ssim_se", "lpips", "lpips_se", "eval_seconds",
+                "eval_flops")
 
 
 def _evaluate_task(plan, shared, trial: TrialConfig, checkpoint, expert_hidden):
@@ -392,7 +394,7 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
     tracker = SweepTracker(uri, experiment, parent, str(sweep_dir),
                            {"sweep": spec.name, "shared.decoder": shared.decoder_path,
                             "shared.phase1_val_l1": shared.phase1.get("val_l1")}, git_commit(),
-                           table_metadata={"splits": splits})
+                           table_metadata={"splits": splits, "spec": spec_digest(spec)})
     reporter = progress_reporter()
     # The law as points arrive (console, the parent run's metrics, law.json) and the stop rule: shown now
     # for a resumed sweep's points, then after every trial and every evaluation of a searched point.
@@ -437,7 +439,7 @@ def _run(plan, restart: bool, uri: str, tune_experiment: TuneExperiment, ray_sec
     results = tuner.fit()
     trials_seconds = time.perf_counter() - t
     t = time.perf_counter()
-    table = ResultsTable(sweep_dir, {"splits": splits})
+    table = ResultsTable(sweep_dir, {"splits": splits, "spec": spec_digest(spec)})
     units = searchers[-1].units if searchers else plan.units  # the plan's, and the adaptive points chosen
     evaluator.collect(None, table)
     _evaluate_best(plan, shared, table, tracker, results, sweep_dir, law, units)

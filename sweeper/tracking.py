@@ -264,10 +264,11 @@ class SweepTracker(Callback):
         final = [[k, row[k], now, 0] for k in schema.FINAL_METRICS if math.isfinite(row[k])]
         final.append(["params", float(config["params"]), now, 0])
         self.outbox.submit({"op": "metrics", "trial": trial_id, "metrics": final})
-        if error:
-            self.outbox.submit({"op": "tags", "trial": trial_id, "tags": {schema.ERROR_TAG: error}})
+        tags = {k: v for k, v in ((schema.ERROR_TAG, error), (schema.DEVICE_TAG, row.get("device"))) if v}
         if status == "pruned":
-            self.outbox.submit({"op": "tags", "trial": trial_id, "tags": {schema.STATUS_TAG: status}})
+            tags[schema.STATUS_TAG] = status
+        if tags:
+            self.outbox.submit({"op": "tags", "trial": trial_id, "tags": tags})
         ckpt = trial.checkpoint
         if ckpt is not None:
             png = Path(ckpt.path) / "reconstructions.png"
@@ -391,6 +392,9 @@ class SweepTracker(Callback):
                 ops.append({"op": "tags", **ref, "tags": {schema.ERROR_TAG: error}})
             if row.get("status") == "pruned" and (run is None or run.data.tags.get(schema.STATUS_TAG) != "pruned"):
                 ops.append({"op": "tags", **ref, "tags": {schema.STATUS_TAG: "pruned"}})
+            device = row.get("device")
+            if isinstance(device, str) and device and (run is None or run.data.tags.get(schema.DEVICE_TAG) != device):
+                ops.append({"op": "tags", **ref, "tags": {schema.DEVICE_TAG: device}})
             if run is None or run.info.status != status:
                 ops.append({"op": "status", **ref, "status": status})
             if ops:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from model import DRoRAE, DRoRAEConfig, FeatureSet, PhaseConfig, run_phase
-from model.cost import phase_flops
+from model.cost import count_reconstruction, device_description, phase_flops
 from model.data import ImageBatches, load_split
 from model.features import load_feature_cache
 from model.train import lr_factor, reconstruct, validation_l1
@@ -130,18 +130,23 @@ def decoder_only_phase(plan, seed: int) -> PhaseConfig:
 
 
 def trial_phases(trial: TrialConfig, plan) -> list[tuple[int, PhaseConfig]]:
-    """The phases a trial trains, with their configs, in order.
+    """The phases a trial trains, with their configs, in order (``phases_of`` its control, hyperparameters, seed)."""
+    return phases_of(plan, trial.control, trial.hp, trial.seed)
+
+
+def phases_of(plan, control: Control | None, hp: dict | None = None, seed: int = 0) -> list[tuple[int, PhaseConfig]]:
+    """The phases a trial of ``control`` (None: a grid point) trains with searched ``hp``, in order.
 
     A grid point and the last_layer control: phase 2 (fusion) [+ phase 3]; decoder_only: phase 1
     continued (``decoder_only_phase``); rae: nothing, the shared phase-1 decoder is evaluated as it is.
     """
-    if trial.control is Control.RAE:
+    if control is Control.RAE:
         return []
-    if trial.control is Control.DECODER_ONLY:
-        return [(1, decoder_only_phase(plan, trial.seed))]
-    phases = [(2, _phase_cfg(plan.phase2, trial.hp, trial.seed))]
+    if control is Control.DECODER_ONLY:
+        return [(1, decoder_only_phase(plan, seed))]
+    phases = [(2, _phase_cfg(plan.phase2, hp or {}, seed))]
     if plan.phase3 is not None:
-        phases.append((3, replace(plan.phase3, seed=trial.seed)))
+        phases.append((3, replace(plan.phase3, seed=seed)))
     return phases
 
 
@@ -168,12 +173,40 @@ def train_trial(trial: TrialConfig, plan, shared, report, checkpoint_dir: Path, 
         raise
 
 
+# Counted FLOPs of this process's trials, by what determines them (model sizes, fused layers, phase config, the
+# kind of data): the trials of a unit (a search's) that run in one process count once; another process counts
+# again: one step on 4 images per phase and one forward on 4 images (model.cost), under a second on the tiny
+# CPU models (not measured on the paper's).
+_FLOPS: dict[tuple, float] = {}
+
+
+def _counted(key: tuple, count, *args) -> float:
+    """``count(*args)``, once per process for each ``key``."""
+    if key not in _FLOPS:
+        _FLOPS[key] = count(*args)
+    return _FLOPS[key]
+
+
+def _cost_key(model, trial, *what) -> tuple:
+    """What a trial's FLOPs depend on: the model's sizes, its fused layers, its data's kind and ``what``."""
+    enc = model.encoder
+    return (repr(enc.arch), enc.layers, repr(model.decoder.config), model.decoder.patch_size,
+            None if model.fusion is None else model.fusion.config.hidden, trial.control, *what)
+
+
+def eval_flops(model, evaluate, trial: TrialConfig) -> float:
+    """Model FLOPs of the evaluation's reconstructions of the ``evaluate`` images (``model.cost``; no Inception)."""
+    key = _cost_key(model, trial, "eval", type(evaluate).__name__, len(evaluate))
+    return _counted(key, lambda: count_reconstruction(model, evaluate).total * len(evaluate))
+
+
 def _train(trial, plan, shared, model, data: TrialData, device, report, checkpoint_dir, save_checkpoint) -> dict:
     start = time.perf_counter()
-    metrics: dict = {"train_steps": 0, "train_flops": 0.0}
+    metrics: dict = {"train_steps": 0, "train_flops": 0.0, "device": device_description(device)}
     phases = trial_phases(trial, plan)
     for phase, cfg in phases:
-        metrics["train_flops"] += phase_flops(model, phase, cfg, data.train)
+        key = _cost_key(model, trial, phase, cfg.batch_size, cfg.steps, repr(cfg.loss), type(data.train).__name__)
+        metrics["train_flops"] += _counted(key, phase_flops, model, phase, cfg, data.train)
         warm = shared.decoder_state_path if trial.control is Control.DECODER_ONLY else None
         result = run_phase(model, phase, cfg, data.train, data.select, report=report,
                            checkpoint=checkpoint_dir / f"phase{phase}.pt", on_checkpoint=save_checkpoint,
@@ -186,6 +219,7 @@ def _train(trial, plan, shared, model, data: TrialData, device, report, checkpoi
     metrics["train_seconds"] = sum(v for k, v in metrics.items() if k.endswith("_seconds"))
     if trial.evaluate:
         metrics.update(evaluate(model, data.evaluate, plan, shared, device, checkpoint_dir))
+        metrics["eval_flops"] = eval_flops(model, data.evaluate, trial)
     metrics["wall_seconds"] = time.perf_counter() - start
     torch.save(model.fusion.state_dict() if model.fusion is not None else {}, checkpoint_dir / "fusion.pt")
     return metrics
@@ -335,6 +369,7 @@ def tune_evaluate_checkpoint(plan, shared, trial: TrialConfig, checkpoint) -> tu
     out = Path(tempfile.mkdtemp(prefix="drorae-eval-"))
     try:
         metrics = evaluate(model, data.evaluate, plan, shared, device, out)
+        metrics["eval_flops"] = eval_flops(model, data.evaluate, trial)
         png = (out / "reconstructions.png").read_bytes()
     finally:
         shutil.rmtree(out, ignore_errors=True)

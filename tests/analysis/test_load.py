@@ -279,7 +279,8 @@ def test_measurement_error_and_cost_columns_read_as_numbers(tmp_path, fmt):
 
 
 def test_measurement_error_and_costs_from_mlflow_metrics(tmp_path, monkeypatch):
-    """rfid_se, train_steps and train_flops come back from each trial run's metrics; a run without them reads NaN."""
+    """rfid_se and the costs come back from each trial run's metrics (the device from its tag); a run without
+    them reads NaN."""
     mlflow_tracking = pytest.importorskip("mlflow.tracking")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")
@@ -287,16 +288,18 @@ def test_measurement_error_and_costs_from_mlflow_metrics(tmp_path, monkeypatch):
     exp = client.create_experiment("sweep")
     parent = client.create_run(exp).info.run_id
     for tid, params, rfid, se in [("a", 1e6, 2.0, 0.1), ("b", 1e7, 1.5, 0.2), ("c", 1e8, 1.0, None)]:
-        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": tid, "kind": "grid"}).info.run_id
+        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": tid, "kind": "grid",
+                                           "device": f"CPU {tid} (2 threads)"}).info.run_id
         client.log_param(run, "params", str(int(params)))
-        metrics = {"rfid": rfid, "train_steps": 500.0, "train_flops": 2e12}
+        metrics = {"rfid": rfid, "train_steps": 500.0, "train_flops": 2e12, "eval_flops": 3e9}
         metrics.update({} if se is None else {"rfid_se": se})
         for k, v in metrics.items():
             client.log_metric(run, k, v)
         client.set_terminated(run, "FINISHED")
     pts = load("mlflow:sweep").points.set_index("trial_id").sort_index()
     np.testing.assert_allclose(pts.rfid_se.to_numpy(), [0.1, 0.2, np.nan])
-    assert (pts.train_steps == 500).all() and (pts.train_flops == 2e12).all()
+    assert (pts.train_steps == 500).all() and (pts.train_flops == 2e12).all() and (pts.eval_flops == 3e9).all()
+    assert list(pts.device) == ["CPU a (2 threads)", "CPU b (2 threads)", "CPU c (2 threads)"]  # the device tag
     res = fit(load("mlflow:sweep"))
     assert res.measurement_error() is None and "1 of 3 fitted rows have no finite positive rfid_se (c)" in res.summary()
 

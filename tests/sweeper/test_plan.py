@@ -83,10 +83,12 @@ def test_n_trials_follows_search(tiny_raw):
     assert plan.n_trials == 3 * len(grid) + 2
     without = _plan(tiny_raw, search=None)
     assert without.n_trials == len(without.units)
-    # each search trial is one training: three of them cost about three times one
+    # each search trial is one training, the unit one evaluation: three trainings cost three times one
     g3 = next(u for u in grid if u.expert_hidden == 8)
     g1 = next(u for u in without.units if u.expert_hidden == 8)
-    assert g3.gflop > 2.5 * (g1.gflop - plan.spec.eval.n_images * 5.7)
+    train, evaluation = plan.flops(8, plan.depth)
+    assert g1.gflop * 1e9 == pytest.approx(train + evaluation, rel=1e-12)
+    assert g3.gflop * 1e9 == pytest.approx(3 * train + evaluation, rel=1e-12)
 
 
 def test_format_plan_lists_every_unit_and_totals(tiny_raw):
@@ -100,7 +102,10 @@ def test_format_plan_lists_every_unit_and_totals(tiny_raw):
     assert total.startswith(f"total: {len(plan.units)} units, {plan.n_trials} trials")
     assert f"{sum(u.gflop for u in plan.units):.4g} GFLOP" in total
     assert "fusion params 7.6k..42.3k (0.75 decades)" in total
-    assert len(lines) == 2 + len(plan.units) + 1
+    assert len(lines) == 4 + len(plan.units) + 1
+    assert lines[1] == ("GFLOP: model FLOPs in closed form (model.cost; the encoder run on every batch), "
+                        "not the FID Inception")
+    assert lines[2].startswith("est. s: 20 s per TFLOP and 0.167 s per evaluated image, constants for a cpu")
 
 
 def test_paper_capacity_parameter_counts():
@@ -153,3 +158,96 @@ def test_dry_run_shows_which_widths_search_their_lr_and_which_take_the_law_after
     assert "learning rate: searched at h = 2, 128 (3 trials each) first; h = 16 then train once" in text
     row = next(line for line in text.splitlines() if line.startswith("h16-k6-s0"))
     assert row.rstrip().endswith("law")
+
+
+# --- cost: FLOPs from the closed forms, seconds from the sweep's own table ------------------------
+
+
+@pytest.mark.parametrize("control, cache_gb", [(None, None), (None, 100), ("decoder_only", None), ("rae", None)])
+def test_a_units_flops_are_what_the_counter_counts_on_its_model(tiny_raw, control, cache_gb):
+    """The plan's closed-form FLOPs against FlopCounterMode on the model the unit trains: each phase's real step
+    (phase 2 and 3 for a grid unit, phase 1 continued for decoder_only, none for rae) and its evaluation."""
+    from dataclasses import replace
+
+    from model import DRoRAE, DRoRAEConfig, FeatureSet
+    from model.cost import count_reconstruction, count_step
+    from sweeper.trial import phases_of
+    from sweeper.trial_config import Control
+
+    control = Control(control) if control else None
+    if cache_gb:
+        tiny_raw["feature_cache"] = {"max_gb": cache_gb}
+    plan = _plan(tiny_raw, phase3={"steps": 7, "batch_size": 5}, controls={"runs": ["rae", "decoder_only"]},
+                 grid={"expert_hidden": [8], "fused_layers": [3]})
+    assert plan.features_cached == bool(cache_gb)  # 60000 training images: over the default cache size
+    h = None if control else 8
+    layers = () if control else select_layers(plan.depth, 3)
+    torch.manual_seed(0)
+    model = DRoRAE.from_config(DRoRAEConfig(encoder=replace(plan.encoder, weights="none", layers=layers or None),
+                                            decoder=plan.decoder, image_size=plan.spec.data.resolution,
+                                            expert_hidden=h))
+    images = torch.rand(4, 3, plan.spec.data.resolution, plan.spec.data.resolution)
+    data = FeatureSet.encode(model, images, batch_size=4) if plan.features_cached else images
+    phases = phases_of(plan, control)
+    assert [p for p, _ in phases] == {None: [2, 3], Control.DECODER_ONLY: [1], Control.RAE: []}[control]
+    counted = sum(count_step(model, p, cfg, data, images=2).total * cfg.batch_size * cfg.steps for p, cfg in phases)
+    evaluation = count_reconstruction(model, data, images=2).total * plan.spec.eval.n_images
+    assert plan.flops(h, len(layers), control) == (counted, evaluation)
+    unit = next(u for u in plan.units if u.point_id == (control.value if control else "h8-k3"))
+    assert unit.gflop == pytest.approx((counted + evaluation) / 1e9, rel=1e-12)
+
+
+def _table(plan, rows, spec=None):
+    """A results table of ``plan``'s sweep with ``rows`` (and the spec digest ``spec`` in its metadata)."""
+    from sweeper.results import ResultsTable
+
+    meta = {"splits": {}} | ({"spec": spec} if spec else {})
+    table = ResultsTable(plan.spec.sweep_dir, meta)
+    for i, row in enumerate(rows):
+        table.upsert({"trial_id": f"t{i}", "unit_id": f"u{i}", "point_id": f"p{i}", "kind": "grid", "params": 10 + i,
+                      "fused_layers": 6, "seed": 0, **row})
+    return table
+
+
+def test_dry_run_seconds_come_from_the_sweeps_measured_seconds_per_flop(tiny_raw, tmp_path):
+    from sweeper.plan import measured_rates, spec_digest
+
+    plan = _plan(tiny_raw, results_dir=str(tmp_path), search=None)
+    n_images = plan.spec.eval.n_images
+    rows = [dict(status="completed", train_seconds=2.0, train_flops=4e11, eval_seconds=8.0, eval_flops=1e9),
+            dict(status="completed", train_seconds=6.0, train_flops=6e11, eval_seconds=4.0, eval_flops=1e9),
+            dict(status="completed", train_seconds=1.0, train_flops=float("nan")),   # no count: not a rate
+            dict(status="failed", train_seconds=100.0, train_flops=1e9, eval_seconds=99.0),
+            dict(status="running")]
+    _table(plan, rows, spec=spec_digest(plan.spec))
+    rates = measured_rates(plan)
+    assert rates.seconds_per_flop == pytest.approx(8.0 / 1e12)            # (2 + 6) s over (4 + 6) 1e11 FLOPs
+    assert rates.eval_seconds_per_image == pytest.approx(12.0 / (2 * n_images))
+    assert rates.source.startswith(f"measured on 2 completed trials of {plan.spec.sweep_dir / 'trials.parquet'}")
+    measured = build_plan(plan.spec, rates)
+    for u in measured.units:
+        train, _ = measured.flops(u.expert_hidden, u.fused_layers)
+        assert u.seconds == pytest.approx(train * 8.0 / 1e12 + n_images * 12.0 / (2 * n_images))
+    text = format_plan(measured)
+    assert "est. s: 8 s per TFLOP and 0.375 s per evaluated image, measured on 2 completed trials" in text
+
+
+def test_dry_run_says_when_the_table_is_of_another_spec_or_records_none(tiny_raw, tmp_path):
+    from sweeper.plan import FLOPS_PER_S, measured_rates, spec_digest
+
+    plan = _plan(tiny_raw, results_dir=str(tmp_path))
+    assert "no results table at" in measured_rates(plan).source
+    row = dict(status="completed", train_seconds=2.0, train_flops=4e11, eval_seconds=8.0)
+    other = _plan(tiny_raw, results_dir=str(tmp_path), phase2={"steps": 11})
+    assert spec_digest(other.spec) != spec_digest(plan.spec)
+    table = _table(plan, [row], spec=spec_digest(other.spec))
+    rates = measured_rates(plan)
+    assert rates.seconds_per_flop == 1 / FLOPS_PER_S["cpu"]
+    mine, theirs = spec_digest(plan.spec), spec_digest(other.spec)
+    assert f"is of another spec: its digest {theirs}, this one's {mine}" in rates.source
+    table.path.unlink()
+    _table(plan, [row])  # written before tables recorded their spec
+    rates = measured_rates(plan)
+    assert rates.seconds_per_flop == pytest.approx(2.0 / 4e11) and "records no spec: taken as this one" in rates.source
+    table.path.write_text("not parquet")
+    assert "cannot be read" in measured_rates(plan).source

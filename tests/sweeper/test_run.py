@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 TABLE_COLUMNS = ["trial_id", "point_id", "status", "expert_hidden", "fused_layers", "seed", "params", "rfid",
                  "psnr", "ssim", "lpips", "train_seconds", "eval_seconds", "report_seconds", "startup_seconds",
-                 "error"]
+                 "train_flops", "eval_flops", "device", "error"]
 
 
 def test_sweep_end_to_end_leaves_table_mlflow_runs_and_caches(smoke_sweep):
@@ -22,6 +22,7 @@ def test_sweep_end_to_end_leaves_table_mlflow_runs_and_caches(smoke_sweep):
 
     from sweeper.plan import build_plan
     from sweeper.spec import load_spec
+    from sweeper.trial_config import Control
 
     plan = build_plan(load_spec(SMOKE, [f"results_dir={smoke_sweep.results}", *smoke_sweep.args]))
     sweep = smoke_sweep.results / "smoke"
@@ -41,6 +42,24 @@ def test_sweep_end_to_end_leaves_table_mlflow_runs_and_caches(smoke_sweep):
     trained = table[table.point_id != "rae"]
     assert (trained.report_seconds > 0).all() and (trained.report_seconds < trained.train_seconds).all()
     assert 1 <= (table.startup_seconds > 0).sum() <= 2 and (table.startup_seconds == 0).sum() >= 3
+    # What each trial cost: model FLOPs (model.cost's closed forms, the plan's estimate, equal what the trials
+    # counted), seconds, and the device; the table records its spec, so the dry run reads its seconds per FLOP.
+    for u in plan.units:
+        row = table.set_index("unit_id").loc[u.unit_id]
+        control = Control(u.point_id) if u.kind != "grid" else None
+        train, evaluation = plan.flops(u.expert_hidden, u.fused_layers, control)
+        assert row.train_flops == pytest.approx(train, rel=1e-9)
+        assert row.eval_flops == pytest.approx(evaluation, rel=1e-9)
+    assert table.loc[table.point_id == "rae", "train_flops"].item() == 0 and (trained.train_flops > 0).all()
+    assert table.device.str.endswith("(1 threads)").all()  # resources.cpu: 1
+    from sweeper.plan import format_plan, measured_rates, spec_digest
+    from sweeper.results import read_metadata
+
+    assert read_metadata(sweep / "trials.parquet")["spec"] == spec_digest(plan.spec)
+    rates = measured_rates(plan)
+    assert rates.source.startswith("measured on 4 completed trials")  # the rae control trains nothing
+    assert rates.seconds_per_flop == pytest.approx(trained.train_seconds.sum() / trained.train_flops.sum())
+    assert "measured on 4 completed trials" in format_plan(build_plan(plan.spec, rates))
 
     client = MlflowClient(f"sqlite:///{smoke_sweep.results / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
@@ -50,6 +69,8 @@ def test_sweep_end_to_end_leaves_table_mlflow_runs_and_caches(smoke_sweep):
     run = next(r for r in runs if r.data.tags["trial_id"] == "h16-k6-s0-t0")
     assert run.data.params["expert_hidden"] == "16" and "phase" in run.data.metrics
     assert run.data.metrics["rfid"] == pytest.approx(table.set_index("trial_id").rfid["h16-k6-s0-t0"])
+    assert run.data.metrics["eval_flops"] == table.set_index("trial_id").eval_flops["h16-k6-s0-t0"]
+    assert run.data.tags["device"] == table.set_index("trial_id").device["h16-k6-s0-t0"]
     assert run.data.tags.get("mlflow.source.git.commit")
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["reconstructions.png"]
     assert len(client.get_metric_history(run.info.run_id, "loss")) >= 3  # the training curve

@@ -63,7 +63,8 @@ def trial(h: int, last_result=None, checkpoint=None):
 
 
 FINAL = {"final": True, "rfid": 31.25, "psnr": 18.5, "ssim": 0.5, "lpips": 0.25, "val_l1": 0.125,
-         "train_seconds": 3.0, "eval_seconds": 1.0}
+         "train_seconds": 3.0, "eval_seconds": 1.0, "train_flops": 2.5e12, "eval_flops": 4e9,
+         "device": "Some CPU @ 2.0GHz (2 threads)"}
 
 
 def new_sweep(store, tmp_path, experiment):
@@ -188,6 +189,11 @@ def test_a_trial_that_runs_while_the_server_is_down_gets_one_complete_run_when_i
     assert sorted(runs) == ["h16-k6-s0-t0", "h2-k6-s0-t0"]
     run = runs["h16-k6-s0-t0"]
     assert run.info.status == "FINISHED" and run.data.metrics["rfid"] == 30.5
+    # The trial's cost: its FLOPs as metrics, its device as a tag and a table column.
+    assert run.data.metrics["train_flops"] == 2.5e12 and run.data.metrics["eval_flops"] == 4e9
+    assert run.data.tags["device"] == "Some CPU @ 2.0GHz (2 threads)"
+    row = ResultsTable(tmp_path).rows["h16-k6-s0-t0"]
+    assert (row["device"], row["eval_flops"], row["train_flops"]) == ("Some CPU @ 2.0GHz (2 threads)", 4e9, 2.5e12)
     assert run.data.params["expert_hidden"] == "16" and run.data.tags["mlflow.source.git.commit"] == "abc123"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [4, 8]
     assert [m.step for m in client.get_metric_history(runs["h2-k6-s0-t0"].info.run_id, "loss")] == [4, 8]
@@ -220,12 +226,12 @@ def test_finish_saves_what_a_down_server_did_not_take_and_the_next_run_delivers_
         t = time.monotonic()
         out = tracker.finish(table, {"wall_seconds": 12.0, "failed_trials": 0}, "FINISHED", timeout=0.5)
         assert time.monotonic() - t < 10
-    assert out["pending"] == 7 and out["reconciled"] is None  # run, metrics x2, artifact, status, parent x2
+    assert out["pending"] == 8 and out["reconciled"] is None  # run, metrics x2, tags, artifact, status, parent x2
     pending = json.loads((tmp_path / PENDING_FILE).read_text())
-    assert [op["op"] for op in pending["ops"]] == ["run", "metrics", "metrics", "artifact", "status", "metrics",
-                                                   "status"]
+    assert [op["op"] for op in pending["ops"]] == ["run", "metrics", "metrics", "tags", "artifact", "status",
+                                                   "metrics", "status"]
     assert pending["runs"]["h4-k6-s0-t0"]["params"]["expert_hidden"] == "4"
-    assert any("7 writes could not be delivered" in r.getMessage() and PENDING_FILE in r.getMessage()
+    assert any("8 writes could not be delivered" in r.getMessage() and PENDING_FILE in r.getMessage()
                for r in caplog.records)
     assert trial_runs(client, exp_id, parent) == []
 
@@ -236,6 +242,7 @@ def test_finish_saves_what_a_down_server_did_not_take_and_the_next_run_delivers_
     assert out == {"pending": 0, "reconciled": 0, "rejected": 0}
     (run,) = trial_runs(client, exp_id, parent)
     assert run.info.status == "FINISHED" and run.data.metrics["rfid"] == 31.25
+    assert run.data.tags["device"] == FINAL["device"] and run.data.metrics["eval_flops"] == FINAL["eval_flops"]
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [0.5]
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["reconstructions.png"]
     assert client.get_run(parent).info.status == "FINISHED"
