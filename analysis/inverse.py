@@ -261,8 +261,9 @@ def _invert_saturating(res, y0: float, alpha: float, B: int, seed) -> InversePre
     c_mean = _sat_capacity(draws[:, 0], draws[:, 1], draws[:, 2], y0)
     c_run = _sat_capacity(draws[:, 0], draws[:, 1], draws[:, 2], y0 - noise)
     q = [alpha / 2, 1 - alpha / 2]
-    inv.ci = tuple(float(v) for v in np.quantile(c_mean, q))
-    inv.calibration = tuple(float(v) for v in np.quantile(c_run, q))
+    # no interpolation between order statistics: a draw that never reaches y0 is inf, and inf - inf is NaN
+    inv.ci = tuple(float(v) for v in np.quantile(c_mean, q, method="inverted_cdf"))
+    inv.calibration = tuple(float(v) for v in np.quantile(c_run, q, method="inverted_cdf"))
     for attr, words in (("ci", "CI"), ("calibration", "calibration interval")):
         if getattr(inv, attr)[1] == math.inf:
             inv.beyond.append(f"the {words} is open above: in more than {alpha / 2:.1%} of the bootstrap draws the "
