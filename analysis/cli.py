@@ -226,12 +226,16 @@ examples:
   drorae fit results/default --form auto             # the form with the lowest leave-one-out error
   drorae fit mlflow:default --json                   # straight from the tracking store, as JSON
   drorae fit published.csv --x params --y rfid       # any table with a capacity and a metric column
+  drorae fit results/default --x train_flops         # rFID against each run's training FLOPs (or train_seconds)
   make fit RESULTS_DIR=results/default
 
 Only completed grid trials are fitted (the best trial of each searched point); control runs
 (kind=control) never are. Failed trials and rows with NaN/inf are dropped with a warning that
-lists them. Fewer than 3 distinct capacities, a non-positive capacity for a log form, or a
-missing column stop with one line naming it, exit code 2.
+lists them. Fewer than 3 distinct capacities, a non-positive capacity for a log form (named
+with its rows: a cost column such as train_flops is 0 for a run that trained nothing), or a
+missing column stop with one line naming it, exit code 2. A cost axis (--x train_flops,
+train_seconds) is fitted like any capacity; train_seconds differs between the seeds of one
+point, so under CR2 each run is then its own cluster.
 
 Where every fitted row has its metric's measurement error (a <y>_se column, e.g. rfid_se),
 the fit also says how much of the residual scatter it accounts for: measurement variance /
@@ -704,8 +708,10 @@ examples:
   drorae figures results/default --out figures/ --form power --alpha 0.1
   make figures RESULTS_DIR=results/default
 
-The panels: expert-capacity scaling, layer-count scaling and the unified law over trainable
-parameters, each law fitted once; points with error bars (± 2 se of the mean where the table has
+The panels: expert-capacity scaling, layer-count scaling, the unified law over trainable
+parameters and, where the table has train_flops, the metric against training cost (each grid
+run at its training FLOPs; a control that trained nothing, as the RAE baseline, is a labelled
+line: "no training cost"), each law fitted once; points with error bars (± 2 se of the mean where the table has
 <y>_se, else ± the std over seeds: the legend says which), the fitted line with its CI band and,
 lighter, its prediction interval, R² and slope in the legend (one legend for the combined
 figure), the control runs drawn alike in every panel (the RAE baseline as a horizontal line),

@@ -295,3 +295,11 @@ def test_a_zero_cost_grid_row_on_a_log_axis_is_one_line_naming_the_rows(tmp_path
     rc, out, err = _run(capsys, "fit", path, "--x", "train_flops")
     assert rc == 2 and out == "" and err.count("\n") == 1
     assert "column 'train_flops' has a non-positive value (0) in 2 row(s) (h2-k6-s0, h8-k6-s1)" in err
+
+
+def test_the_epilog_states_the_search_reach_and_the_bootstrap_draws():
+    from analysis.cli import PREDICT_EPILOG
+    from analysis.inverse import BOOTSTRAP_B
+
+    assert f"searched up to {REACH_DECADES:g} decades beyond" in PREDICT_EPILOG
+    assert f"percentiles of {BOOTSTRAP_B} residual-bootstrap" in PREDICT_EPILOG
