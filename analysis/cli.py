@@ -302,8 +302,9 @@ whose prediction interval holds Y (where one trained run could land at Y); both 
 `drorae figures` draws (CR2 errors with their df, the noise model), searched up to 6 decades beyond
 the fitted capacities. The saturating law's intervals are percentiles of 999 residual-bootstrap
 refits. "BEYOND WHAT THE LAW SUPPORTS" (exit 0; in --json supported false and beyond saying why)
-when the slope's CI includes 0 (the Fieller set is unbounded), an interval runs past the search's
-edge, Y lies past the saturating law's E (or inside E's CI), or no positive capacity reaches Y.
+when the slope's CI includes 0 (the Fieller set is unbounded), the CI runs past the search's edge,
+Y lies past the saturating law's E (or inside E's CI), or no positive capacity reaches Y. An open
+calibration interval (the PI's extrapolated noise holds Y far out) is a note, not that.
 At what cost: where --x is not a cost column and the table has train_flops and/or train_seconds,
 log10(cost) = c0 + c1 log10(C) is fitted to the fitted (grid) runs, and the capacity and both
 intervals are mapped through it (a point map: it adds no uncertainty of its own).

@@ -25,9 +25,12 @@ sqrt((u0 - xbar)^2 / Sxx + (1 - g)(1 + 1/n))] / (1 - g), and the CI's the same w
 The search covers ``REACH_DECADES`` decades of capacity beyond the fitted ones on either side. The
 answer is **beyond what the law supports** (``supported`` False, ``beyond`` says why; the command
 still exits 0) when the slope's (1 - alpha) CI includes 0 (the Fieller set is then unbounded, or the
-whole axis), when a set reaches the edge of the searched range (reported as unbounded: 0 or inf), or
-when y0 is outside what the law can reach at a positive capacity (a linear law at C <= 0, a power
-law at y0 <= 0, a flat law).
+whole axis), when the CI reaches the edge of the searched range (reported as unbounded: 0 or inf),
+or when y0 is outside what the law can reach at a positive capacity (a linear law at C <= 0, a power
+law at y0 <= 0, a flat law). A calibration interval that is open while the CI is not gets a note
+instead: the PI of one run far from the fitted capacities holds the noise model's extrapolated noise
+(its log-variance trend and that trend's uncertainty both grow with the distance), which with 1-2
+seeds per capacity often swamps the law a few decades out; the law itself still answers.
 
 **Saturating law** y = E + A C^-alpha: C0 = (A / (y0 - E))^(1 / alpha). Its intervals come from a
 residual bootstrap of the Huber fit (``saturating.refit``, the fit's own threshold): B refits to
@@ -208,12 +211,14 @@ def _invert_linear(res, y0: float, alpha: float) -> InversePrediction:
     for attr, cols in (("ci", ("mean_ci_lower", "mean_ci_upper")), ("calibration", ("obs_ci_lower", "obs_ci_upper"))):
         ends = _band_set(_distance(res, y0, cols, alpha), start, lo_edge, hi_edge)
         setattr(inv, attr, tuple(_to_capacity(e) for e in ends))
-    for attr, words in (("ci", "CI"), ("calibration", "calibration interval")):
+    for attr, words, said in (("ci", "CI", inv.beyond), ("calibration", "calibration interval", inv.notes)):
         lo, hi = getattr(inv, attr)
         if lo == 0.0 or hi == math.inf:
             open_side = " and ".join(s for s, v in (("below", lo == 0.0), ("above", hi == math.inf)) if v)
-            inv.beyond.append(f"the {words} is open {open_side}: the band holds {y0:g} out to {REACH_DECADES:g} "
-                              "decades beyond the fitted capacities")
+            why = "" if attr == "ci" else (" (the noise of one run, read off the noise model far from the fitted "
+                                           "capacities, swamps the law there)")
+            said.append(f"the {words} is open {open_side}: the band holds {y0:g} out to {REACH_DECADES:g} decades "
+                        f"beyond the fitted capacities{why}")
     if res.noise is None and res.cov_type != "nonrobust":
         inv.notes.append("no noise model (fewer than 3 capacities with a residual variance): the prediction "
                          "interval is unbounded, and so the calibration interval")
@@ -264,10 +269,10 @@ def _invert_saturating(res, y0: float, alpha: float, B: int, seed) -> InversePre
     # no interpolation between order statistics: a draw that never reaches y0 is inf, and inf - inf is NaN
     inv.ci = tuple(float(v) for v in np.quantile(c_mean, q, method="inverted_cdf"))
     inv.calibration = tuple(float(v) for v in np.quantile(c_run, q, method="inverted_cdf"))
-    for attr, words in (("ci", "CI"), ("calibration", "calibration interval")):
+    for attr, words, said in (("ci", "CI", inv.beyond), ("calibration", "calibration interval", inv.notes)):
         if getattr(inv, attr)[1] == math.inf:
-            inv.beyond.append(f"the {words} is open above: in more than {alpha / 2:.1%} of the bootstrap draws the "
-                              f"law never reaches {y0:g}")
+            said.append(f"the {words} is open above: in more than {alpha / 2:.1%} of the bootstrap draws the "
+                        f"law never reaches {y0:g}")
     return inv
 
 

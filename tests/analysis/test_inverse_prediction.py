@@ -303,3 +303,18 @@ def test_the_epilog_states_the_search_reach_and_the_bootstrap_draws():
 
     assert f"searched up to {REACH_DECADES:g} decades beyond" in PREDICT_EPILOG
     assert f"percentiles of {BOOTSTRAP_B} residual-bootstrap" in PREDICT_EPILOG
+
+
+def test_an_open_calibration_interval_is_a_note_the_law_still_answers():
+    """Noise growing with C, 2 seeds a capacity: the noise model's PI far out holds the target (the calibration
+    set is open above), while the CI of the mean is bounded: supported, with a note."""
+    rng = np.random.default_rng(11)
+    C = np.repeat(np.geomspace(1e4, 1e7, 6), 2)
+    x = np.log10(C)
+    res = fit(pd.DataFrame({"params": C, "rfid": 40 - 1.5 * x + rng.normal(0, 1, C.size) * 0.05 * x}))
+    inv = inverse_predict(res, 31.0)
+    assert inv.calibration[1] == math.inf and math.isfinite(inv.ci[1]) and inv.ci[1] > inv.estimate
+    assert inv.supported and "calibration interval is open above" in inv.notes[0]
+    edge = res.get_prediction([10 ** (7 + REACH_DECADES - 0.01)]).summary_frame(0.05).iloc[0]
+    assert edge["obs_ci_lower"] <= 31.0 <= edge["obs_ci_upper"]              # the PI holds it at the search's edge
+    assert not edge["mean_ci_lower"] <= 31.0 <= edge["mean_ci_upper"]        # the mean's CI does not
