@@ -229,12 +229,16 @@ examples:
   drorae fit results/default --form auto             # the form with the lowest leave-one-out error
   drorae fit mlflow:default --json                   # straight from the tracking store, as JSON
   drorae fit published.csv --x params --y rfid       # any table with a capacity and a metric column
+  drorae fit results/default --x train_flops         # rFID against each run's training FLOPs (or train_seconds)
   make fit RESULTS_DIR=results/default
 
 Only completed grid trials are fitted (the best trial of each searched point); control runs
 (kind=control) never are. Failed trials and rows with NaN/inf are dropped with a warning that
-lists them. Fewer than 3 distinct capacities, a non-positive capacity for a log form, or a
-missing column stop with one line naming it, exit code 2.
+lists them. Fewer than 3 distinct capacities, a non-positive capacity for a log form (named
+with its rows: a cost column such as train_flops is 0 for a run that trained nothing), or a
+missing column stop with one line naming it, exit code 2. A cost axis (--x train_flops,
+train_seconds) is fitted like any capacity; train_seconds differs between the seeds of one
+point, so under CR2 each run is then its own cluster.
 
 Where every fitted row has its metric's measurement error (a <y>_se column, e.g. rfid_se),
 the fit also says how much of the residual scatter it accounts for: measurement variance /
@@ -282,6 +286,8 @@ examples:
   drorae predict results/default --capacity 2e8 --capacity 5e8
   drorae predict results/default --capacity 1e7 --form power --alpha 0.1
   drorae predict results/default --capacity 4096 --x expert_hidden --where fused_layers=6 --json
+  drorae predict results/default --target-rfid 25                 # which capacity reaches rFID 25, at what cost
+  drorae predict results/default --target-rfid 25 --x train_flops # which training FLOPs reach it
   make predict CAPACITY=2e8
 
 For each capacity: the law's mean, the (1 - alpha) interval of that mean (ci) and the prediction
@@ -290,6 +296,21 @@ noise model (log variance linear in log C, fitted to the residuals or the seeds)
 capacity, with its own uncertainty. Where that rests on few degrees of freedom (one seed per
 capacity, far beyond the largest), the PI is wide and a note says so; with too few capacities to
 fit a noise model it is unbounded.
+
+--target-rfid Y (instead of --capacity) answers the inverse question: the capacity C0 where the
+law reaches Y (in the units of --y). Log-linear, linear and power laws are inverted, and their
+intervals are the fit's own bands inverted: the CI is every capacity whose (1 - alpha) CI of the
+mean holds Y (the Fieller / inverse-prediction interval), the calibration interval every capacity
+whose prediction interval holds Y (where one trained run could land at Y); both found on the bands
+`drorae figures` draws (CR2 errors with their df, the noise model), searched up to 6 decades beyond
+the fitted capacities. The saturating law's intervals are percentiles of 999 residual-bootstrap
+refits. "BEYOND WHAT THE LAW SUPPORTS" (exit 0; in --json supported false and beyond saying why)
+when the slope's CI includes 0 (the Fieller set is unbounded), the CI runs past the search's edge,
+Y lies past the saturating law's E (or inside E's CI), or no positive capacity reaches Y. An open
+calibration interval (the PI's extrapolated noise holds Y far out) is a note, not that.
+At what cost: where --x is not a cost column and the table has train_flops and/or train_seconds,
+log10(cost) = c0 + c1 log10(C) is fitted to the fitted (grid) runs, and the capacity and both
+intervals are mapped through it (a point map: it adds no uncertainty of its own).
 """
 
 
@@ -298,12 +319,19 @@ def add_predict(sub) -> argparse.ArgumentParser:
         sub, "predict", _cmd_predict, PREDICT_EPILOG,
         help="predict the metric at untried capacities, with the mean's CI and a prediction interval",
         description="Fit the law to RESULTS (as `drorae fit` does) and predict the metric at each --capacity.")
-    p.add_argument("--capacity", metavar="C", action="append", required=True,
+    p.add_argument("--capacity", metavar="C", action="append", default=None,
                    help="a capacity in the units of --x (a finite number > 0), e.g. 2e8 trainable parameters; "
                         "repeat for several")
+    p.add_argument("--target-rfid", metavar="Y", default=None,
+                   help="the inverse question instead of --capacity: which capacity (and at what training cost) "
+                        "reaches the metric value Y, in the units of --y (rfid unless --y says otherwise), with "
+                        "the CI and the calibration interval")
     _ci_option(p, "the mean's CI and the PI")
     _json_option(p, "a list with one entry per capacity: capacity, mean, mean_se, mean_df, ci [low, high], "
-                    "pi [low, high], obs_sd, pi_df, pi_note")
+                    "pi [low, high], obs_sd, pi_df, pi_note; with --target-rfid one object: target, x, y, form, "
+                    "method, estimate, ci, calibration (null: unbounded on that side, see ci_bounded), supported, "
+                    "beyond (why not, or null), notes, cost (per cost column: model, c0, c1, estimate, ci, "
+                    "calibration), law")
     return p
 
 
@@ -316,7 +344,28 @@ def _ci_option(p: argparse.ArgumentParser, what: str) -> None:
                         f"({BOOTSTRAP_WORDS}; linear-in-parameter forms only)")
 
 
+def _target_value(text: str, y: str) -> float:
+    """--target-rfid as a number: AnalysisError naming it for text, NaN or inf."""
+    from analysis.errors import AnalysisError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise AnalysisError(f"--target-rfid {text!r}: expected a number, a value of {y!r} (the --y column), "
+                            "e.g. 25") from None
+    if not math.isfinite(value):
+        raise AnalysisError(f"--target-rfid {text}: expected a finite value of {y!r} (the --y column), e.g. 25")
+    return value
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from analysis.errors import AnalysisError
+
+    if (args.capacity is None) == (args.target_rfid is None):
+        raise AnalysisError("predict: expected exactly one of --capacity C (the metric at a capacity) and "
+                            "--target-rfid Y (the capacity that reaches a metric value)")
+    if args.target_rfid is not None:
+        return _cmd_target(args)
     capacities = _capacities(args)
     with warnings_as_lines(args.prog):
         _table, res = _fit(args)
@@ -343,6 +392,61 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.ci == "bootstrap":
         print(f"intervals: {BOOTSTRAP_WORDS}")
     return 0
+
+
+def _cmd_target(args: argparse.Namespace) -> int:
+    """``predict --target-rfid Y``: the capacity that reaches Y, its intervals and its cost (``analysis.inverse``)."""
+    from analysis.errors import AnalysisError
+    from analysis.inverse import inverse_predict, with_cost
+
+    target = _target_value(args.target_rfid, args.y)
+    if args.ci == "bootstrap":
+        raise AnalysisError("--ci bootstrap does not apply to --target-rfid: a linear law's intervals invert its "
+                            "own bands, a saturating law's are bootstrapped already")
+    with warnings_as_lines(args.prog):
+        table, res = _fit(args)
+        inv = with_cost(inverse_predict(res, target, alpha=args.alpha), table.points)
+    if args.json:
+        out = inv.to_dict()
+        out["law"] = {"equation": res.law.equation, "params": {k: float(v) for k, v in res.params.items()},
+                      "n": res.nobs, "r2": res.rsquared, "cov_type": res._cov_name()}
+        out["dropped"] = [str(d) for d in table.dropped]
+        _print_json(out)
+        return 0
+    print("\n".join(target_lines(inv, res)))
+    return 0
+
+
+def _bounds(lo: float, hi: float) -> str:
+    """[lo, hi] with an open side as 0 / inf said in words."""
+    if math.isnan(lo) or math.isnan(hi):
+        return "none"
+    return f"[{'0 (open)' if lo == 0 else f'{lo:.4g}'}, {'inf (open)' if hi == math.inf else f'{hi:.4g}'}]"
+
+
+def target_lines(inv, res) -> list[str]:
+    """``predict --target-rfid``'s text: the law, the capacity with its intervals, the costs, and any reason
+    the answer is beyond what the law supports."""
+    level = f"{1 - inv.alpha:.0%}"
+    ps = ", ".join(f"{k} = {v:.5g}" for k, v in res.params.items())
+    lines = [f"{res.law.equation}   ({ps}; C = {res.x}, y = {res.y}, n = {res.nobs}, R² = {res.rsquared:.4f})",
+             f"{inv.y} = {inv.target:g} is reached at {inv.x} = "
+             + (f"{inv.estimate:.4g}" if math.isfinite(inv.estimate) else "none (the law never reaches it)")]
+    if math.isfinite(inv.estimate):
+        how = ("capacities whose CI of the law's mean holds the target" if inv.method == "band" else
+               f"percentile interval, {inv.B} bootstrap refits")
+        lines += [f"  {level} CI:                   {_bounds(*inv.ci)}   ({how})",
+                  f"  {level} calibration interval: {_bounds(*inv.calibration)}   (where one trained run lands at "
+                  "the target" + (": capacities whose PI holds it)" if inv.method == "band" else ")")]
+    for column, m in inv.costs.items():
+        if math.isfinite(m.estimate):
+            lines.append(f"  at a cost of {column} = {m.estimate:.4g}, CI {_bounds(*m.ci)}, calibration "
+                         f"{_bounds(*m.calibration)}")
+        lines.append(f"    cost model: {m.describe(inv.x)}")
+    if inv.beyond:
+        lines.append(f"BEYOND WHAT THE LAW SUPPORTS: {'; '.join(inv.beyond)}")
+    lines += [f"note: {n}" for n in inv.notes]
+    return lines
 
 
 # --- drorae next ------------------------------------------------------------------------------
@@ -701,8 +805,10 @@ examples:
   drorae figures results/default --out figures/ --form power --alpha 0.1
   make figures RESULTS_DIR=results/default
 
-The panels: expert-capacity scaling, layer-count scaling and the unified law over trainable
-parameters, each law fitted once; points with error bars (± 2 se of the mean where the table has
+The panels: expert-capacity scaling, layer-count scaling, the unified law over trainable
+parameters and, where the table has train_flops, the metric against training cost (each grid
+run at its training FLOPs; a control that trained nothing, as the RAE baseline, is a labelled
+line: "no training cost"), each law fitted once; points with error bars (± 2 se of the mean where the table has
 <y>_se, else ± the std over seeds: the legend says which), the fitted line with its CI band and,
 lighter, its prediction interval, R² and slope in the legend (one legend for the combined
 figure), the control runs drawn alike in every panel (the RAE baseline as a horizontal line),

@@ -130,6 +130,21 @@ def _check_capacities(C: np.ndarray, x: str, need: int = 3, source: str = "") ->
                             f"among the rows to fit: a scaling-law fit needs at least {need}")
 
 
+def _check_positive(law: Law, C: np.ndarray, x: str, ids, source: str = "") -> None:
+    """AnalysisError naming ``x``, its first non-positive value and the rows that hold one, for a form that
+    takes the log of the capacity (a cost column, train_flops or train_seconds, is 0 for a run that
+    trained nothing)."""
+    bad = C <= 0
+    if not law.log_x or not bad.any():
+        return
+    from analysis.load import listed
+
+    rows = listed(np.asarray(ids, dtype=object)[bad])
+    raise AnalysisError(f"{source}column {x!r} has a non-positive value ({C[bad][0]:g}) in {bad.sum()} row(s) "
+                        f"({rows}): form {law.name!r} takes the log of the capacity and needs every value > 0; "
+                        "drop those rows (--where) or fit the linear form")
+
+
 def _seed_variance_weights(C: np.ndarray, y: np.ndarray, x: str) -> np.ndarray:
     """Feasible GLS weights: 1 / sigma^2(C) from the noise model (``analysis.noise``: log variance
     linear in log C, fitted to every capacity's seed variance with its degrees of freedom),
@@ -554,6 +569,8 @@ def fit(df, x: str | None = None, y: str | None = None, form: str = "log-linear"
         get_law(form)
     C, Y, se, ids = _columns(df, x, y)
     _check_capacities(C, x, source=_source(df))
+    if form != "auto":
+        _check_positive(get_law(form), C, x, ids, _source(df))
     if form == "auto":
         return _fit_auto(C, Y, x, y, weights, yse=se, ids=ids, cov_type=cov_type)
     return _fit_arrays(get_law(form), C, Y, x, y, weights, yse=se, ids=ids, cov_type=cov_type)

@@ -2,8 +2,10 @@
 end of a sweep share.
 
 A panel is a set of grid rows and a capacity column: expert-capacity scaling (the most common layer
-count, over ``table.x``), layer-count scaling (one expert width, over ``fused_layers``) and the
-unified law (every grid row, over ``table.x``). ``fit_panels`` fits one ``FitResults`` per
+count, over ``table.x``), layer-count scaling (one expert width, over ``fused_layers``), the
+unified law (every grid row, over ``table.x``) and the metric against training cost (every grid row,
+over ``train_flops``: the model FLOPs of each run's training; skipped with one logged line for a
+table without them, or whose capacity axis is that column already). ``fit_panels`` fits one ``FitResults`` per
 (panel, form), reusing it where two panels hold the same rows over the same column (a table with one
 layer count: the capacity panel is the unified one). Its ``law`` (the unified panel's) is the law the
 report prints and the sweep ends with; plotting and the report's sections only read these results.
@@ -19,10 +21,13 @@ import pandas as pd
 
 from analysis.errors import AnalysisError
 from analysis.fit import FitResults, fit
+from analysis.schema import COST_AXES
 
 log = logging.getLogger(__name__)
 
 UNIFIED = "unified_scaling"      # the panel of every grid row: its fit is the sweep's law
+COST = "cost_scaling"            # every grid row against its training cost
+COST_X = COST_AXES[0]            # train_flops: the cost panel's axis
 
 
 @dataclass
@@ -126,5 +131,15 @@ def fit_panels(table, form: str = "log-linear") -> Panels:
 
     # (3) the unified law over trainable parameters: every grid row
     panels.append(unified)
+
+    # (4) the metric against training cost: every grid row at its train_flops
+    if table.x == COST_X:
+        out.skipped.append((logging.INFO, f"figure {COST} skipped: the capacity axis is {COST_X} already "
+                                          f"(the {UNIFIED} panel)"))
+    elif COST_X not in pts.columns or not pd.to_numeric(pts[COST_X], errors="coerce").notna().any():
+        out.skipped.append((logging.INFO, f"figure {COST} skipped: the table has no {COST_X} (a sweep written "
+                                          "before training costs were recorded)"))
+    else:
+        panels.append(add(COST, "Training cost (all grid runs)", pts, COST_X, others))
     out.panels = [p for p in panels if p is not None]
     return out

@@ -40,7 +40,7 @@ from analysis.errors import AnalysisError  # noqa: E402
 from analysis.fit import FitResults  # noqa: E402
 from analysis.panels import Panel, Panels, fit_panels  # noqa: E402
 from analysis.points import seed_stats  # noqa: E402
-from analysis.schema import se_column  # noqa: E402
+from analysis.schema import COST_AXES, se_column  # noqa: E402
 from drorae_io import atomic_path, make_output_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ STYLE = {"font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "legend.fonts
          "pdf.fonttype": 42}  # TrueType in the PDF: editable, accepted by paper submission systems
 
 LABELS = {"params": "trainable parameters", "fused_layers": "fused layers", "expert_hidden": "expert width",
+          "train_flops": "training FLOPs", "train_seconds": "training seconds",
           "rfid": "rFID", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
 CONTROL_NAMES = {"rae": "RAE baseline", "decoder_only": "decoder only", "last_layer": "last layer only"}
 CONTROL_MARKERS = ("s", "^", "D", "v", "P", "X", "*")
@@ -65,6 +66,7 @@ CI_ALPHA, PI_ALPHA = 0.3, 0.12   # the mean's CI band, and the lighter predictio
 # Error bars: measurement error thick and pale, the seeds' spread thin and capped.
 BAR_STYLE = {"measurement": {"elinewidth": 2.5, "capsize": 0}, "seeds": {"elinewidth": 0.8, "capsize": 2}}
 ROLLOUT_LEGEND_MAX = 8       # more splits than this: a colour bar instead of a legend entry each
+MIN_TICK_GAP = 0.1           # decades between two capacities labelled each (closer: the axis's own ticks)
 
 
 # --- labels ----------------------------------------------------------------------------------
@@ -95,8 +97,10 @@ def fit_label(result: FitResults, log_axis: bool = True) -> str:
 
 
 def _short(v: float) -> str:
-    """A compact tick label: 8, 1.5k, 2.4M."""
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    """A compact tick label: 8, 1.5k, 2.4M, 3.1T; 1.2e+16 beyond 1000T (training FLOPs)."""
+    if abs(v) >= 1e15:
+        return f"{v:.2g}"
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(v) >= div:
             return f"{v / div:.3g}{suffix}"
     return f"{v:.3g}"
@@ -139,8 +143,9 @@ def _spread(values: pd.Series, se: float) -> tuple[float, str]:
 
 
 def _controls(controls_df, x: str, y: str) -> list[dict]:
-    """The controls to draw: name, label, mean y, its error bar, and x (None for the RAE line; the
-    others only where their x is positive)."""
+    """The controls to draw: name, label, mean y, its error bar, and x (None for a line across the panel:
+    the RAE line, and on a cost axis any control that trained nothing, ``free``; the others only where
+    their x is positive)."""
     if controls_df is None or not len(controls_df) or y not in controls_df.columns:
         return []
     se_col, out = se_column(y), []
@@ -149,12 +154,13 @@ def _controls(controls_df, x: str, y: str) -> list[dict]:
         val = val[np.isfinite(val)]
         if val.empty:
             continue
-        if name == RAE:
-            half, kind = _spread(val, _se_of_mean(rows.loc[val.index], se_col))
-            out.append({"name": name, "x": None, "y": float(val.mean()), "half": half, "kind": kind})
-            continue
         cx = pd.to_numeric(rows.loc[val.index, x], errors="coerce").astype(float) if x in rows.columns \
             else pd.Series(np.nan, index=val.index)
+        free = x in COST_AXES and bool((cx == 0).all())   # on a cost axis: a control that trained nothing
+        if name == RAE or free:
+            half, kind = _spread(val, _se_of_mean(rows.loc[val.index], se_col))
+            out.append({"name": name, "x": None, "y": float(val.mean()), "half": half, "kind": kind, "free": free})
+            continue
         ok = np.isfinite(cx) & (cx > 0)
         if not ok.any():
             log.info("control %r has no positive %r: not drawn on the %s panel", name, x, x)
@@ -198,7 +204,10 @@ def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "
     baseline (point_id ``'rae'``) is a dashed line (gid ``"control:rae"``) with a band (gid
     ``"control:rae:se"`` or ``":std"``); the others are points at their own positive x (gid
     ``"control:<id>"``, bars ``"control:<id>:se"`` or ``":std"``), styled by ``control_styles``, each
-    with a tick at its x on a top axis. The x axis is logarithmic where every x is positive (``xscale``).
+    with a tick at its x on a top axis. On a cost axis (``schema.COST_AXES``) a control that trained
+    nothing (cost 0) is a line across the panel too (dotted, in its colour; gid ``"control:<id>"``),
+    and every such line is labelled "no training cost" on the panel (gid ``"control:<id>:free"``).
+    The x axis is logarithmic where every x is positive (``xscale``).
     ``legend=False`` leaves the legend to the caller (one for a combined figure). Returns ``ax``.
     """
     if not isinstance(points_df, pd.DataFrame) and hasattr(points_df, "points"):  # a Table
@@ -247,12 +256,18 @@ def plot_scaling(ax, points_df, result: FitResults, controls_df=None, x: str = "
     for c in controls:
         name, nice = c["name"], CONTROL_NAMES.get(c["name"], c["name"])
         how = {"se": "± 2 se", "std": "± std over seeds"}.get(c["kind"], "")
-        if c["x"] is None:  # the RAE baseline: a line across the panel, its band
-            ax.axhline(c["y"], color="0.3", linestyle="--", linewidth=1.0, zorder=2, gid=f"control:{name}",
-                       label=f"{nice} (band: {how})" if how else nice)
+        if c["x"] is None:  # the RAE baseline, or a control without training cost: a line across the panel
+            color, style = ("0.3", "--") if name == RAE else (styles[name][1], ":")
+            word = f"{nice} (band: {how})" if how else nice
+            ax.axhline(c["y"], color=color, linestyle=style, linewidth=1.0, zorder=2, gid=f"control:{name}",
+                       label=word if name == RAE else f"{word}, no training cost")
             if how:
-                ax.axhspan(c["y"] - c["half"], c["y"] + c["half"], color="0.3", alpha=0.12, linewidth=0, zorder=1,
+                ax.axhspan(c["y"] - c["half"], c["y"] + c["half"], color=color, alpha=0.12, linewidth=0, zorder=1,
                            gid=f"control:{name}:{c['kind']}")
+            if c.get("free"):
+                ax.annotate(f"{nice}: no training cost", (0.98, c["y"]), xycoords=("axes fraction", "data"),
+                            xytext=(0, 2), textcoords="offset points", ha="right", va="bottom", fontsize=6,
+                            color=color, gid=f"control:{name}:free")
             continue
         marker, color = styles[name]
         bars = ax.errorbar(c["x"], c["y"], yerr=c["half"] if how else None, fmt=marker, color=color, capsize=2,
@@ -278,8 +293,10 @@ def _x_axis(ax, caps: np.ndarray, log_axis: bool) -> None:
     lo, hi = float(caps.min()), float(caps.max())
     if log_axis:
         ax.set_xscale("log")
-    if log_axis and hi > lo > 0 and hi / lo < 100 and len(caps) <= 8:
-        # Under two decades a log axis gets labels like 3x10^0: label the tried values instead.
+    gaps = np.diff(np.log10(caps)) if log_axis and lo > 0 and len(caps) > 1 else np.ones(1)
+    if log_axis and hi > lo > 0 and hi / lo < 100 and len(caps) <= 8 and gaps.min() >= MIN_TICK_GAP:
+        # Under two decades a log axis gets labels like 3x10^0: label the tried values instead (unless two
+        # lie so close that their labels would overlap, as training costs with a large fixed part do).
         ax.set_xticks(caps, [_short(c) for c in caps])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
@@ -465,12 +482,12 @@ def scaling_figures(table, out_dir, alpha: float = 0.05, form: str = "log-linear
 
     ``table`` is an ``analysis.Table`` (from ``load``); ``panels`` its ``fit_panels`` (fitted here,
     with ``form``, only when not given). Files: ``capacity_scaling``, ``layer_scaling`` (only with >= 3
-    distinct fused_layers), ``unified_scaling``, ``scaling_panels`` (all panels side by side),
-    given a ``backtest.Rollout``, ``rollout_error``, and where the table's trials searched the learning
-    rate at 2 or more points, ``hparam_scaling`` (``hparam_figure``; ``hparam_law``: the law when
-    already fitted, False for none, None to fit it here: one that cannot be is a log line, never an
-    error); each ``.pdf``
-    and ``.png``. Returns the paths.
+    distinct fused_layers), ``unified_scaling``, ``cost_scaling`` (the metric against train_flops, only
+    where the table has it), ``scaling_panels`` (all panels side by side), given a ``backtest.Rollout``,
+    ``rollout_error``, and where the table's trials searched the learning rate at 2 or more points,
+    ``hparam_scaling`` (``hparam_figure``; ``hparam_law``: the law when already fitted, False for none,
+    None to fit it here: one that cannot be is a log line, never an error); each ``.pdf`` and ``.png``.
+    Returns the paths.
     ``out_dir`` is made if missing; one that cannot hold files (``drorae_io.make_output_dir``) is a
     one-line error naming ``what`` (the option that gave it) and the path.
     """

@@ -27,7 +27,7 @@ from analysis.backtest import ROLLOUT_WEIGHTING, Rollout, backtest, rollout
 from analysis.errors import AnalysisError
 from analysis.fit import FitResults
 from analysis.hparams import HparamLaw, law_from_table
-from analysis.panels import Panels, fit_panels
+from analysis.panels import COST, COST_X, Panels, fit_panels
 from analysis.schema import se_column
 from drorae_io import atomic_path, check_output_file
 
@@ -259,6 +259,37 @@ def _hparam_section(law, alpha: float) -> list[str]:
     return lines + [""]
 
 
+def _cost_section(panels: Panels, controls, alpha: float) -> list[str]:
+    """The metric against training cost: the cost panel's law (``fit_panels``), and the controls at their
+    cost (a control that trained nothing at 0). Nothing where the table has no training cost."""
+    panel = next((p for p in panels.panels if p.name == COST), None)
+    lines = ["## Against training cost", ""]
+    if panel is None:
+        return lines + [f"Not fitted: {panels.errors[COST]}", ""] if COST in panels.errors else []
+    res, level = panel.result, f"{100 * (1 - alpha):g}%"
+    ci = res.conf_int(alpha)
+    lines += [f"Form `{res.form}`: {res.law.equation}, with C = `{res.x}` (each grid run's model FLOPs of "
+              f"training) and y = `{res.y}`; n = {res.nobs} runs at {len(np.unique(res.C))} distinct costs, "
+              f"R² = {res.rsquared:.4f}.", ""]
+    if res.form == "log-linear":
+        lines += [f"Slope b = {res.params['b']:.4g} {res.y} per decade of training FLOPs "
+                  f"({level} CI {_interval(*ci.loc['b'])}).", ""]
+    rows = [[k, res.params[k], res.bse[k] if res.identified else "not identified", _interval(*ci.loc[k])]
+            for k in res.params.index]
+    lines += _md_table(["param", "estimate", "std err", f"{level} CI"], rows) + [""]
+    lines += [f"- Intervals: {_errors_note(res).split('; bootstrap')[0]}"] + _fit_warnings(res)
+    if controls is not None and len(controls) and COST_X in controls.columns and res.y in controls.columns:
+        ids = controls["point_id"].astype(str) if "point_id" in controls.columns else controls.index.astype(str)
+        cost = pd.to_numeric(controls[COST_X], errors="coerce").groupby(ids).mean()
+        val = pd.to_numeric(controls[res.y], errors="coerce").groupby(ids).mean()
+        lines += ["", "Controls at their training cost (never fitted):", ""]
+        def shown(c: float) -> str:
+            return "0 (trains nothing)" if c == 0 else "" if math.isnan(c) else f"{c:.4g}"
+
+        lines += _md_table(["control", COST_X, res.y], [[name, shown(cost[name]), val[name]] for name in cost.index])
+    return lines + [""]
+
+
 def _percent(v: float) -> str:
     return "" if v is None or not math.isfinite(v) else f"{100 * v:.1f}%"
 
@@ -339,6 +370,7 @@ def write_report(table, out_path, figures_dir=None, capacities=None, holdout: in
             lines += _prediction_section(res, caps, alpha)
         lines += _backtest_section(bt, holdout, table.x, table.y, alpha)
         lines += _rollout_section(ro, alpha)
+    lines += _cost_section(panels, table.controls, alpha)
     hparam_law = _attempt(lambda: law_from_table(table, alpha=alpha))  # None: no searched points
     if hparam_law is not None:
         lines += _hparam_section(hparam_law, alpha)

@@ -35,6 +35,9 @@ SE_SUFFIX = "_se"
 #: The columns that hold a metric's measurement error, and the training-cost columns.
 MEASUREMENT_ERRORS = ("rfid_se", "psnr_se", "ssim_se", "lpips_se")
 COSTS = ("train_steps", "train_flops", "eval_flops")
+#: The training-cost columns a law can be drawn against (``drorae fit --x train_flops``; the report's cost panel
+#: is over the first), and that ``drorae predict --target-rfid`` maps a capacity to.
+COST_AXES = ("train_flops", "train_seconds")
 #: The rows' order in the written table.
 SORT_BY = ("kind", "fused_layers", "params", "seed", "trial_id")
 HP_PREFIX = "hp."  # a searched hyperparameter's column (and MLflow param): hp.<name>

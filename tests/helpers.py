@@ -225,3 +225,27 @@ def fgls_variance(C, y):
     Z = np.column_stack([np.ones_like(caps), np.log10(caps)])
     g, *_ = np.linalg.lstsq(Z * sw[:, None], z * sw, rcond=None)
     return np.exp(g[0] + g[1] * np.log10(C))
+
+
+def cost_table(seeds=(0, 1), flops_exponent: float | None = None, seed=3) -> pd.DataFrame:
+    """A default-sweep-shaped table with training costs: six widths x seeds of a log-linear law, each run's
+    train_flops (a fixed decoder part plus the fusion params, 150 steps of 64 images: the cost of the
+    default spec's phase 2; or exactly 1e6 C^``flops_exponent``), train_seconds from them, and the three
+    controls at their cost: rae trains nothing (train_flops 0), decoder_only and last_layer do."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for h, p in zip((2, 8, 32, 128, 512, 2048), (7602, 14550, 42342, 153510, 598182, 2376870)):
+        flops = 3.69e6 * (424e3 + p) if flops_exponent is None else 1e6 * p ** flops_exponent
+        for s in seeds:
+            rows.append({"trial_id": f"h{h}-k6-s{s}", "point_id": f"h{h}-k6", "kind": "grid", "status": "completed",
+                         "expert_hidden": float(h), "fused_layers": 6, "seed": s, "params": p,
+                         "rfid": 40.5 - 1.3 * np.log10(p) + rng.normal(0, 0.15), "rfid_se": 0.1,
+                         "train_flops": flops, "train_seconds": flops / 2e10 * (1 + 0.05 * rng.standard_normal()),
+                         "eval_seconds": 40.0, "best": True})
+    for name, params, flops, rfid in (("rae", 0, 0.0, 36.5), ("decoder_only", 424_000, 2.1e12, 35.9),
+                                      ("last_layer", 20_000, 1.8e12, 35.2)):
+        rows.append({"trial_id": f"{name}-s0", "point_id": name, "kind": "control", "status": "completed",
+                     "expert_hidden": np.nan, "fused_layers": np.nan, "seed": 0, "params": params, "rfid": rfid,
+                     "rfid_se": 0.1, "train_flops": flops, "train_seconds": flops / 2e10, "eval_seconds": 40.0,
+                     "best": True})
+    return pd.DataFrame(rows)

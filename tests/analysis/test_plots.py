@@ -25,7 +25,7 @@ from analysis.plots import (
     rollout_figure,
     scaling_figures,
 )
-from helpers import real_or_stand_in, sweep_table
+from helpers import cost_table, real_or_stand_in, sweep_table
 
 
 @pytest.fixture
@@ -297,7 +297,9 @@ def test_real_table_controls_unfitted_and_layer_panel_skipped(tmp_path, caplog):
     names = {p.stem for p in paths}
     assert "layer_scaling" not in names and {"capacity_scaling", "unified_scaling", "scaling_panels"} <= names
     assert any("layer_scaling skipped" in r.getMessage() for r in caplog.records)
-    _check_files(paths, tmp_path / "figs", n_panels=2)
+    has_cost = "train_flops" in raw.columns and raw["train_flops"].notna().any()   # a sweep since costs were kept
+    assert ("cost_scaling" in names) == has_cost
+    _check_files(paths, tmp_path / "figs", n_panels=3 if has_cost else 2)
 
 
 def test_controls_get_a_two_se_band_or_bar():
@@ -315,3 +317,61 @@ def test_controls_get_a_two_se_band_or_bar():
     np.testing.assert_allclose(_segments(ax, "control:decoder_only:se"), [(400_000, 36.0 - 0.8, 36.0 + 0.8)])
     legend = _legend(ax)
     assert "RAE baseline (band: ± 2 se)" in legend and "decoder only (± 2 se)" in legend
+
+
+# --- the cost panel --------------------------------------------------------------------------
+
+
+def test_the_cost_panel_draws_every_grid_run_at_its_flops_and_the_rae_as_a_labelled_line(tmp_path):
+    t = load(cost_table())
+    panels = fit_panels(t)
+    assert [p.name for p in panels.panels] == ["capacity_scaling", "unified_scaling", "cost_scaling"]
+    cost = panels.panels[-1]
+    assert cost.x == "train_flops" and cost.result.nobs == len(t.points)
+    b, a = np.polyfit(np.log10(t.points["train_flops"]), t.points["rfid"], 1)   # the law over the cost
+    assert cost.result.params["b"] == pytest.approx(b, rel=1e-9)
+    paths = scaling_figures(t, tmp_path / "figs", panels=panels)
+    assert {"cost_scaling.pdf", "cost_scaling.png"} <= {p.name for p in paths}
+    _check_files(paths, tmp_path / "figs", n_panels=3)
+    fig = panel_figure(cost, t.controls, t.y)
+    ax = fig.axes[0]
+    (rae,) = [ln for ln in ax.get_lines() if ln.get_gid() == "control:rae"]
+    np.testing.assert_allclose(rae.get_ydata(), [36.5, 36.5])                  # the RAE: trains nothing, a line
+    (label,) = [c for c in ax.texts if c.get_gid() == "control:rae:free"]
+    assert "no training cost" in label.get_text()
+    for name, flops in (("decoder_only", 2.1e12), ("last_layer", 1.8e12)):      # the others at their cost
+        (pt,) = [ln for ln in ax.get_lines() if ln.get_gid() == f"control:{name}"]
+        assert pt.get_xdata()[0] == pytest.approx(flops)
+    # the points: each capacity's mean at its mean flops
+    pts = [ln for ln in ax.get_lines() if str(ln.get_gid()).startswith("points:")]
+    xs = np.sort(np.concatenate([ln.get_xdata() for ln in pts]))
+    np.testing.assert_allclose(xs, np.sort(t.points["train_flops"].unique()))
+    # the combined figure holds the cost panel too, with the others unchanged
+    combined = combined_figure(panels.panels, t.controls, t.y)
+    assert len(combined.axes) == 3 and combined.axes[2].get_xlabel() == "training FLOPs"
+    assert [ax.get_xlabel() for ax in combined.axes[:2]] == ["trainable parameters"] * 2
+
+
+def test_a_control_without_training_cost_is_a_line_on_the_cost_panel_never_dropped():
+    df = cost_table()
+    df.loc[df.point_id == "last_layer", "train_flops"] = 0.0                 # a control that trained nothing
+    t = load(df)
+    cost = fit_panels(t).panels[-1]
+    ax = panel_figure(cost, t.controls, t.y).axes[0]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_gid() == "control:last_layer"]
+    np.testing.assert_allclose(line.get_ydata(), [35.2, 35.2])
+    assert line.get_linestyle() == ":" and "no training cost" in line.get_label()
+    assert [c for c in ax.texts if c.get_gid() == "control:last_layer:free"]
+    # on the params panel it stays a point at its params
+    ax = panel_figure(fit_panels(t).panels[0], t.controls, t.y).axes[0]
+    (pt,) = [ln for ln in ax.get_lines() if ln.get_gid() == "control:last_layer"]
+    assert pt.get_xdata()[0] == pytest.approx(20_000)
+
+
+def test_no_cost_panel_without_train_flops_one_logged_line(table, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="analysis.plots"):
+        paths = scaling_figures(table, tmp_path / "figs")
+    assert "cost_scaling" not in {p.stem for p in paths}
+    lines = [r.getMessage() for r in caplog.records if "cost_scaling" in r.getMessage()]
+    assert lines == ["figure cost_scaling skipped: the table has no train_flops (a sweep written before training "
+                     "costs were recorded)"]

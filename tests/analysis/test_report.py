@@ -15,7 +15,7 @@ from scipy import stats
 from analysis import load
 from analysis import report as report_module
 from analysis.report import write_report
-from helpers import real_or_stand_in, sweep_table
+from helpers import cost_table, real_or_stand_in, sweep_table
 
 
 @pytest.fixture
@@ -256,3 +256,23 @@ def test_the_end_of_a_sweep_fits_each_panels_law_once(tmp_path, capsys, fit_call
     got_a, got_b = (float(v) for v in re.match(r"log-linear law: rFID = (\S+) \+ \((\S+)\)", line).groups())
     assert got_a == pytest.approx(a, rel=FOUR_DIGITS) and got_b == pytest.approx(b, rel=FOUR_DIGITS)
     assert "the log-linear law's CI" in out or "t-interval" in out     # the summary came first
+
+
+def test_the_cost_section_has_the_law_over_train_flops_and_the_controls_at_their_cost(tmp_path, fit_calls):
+    t = load(cost_table())
+    out = write_report(t, tmp_path / "report.md", figures_dir=tmp_path / "figs")
+    text = out.read_text()
+    sec = _section(text, "Against training cost")
+    (a, b), _, r2 = _lstsq(t.points["train_flops"].to_numpy(float), t.points["rfid"].to_numpy(float))
+    assert _value(r"Slope b = (\S+) rfid per decade of training FLOPs", sec) == pytest.approx(b, rel=FOUR_DIGITS)
+    assert _value(r"R² = (\S+)\.", sec) == pytest.approx(r2, abs=1e-4)
+    rows = {r[0]: r for r in _table_rows(sec)}
+    assert _number(rows["a"][1]) == pytest.approx(a, rel=FOUR_DIGITS)
+    assert rows["rae"][1] == "0 (trains nothing)" and _number(rows["rae"][2]) == 36.5
+    assert _number(rows["decoder_only"][1]) == pytest.approx(2.1e12, rel=FOUR_DIGITS)
+    assert "](figs/cost_scaling.png)" in text
+    assert sum(call[0] == "train_flops" for call in fit_calls) == 1        # the cost law, fitted once
+
+
+def test_no_cost_section_without_train_flops(table, tmp_path):
+    assert "## Against training cost" not in write_report(table, tmp_path / "r.md").read_text()
