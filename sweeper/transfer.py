@@ -118,6 +118,13 @@ def _mean_and_se(rows: pd.DataFrame) -> tuple[float, float]:
 
 
 def as_json(result: TransferBacktest) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(result).items()}
+    """``result`` as JSON-ready values: a NaN (an undefined interval's bound) is null."""
+
+    def ready(v):
+        if isinstance(v, list):
+            return [ready(x) for x in v]
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return {k: ready(v) for k, v in asdict(result).items()}
 
 
