@@ -309,8 +309,9 @@ when the slope's CI includes 0 (the Fieller set is unbounded), the CI runs past 
 Y lies past the saturating law's E (or inside E's CI), or no positive capacity reaches Y. An open
 calibration interval (the PI's extrapolated noise holds Y far out) is a note, not that.
 At what cost: where --x is not a cost column and the table has train_flops and/or train_seconds,
-log10(cost) = c0 + c1 log10(C) is fitted to the fitted (grid) runs, and the capacity and both
-intervals are mapped through it (a point map: it adds no uncertainty of its own).
+cost = c0 + c1 C (c0, c1 >= 0: a fixed part, e.g. the frozen decoder's FLOPs, and one proportional to
+the capacity) is fitted to the fitted (grid) runs, and the capacity and both intervals are mapped
+through it (a point map: it adds no uncertainty of its own).
 """
 
 

@@ -42,8 +42,9 @@ supports, with no estimate; y0 inside E's profile CI has an estimate but is beyo
 supports (its interval is open above). A fit that is not identified supports no answer.
 
 **Cost** (``with_cost``): where the table has ``train_flops`` (and/or ``train_seconds``) and the law
-is not already over one of them, a cost model log10(cost) = c0 + c1 log10(C) is fitted by least
-squares to the fitted (grid) rows, and the estimate and both intervals are mapped through it. The
+is not already over one of them, a cost model cost = c0 + c1 C (c0, c1 >= 0: a fixed part and one
+proportional to the capacity, ``cost_model``) is fitted by non-negative least squares to the fitted
+(grid) rows, and the estimate and both intervals are mapped through it. The
 mapping is a point map: it adds no uncertainty of its own (the cost of a run is measured closely;
 the law's is the uncertainty that matters).
 """
@@ -296,7 +297,7 @@ def inverse_predict(res, target: float, alpha: float = 0.05, B: int = BOOTSTRAP_
 
 @dataclass(frozen=True)
 class CostMapping:
-    """log10(cost) = c0 + c1 log10(C) fitted to the grid rows, and the inverse prediction mapped through it."""
+    """cost = c0 + c1 C (c0, c1 >= 0) fitted to the grid rows, and the inverse prediction mapped through it."""
 
     column: str
     c0: float
@@ -309,38 +310,42 @@ class CostMapping:
 
     def cost(self, C) -> np.ndarray:
         C = np.asarray(C, dtype=float)
-        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            out = 10.0 ** (self.c0 + self.c1 * np.log10(C))
-        return np.where(C == 0, 0.0 if self.c1 > 0 else math.inf, np.where(C == math.inf,
-                        math.inf if self.c1 > 0 else 0.0, out))
+        with np.errstate(invalid="ignore"):
+            return np.where(np.isinf(C), math.inf if self.c1 > 0 else self.c0, self.c0 + self.c1 * C)
 
     def describe(self, x: str) -> str:
-        return (f"log10({self.column}) = {self.c0:.4g} {'+' if self.c1 >= 0 else '-'} {abs(self.c1):.4g} "
-                f"log10({x}), fitted to {self.rows} grid run(s) at {self.capacities} capacities")
+        return (f"{self.column} = {self.c0:.4g} + {self.c1:.4g} {x} (least squares, both >= 0), fitted to "
+                f"{self.rows} grid run(s) at {self.capacities} capacities")
 
     def to_dict(self) -> dict:
-        return {"column": self.column, "model": "log10(cost) = c0 + c1 log10(C)", "c0": self.c0, "c1": self.c1,
+        return {"column": self.column, "model": "cost = c0 + c1 C", "c0": self.c0, "c1": self.c1,
                 "rows": self.rows, "capacities": self.capacities, "estimate": self.estimate, "ci": list(self.ci),
                 "calibration": list(self.calibration)}
 
 
 def cost_model(points: pd.DataFrame, x: str, column: str) -> tuple[float, float, int, int] | None:
-    """(c0, c1, rows, capacities) of log10(column) = c0 + c1 log10(x) over the rows with both finite and > 0;
-    None with fewer than 2 distinct capacities there."""
+    """(c0, c1, rows, capacities) of column = c0 + c1 x, non-negative least squares over the rows with both
+    finite and x > 0, cost >= 0; None with fewer than 2 distinct capacities there.
+
+    Affine, not a power law: a trial's model FLOPs are a fixed part (the frozen decoder's, the loss's) plus
+    one proportional to the trainable parameters (the fusion module's FLOPs per token are 2 per parameter
+    of its experts), and its seconds follow them. A power law through such points bends below the
+    largest ones and underestimates the cost of a capacity beyond them."""
     if column not in points.columns or x not in points.columns:
         return None
     C = pd.to_numeric(points[x], errors="coerce").to_numpy(float)
     cost = pd.to_numeric(points[column], errors="coerce").to_numpy(float)
-    ok = np.isfinite(C) & np.isfinite(cost) & (C > 0) & (cost > 0)
+    ok = np.isfinite(C) & np.isfinite(cost) & (C > 0) & (cost >= 0)
     if len(np.unique(C[ok])) < 2:
         return None
-    c1, c0 = np.polyfit(np.log10(C[ok]), np.log10(cost[ok]), 1)
-    return float(c0), float(c1), int(ok.sum()), int(len(np.unique(C[ok])))
+    cs, ys = C[ok].max(), max(cost[ok].max(), 1e-300)  # scaled: C and cost may be 1e8 and 1e13
+    (c0, c1), _ = optimize.nnls(np.column_stack([np.ones(ok.sum()), C[ok] / cs]), cost[ok] / ys)
+    return float(c0 * ys), float(c1 * ys / cs), int(ok.sum()), int(len(np.unique(C[ok])))
 
 
 def with_cost(inv: InversePrediction, points: pd.DataFrame) -> InversePrediction:
     """``inv`` with ``costs``: each cost column of ``COST_AXES`` that ``points`` (the fitted rows) has,
-    where the law's x is not itself a cost, mapped through its log-log cost model (module docstring)."""
+    where the law's x is not itself a cost, mapped through its affine cost model (module docstring)."""
     if inv.x in COST_AXES:
         return inv
     for column in COST_AXES:

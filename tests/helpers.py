@@ -227,15 +227,15 @@ def fgls_variance(C, y):
     return np.exp(g[0] + g[1] * np.log10(C))
 
 
-def cost_table(seeds=(0, 1), flops_exponent: float | None = None, seed=3) -> pd.DataFrame:
+def cost_table(seeds=(0, 1), seed=3) -> pd.DataFrame:
     """A default-sweep-shaped table with training costs: six widths x seeds of a log-linear law, each run's
     train_flops (a fixed decoder part plus the fusion params, 150 steps of 64 images: the cost of the
-    default spec's phase 2; or exactly 1e6 C^``flops_exponent``), train_seconds from them, and the three
+    default spec's phase 2), train_seconds from them, and the three
     controls at their cost: rae trains nothing (train_flops 0), decoder_only and last_layer do."""
     rng = np.random.default_rng(seed)
     rows = []
     for h, p in zip((2, 8, 32, 128, 512, 2048), (7602, 14550, 42342, 153510, 598182, 2376870)):
-        flops = 3.69e6 * (424e3 + p) if flops_exponent is None else 1e6 * p ** flops_exponent
+        flops = 3.69e6 * (424e3 + p)
         for s in seeds:
             rows.append({"trial_id": f"h{h}-k6-s{s}", "point_id": f"h{h}-k6", "kind": "grid", "status": "completed",
                          "expert_hidden": float(h), "fused_layers": 6, "seed": s, "params": p,

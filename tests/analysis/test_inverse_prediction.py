@@ -13,7 +13,7 @@ from scipy import stats
 
 from analysis import fit, load
 from analysis.cli import main
-from analysis.inverse import REACH_DECADES, inverse_predict, with_cost
+from analysis.inverse import REACH_DECADES, cost_model, inverse_predict, with_cost
 from helpers import cost_table
 
 # --- the textbook closed forms (Draper & Smith 1998, sec. 3.2; Brown 1993, ch. 2) ---------------
@@ -201,20 +201,26 @@ def test_saturating_target_at_or_below_e_is_beyond_what_the_law_supports(saturat
 # --- at what cost ----------------------------------------------------------------------------
 
 
-def test_the_cost_is_the_log_log_cost_model_of_the_grid_rows():
-    df = cost_table(flops_exponent=0.8)
+def test_the_cost_is_the_affine_cost_model_of_the_grid_rows():
+    df = cost_table()  # train_flops = 3.69e6 (424e3 + C) exactly: a decoder part and a fusion part
     table = load(df)
     res = fit(table)
     inv = with_cost(inverse_predict(res, 31.5), table.points)
     m = inv.costs["train_flops"]
-    assert m.c1 == pytest.approx(0.8, rel=1e-9) and m.c0 == pytest.approx(6.0, rel=1e-9)  # cost = 1e6 C^0.8
-    assert m.estimate == pytest.approx(1e6 * inv.estimate ** 0.8, rel=1e-9)
-    np.testing.assert_allclose(m.ci, [1e6 * c ** 0.8 for c in inv.ci], rtol=1e-9)
-    np.testing.assert_allclose(m.calibration, [1e6 * c ** 0.8 for c in inv.calibration], rtol=1e-9)
-    s = inv.costs["train_seconds"]       # seconds scattered about flops / 2e10: least squares in log-log
+    assert m.c1 == pytest.approx(3.69e6, rel=1e-9) and m.c0 == pytest.approx(3.69e6 * 424e3, rel=1e-9)
+    assert m.estimate == pytest.approx(3.69e6 * (424e3 + inv.estimate), rel=1e-9)
+    np.testing.assert_allclose(m.ci, [3.69e6 * (424e3 + c) for c in inv.ci], rtol=1e-9)
+    np.testing.assert_allclose(m.calibration, [3.69e6 * (424e3 + c) for c in inv.calibration], rtol=1e-9)
+    s = inv.costs["train_seconds"]       # seconds scattered about flops / 2e10: least squares, both >= 0
     pts = table.points
-    c1, c0 = np.polyfit(np.log10(pts["params"]), np.log10(pts["train_seconds"]), 1)
-    assert (s.c0, s.c1, s.rows) == (pytest.approx(c0), pytest.approx(c1), len(pts))
+    X = np.column_stack([np.ones(len(pts)), pts["params"].to_numpy(float)])
+    coef, *_ = np.linalg.lstsq(X, pts["train_seconds"].to_numpy(float), rcond=None)
+    assert (coef > 0).all()  # the unconstrained solution is feasible: non-negative least squares is it
+    assert (s.c0, s.c1, s.rows) == (pytest.approx(coef[0], rel=1e-7), pytest.approx(coef[1], rel=1e-7), len(pts))
+    # a cost that falls with capacity cannot be negative-sloped: c1 is held at 0, c0 the mean
+    falling = table.points.assign(train_flops=1e13 - 1e6 * table.points["params"])
+    c0, c1, _, _ = cost_model(falling, "params", "train_flops")
+    assert c1 == 0 and c0 == pytest.approx(falling["train_flops"].mean(), rel=1e-9)
     # a law over a cost column is its own cost: nothing mapped
     flops = load(df, x="train_flops")
     assert with_cost(inverse_predict(fit(flops), 31.5), flops.points).costs == {}
