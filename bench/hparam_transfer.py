@@ -1,7 +1,7 @@
 """The hyperparameter law's backtest on a real sweep: the largest searched width at the law's lr vs its own search.
 
 Runs ``sweeper.transfer.backtest_transfer`` on ``--spec`` (default: the embedded default sweep) with the
-search block ``--search`` (default: the learning rate searched at h = 2, 32 and 512, 4 trials each; the
+search block ``--search`` (default: the learning rate searched at h = 2, 32 and 512, 4 trials each, unpruned; the
 other three widths take the law's lr): the sweep, then h = 512 once more at the lr the law of h = 2 and 32
 predicts. Reported: both learning rates and rFIDs (each with its bootstrap measurement error), whether the
 transferred point is within its own measurement error of the searched one, and the trials a sweep that
@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SEARCH = ("search={params: {lr: {type: loguniform, low: 3.0e-4, high: 3.0e-2}}, n_trials: 4, transfer: law, "
-          "searched: [2, 32, 512]}")
+# pruner: none: the law locates each width's optimum from all of its trials (a pruned trial has no final loss)
+SEARCH = ("search={params: {lr: {type: loguniform, low: 3.0e-4, high: 3.0e-2}}, n_trials: 4, pruner: none, "
+          "transfer: law, searched: [2, 32, 512]}")
 
 
 def main() -> int:

@@ -41,6 +41,19 @@ def distributions(search) -> dict:
     return out
 
 
+def law_lr(law, params: int, search, what: str) -> float:
+    """The hyperparameter law's lr at ``params``, within the search's range [low, high] of lr: the range is where
+    the spec says the learning rate may lie and where the searched widths looked, so a law extrapolated beyond it
+    (e.g. a steep slope from two noisy optima) is clipped to the nearer bound, with a warning naming ``what``."""
+    lr = float(law.predict([params])[0])
+    p = search.params["lr"]
+    clipped = min(max(lr, p.low), p.high)
+    if clipped != lr:
+        log.warning("%s: the hyperparameter law's lr = %.4g lies outside the searched range [%g, %g]; it trains at "
+                    "%g, the nearer bound", what, lr, p.low, p.high, clipped)
+    return clipped
+
+
 class UnitSearcher(Searcher):
     """Suggests every unit's trials: fixed values, or asked from the unit's own Optuna study."""
 
@@ -144,7 +157,7 @@ class UnitSearcher(Searcher):
         if isinstance(law, str):
             log.warning("%s trains at phase2.lr: no hyperparameter law (%s)", unit.unit_id, law)
             return replace(TrialConfig.of(unit, {}, evaluate=True, index=index), lr_source="spec").to_tune()
-        lr = float(law.predict([unit.params])[0])
+        lr = law_lr(law, unit.params, self.search, unit.unit_id)
         log.info("%s (%d params) trains at the hyperparameter law's lr = %.4g", unit.unit_id, unit.params, lr)
         return TrialConfig.of(unit, {"lr": lr}, evaluate=True, index=index).to_tune()
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from .plan import build_plan
+from .search import law_lr
 from .spec import SpecError, load_spec
 
 
@@ -34,7 +35,7 @@ class TransferBacktest:
     fitted_on: list[int]  # the searched widths the law was fitted to
     law: str  # the law's equation, fitted without the held-out width
     lr_searched: float  # the held-out width's best trial's lr (its own study's)
-    lr_predicted: float
+    lr_predicted: float  # the law's value, within the search's range of lr (sweeper.search.law_lr)
     lr_ci: list[float]  # the law's CI of the mean at the held-out params (NaN without one: 2 points)
     rfid_searched: float
     rfid_searched_se: float
@@ -91,7 +92,7 @@ def backtest_transfer(spec_path, overrides: list[str] | None = None, address: st
         raise RuntimeError(f"sweep {spec.name}: the held-out width h = {held_out} has no evaluated best trial")
     params = int(own.params.iloc[0])
     frame = law.get_prediction([params]).summary_frame(alpha).iloc[0]
-    lr = float(frame["mean"])
+    lr = law_lr(law, params, search, f"h = {held_out} held out")  # as the sweep would have trained it
     second = load_spec(spec_path, [*overrides, f"name={spec.name}-transfer-h{held_out}",
                                    f"grid.expert_hidden=[{held_out}]", "search=null", f"phase2.lr={lr!r}",
                                    "controls.runs=[]", "stop=null", "law.target=null"])

@@ -120,8 +120,9 @@ def test_a_transferred_width_waits_for_every_searched_trial_then_trains_once_at_
             searcher.on_trial_complete(f"t{i}", None, error=True)
             continue
         u = np.log10(c.hp["lr"])
-        # 6 layers: a parabola in log10 lr around -1 - 0.5 log10 params; 3 layers: the larger lr the better
-        value = 0.1 + (u - (-1 - 0.5 * np.log10(c.params))) ** 2 + rng.normal(0, 0.01) if c.fused_layers == 6 \
+        # 6 layers: a parabola in log10 lr around -0.5 - 0.25 log10 params (inside the searched range at every
+        # width, h = 1024 too); 3 layers: the larger lr the better
+        value = 0.1 + (u - (-0.5 - 0.25 * np.log10(c.params))) ** 2 + rng.normal(0, 0.01) if c.fused_layers == 6 \
             else 0.1 - u
         if i == len(configs) - 1:  # the last one still runs: its layer count's law width waits, the other's starts
             early = TrialConfig.from_tune(searcher.suggest("w"))
@@ -149,6 +150,18 @@ def test_without_a_fittable_law_a_transferred_width_trains_at_phase2_lr_and_says
         searcher.on_trial_complete(f"t{i}", None, error=True)
     config = TrialConfig.from_tune(searcher.suggest("law"))
     assert config.lr_source == "spec" and config.hp == {} and "no hyperparameter law" in caplog.text
+
+
+def test_a_law_lr_beyond_the_searched_range_is_clipped_to_the_nearer_bound(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from sweeper.search import law_lr
+
+    search = smoke_plan(tmp_path, TRANSFER).spec.search  # lr in [1e-4, 3e-1]
+    for predicted, trained in ((3e-5, 1e-4), (2e-3, 2e-3), (0.9, 0.3)):
+        law = SimpleNamespace(predict=lambda c, v=predicted: [v])
+        assert law_lr(law, 1000, search, "h = 7") == trained
+    assert caplog.text.count("outside the searched range") == 2 and "h = 7" in caplog.text
 
 
 def test_each_width_samples_its_own_values_and_the_same_ones_again_on_a_rerun(tmp_path):
