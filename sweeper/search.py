@@ -41,6 +41,19 @@ def distributions(search) -> dict:
     return out
 
 
+def grid_values(search, seed: int) -> list[dict]:
+    """``sampler: grid``'s trials: the one parameter's ``n_trials`` values evenly spaced over [low, high] (in
+    log10 for loguniform), ends included, in an order shuffled by ``seed`` (so that a pruner's median is not
+    always set by the same end of the range). Optuna asks for them in that order (``Study.enqueue_trial``)."""
+    import numpy as np
+
+    (name, p), = search.params.items()
+    values = (np.logspace(np.log10(p.low), np.log10(p.high), search.n_trials) if p.type == "loguniform"
+              else np.linspace(p.low, p.high, search.n_trials))
+    values[0], values[-1] = p.low, p.high  # exactly the bounds (10**log10 may round past them)
+    return [{name: float(v)} for v in np.random.default_rng(seed).permutation(values)]
+
+
 def law_lr(law, params: int, search, what: str) -> float:
     """The hyperparameter law's lr at ``params``, within the search's range [low, high] of lr: the range is where
     the spec says the learning rate may lie and where the searched widths looked, so a law extrapolated beyond it
@@ -89,13 +102,17 @@ class UnitSearcher(Searcher):
         if unit_id not in self._studies:
             s = self.search
             # Each unit's sampler its own seed: one seed for all would try the same values at every width
-            # (what the hyperparameter law then sees is a fixed grid, not the search space).
+            # (what the hyperparameter law then sees is a fixed grid, not the search space). Where a fixed grid
+            # is what the user asked for (sampler: grid), the seed only shuffles its order.
             seed = (self.seed + zlib.crc32(unit_id.encode())) % 2**32
             sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, s.n_trials // 2))
                        if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed))
-            self._studies[unit_id] = optuna.create_study(
-                study_name=f"{self.study_prefix}{unit_id}", storage=self.storage, sampler=sampler,
-                direction="minimize", load_if_exists=True)
+            study = optuna.create_study(study_name=f"{self.study_prefix}{unit_id}", storage=self.storage,
+                                        sampler=sampler, direction="minimize", load_if_exists=True)
+            if s.sampler == "grid" and not study.trials:  # a resumed study keeps its queue in its storage
+                for params in grid_values(s, seed):
+                    study.enqueue_trial(params)
+            self._studies[unit_id] = study
         return self._studies[unit_id]
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:

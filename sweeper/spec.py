@@ -266,7 +266,9 @@ class SearchSpec(_Strict):
 
     params: dict[str, ParamSpec] = Field(min_length=1)
     n_trials: Int = Field(4, gt=0)
-    sampler: Literal["tpe", "random"] = "tpe"
+    # grid: the one real parameter's n_trials values, evenly spaced (in log10 for loguniform) over [low, high],
+    # each tried once: every searched width sees the whole range and the same values (what transfer: law wants)
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
     pruner: Literal["median", "none"] = "median"
     metric: Literal["val_l1"] = "val_l1"
     # transfer: law searches only the widths in ``searched``; every other width trains once at the learning rate
@@ -283,6 +285,17 @@ class SearchSpec(_Strict):
         for name, p in v.items():
             _check_param(name, p)
         return v
+
+    @model_validator(mode="after")
+    def _grid(self):
+        if self.sampler == "grid":
+            if len(self.params) != 1 or next(iter(self.params.values())).type not in ("uniform", "loguniform"):
+                raise BadValue("sampler", "grid spaces one real parameter's n_trials values over [low, high]; "
+                                          "expected params to be one parameter of type loguniform or uniform")
+            if self.n_trials < 2:
+                raise BadValue("n_trials", f"grid spaces n_trials values from low to high; expected at least 2, "
+                                           f"got {self.n_trials}")
+        return self
 
     @model_validator(mode="after")
     def _transfer(self):

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 
+import optuna
 import pytest
 
 from helpers import smoke_plan
@@ -162,6 +163,34 @@ def test_a_law_lr_beyond_the_searched_range_is_clipped_to_the_nearer_bound(tmp_p
         law = SimpleNamespace(predict=lambda c, v=predicted: [v])
         assert law_lr(law, 1000, search, "h = 7") == trained
     assert caplog.text.count("outside the searched range") == 2 and "h = 7" in caplog.text
+
+
+def test_a_grid_search_tries_the_same_evenly_spaced_values_at_every_width_once_each(tmp_path):
+    import numpy as np
+
+    grid = ("search={params: {lr: {type: loguniform, low: 1.0e-4, high: 1.0e-1}}, n_trials: 4, sampler: grid, "
+            "transfer: law, searched: [2, 16]}")
+    plan = smoke_plan(tmp_path, "grid.expert_hidden=[2,16,128]", grid)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = UnitSearcher(plan.units, plan.spec.search, storage=storage, seed=0)
+    started = [TrialConfig.from_tune(first.suggest(f"t{i}")) for i in range(2)]  # 2 of one width's 4
+    # a resumed searcher (the same storage, Tune's saved counts) asks for the values not yet tried, and never
+    # enqueues a study's values twice
+    again = UnitSearcher(plan.units, plan.spec.search, storage=storage, seed=0)
+    again.asked.update({started[0].unit_id: 2})
+    configs, last = _drain(again, "r")
+    assert last is None and len(configs) == 6
+    by_unit = {}
+    for c in [*started, *configs]:
+        by_unit.setdefault(c.unit_id, []).append(c.hp["lr"])
+    for unit_id, lrs in by_unit.items():  # 10^-4, 10^-3, 10^-2, 10^-1, the bounds exactly
+        assert sorted(lrs) == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1], rel=1e-12) and max(lrs) == 0.1
+        assert not again.study(unit_id).get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert by_unit["h2-k6-s0"] != by_unit["h16-k6-s0"]  # each width its own order
+    spec = plan.spec.search.model_copy(update={"params": {"lr": plan.spec.search.params["lr"].model_copy(
+        update={"type": "uniform"})}})
+    from sweeper.search import grid_values
+    assert sorted(v["lr"] for v in grid_values(spec, 3)) == pytest.approx(np.linspace(1e-4, 0.1, 4).tolist())
 
 
 def test_each_width_samples_its_own_values_and_the_same_ones_again_on_a_rerun(tmp_path):
