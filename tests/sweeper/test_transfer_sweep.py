@@ -1,9 +1,9 @@
 """search.transfer end to end: the hyperparameter backtest (bench/hparam_transfer.py) on the smoke spec, on real
 local Ray, Optuna and a SQLite MLflow store, one trial at a time.
 
-The transfer sweep searches the learning rate at h = 2, 16 and 128 (3 trials each) and gives h = 512 the law's;
-then the backtest trains h = 128 once more at the lr the law of h = 2 and 16 predicts. Being a searched sweep, it
-also shows a searched point reaching the live law as soon as its own search ends.
+The transfer sweep searches the learning rate at h = 2, 16 and 128 (the same 3 rates each: sampler grid) and gives
+h = 512 the law's; then the backtest trains h = 128 once more at the lr the law of h = 2 and 16 predicts. Being a
+searched sweep, it also shows a searched point reaching the live law as soon as its own search ends.
 """
 
 import json
@@ -21,8 +21,14 @@ from helpers import REPO, mlflow_trial_runs, stop_group
 
 pytestmark = pytest.mark.slow
 
-SEARCH = ("search={params: {lr: {type: loguniform, low: 1.0e-3, high: 3.0e-2}}, n_trials: 3, pruner: none, "
-          "transfer: law, searched: [2, 16, 128]}")
+SEARCH = ("search={params: {lr: {type: loguniform, low: 1.0e-3, high: 3.0e-2}}, n_trials: 3, sampler: grid, "
+          "pruner: none, transfer: law, searched: [2, 16, 128]}")
+LOW, HIGH = 1.0e-3, 3.0e-2
+
+
+def law_lr(law, params) -> float:
+    """The law's lr at ``params`` within the search's range (what the sweep trains: sweeper.search.law_lr)."""
+    return min(max(float(law.predict([params])[0]), LOW), HIGH)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +62,10 @@ def test_the_law_width_trains_once_at_the_laws_lr_after_every_searched_trial(bac
     searched, law = t[t.lr_source == "searched"], t[t.lr_source == "law"]
     assert sorted(searched.expert_hidden.unique()) == [2, 16, 128] and len(searched) == 9
     assert list(law.expert_hidden) == [512] and law.status.tolist() == ["completed"] and law.rfid.notna().all()
-    expected = fit_hparam_law(searched).predict([int(law.params.iloc[0])])[0]  # the law of the table's own rows
+    expected = law_lr(fit_hparam_law(searched), int(law.params.iloc[0]))  # the law of the table's own rows
     assert law["hp.lr"].iloc[0] == pytest.approx(expected, rel=1e-9)
+    for _unit, rows in searched.groupby("unit_id"):  # sampler: grid: the same 3 log-spaced rates at each width
+        assert sorted(rows["hp.lr"]) == pytest.approx([LOW, (LOW * HIGH) ** 0.5, HIGH], rel=1e-9)
     client, runs = mlflow_trial_runs(backtest.root, "smoke-hparams")
     by_id = {r.data.tags["trial_id"]: r for r in runs}
     law_run = by_id[law.trial_id.iloc[0]]
@@ -85,7 +93,7 @@ def test_the_backtest_trains_the_held_out_width_at_the_lr_the_other_widths_predi
     r, t = backtest.json, backtest.table
     assert r["held_out"] == 128 and r["fitted_on"] == [2, 16]
     rest = t[(t.lr_source == "searched") & (t.expert_hidden != 128)]
-    assert r["lr_predicted"] == pytest.approx(fit_hparam_law(rest).predict([r["params"]])[0], rel=1e-9)
+    assert r["lr_predicted"] == pytest.approx(law_lr(fit_hparam_law(rest), r["params"]), rel=1e-9)
     again = backtest.again.iloc[0]
     assert len(backtest.again) == 1 and again.expert_hidden == 128 and again.lr_source == "spec"
     assert again.rfid == pytest.approx(r["rfid_transferred"])
