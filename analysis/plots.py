@@ -411,13 +411,13 @@ def plot_hparam_law(ax, law, alpha: float | None = None, legend: bool = True):
         y = 10 ** u
         bars = ax.errorbar(vertex["capacity"], y, yerr=[y - 10 ** (u - 2 * se), 10 ** (u + 2 * se) - y], fmt="o",
                            color=POINTS, ecolor=to_rgba(POINTS, 0.6), capsize=2, elinewidth=0.9, zorder=3,
-                           label="optimum: quadratic's vertex (± 2 se)")
+                           label="optimum: vertex ± 2 se")
         bars.lines[0].set_gid("optima:vertex")
         bars.lines[2][0].set_gid("bars:vertex")
     best = pts[pts["method"] == "best"]
     if len(best):
         ax.plot(best["capacity"], best["optimum"], "o", markerfacecolor="none", color=POINTS, zorder=3,
-                gid="optima:best", label="optimum: best value tried (no se)")
+                gid="optima:best", label="optimum: best tried (no se)")
     lo, hi = float(pts["capacity"].min()), float(pts["capacity"].max())
     grid = np.geomspace(lo, hi, 200)
     sf = law.get_prediction(grid).summary_frame(alpha)

@@ -103,8 +103,8 @@ def _benchmarks(quick: bool) -> dict:
 
 
 # --quick: the backtest on the smoke spec (about 3 minutes instead of ~25)
-SMOKE_SEARCH = ("search={params: {lr: {type: loguniform, low: 3.0e-4, high: 3.0e-2}}, n_trials: 3, transfer: law, "
-                "searched: [2, 16, 128]}")
+SMOKE_SEARCH = ("search={params: {lr: {type: loguniform, low: 3.0e-4, high: 3.0e-2}}, n_trials: 3, sampler: grid, "
+                "pruner: none, transfer: law, searched: [2, 16, 128]}")
 
 
 def _transfer_row(r: dict):
