@@ -249,3 +249,19 @@ def cost_table(seeds=(0, 1), seed=3) -> pd.DataFrame:
                      "rfid_se": 0.1, "train_flops": flops, "train_seconds": flops / 2e10, "eval_seconds": 40.0,
                      "best": True})
     return pd.DataFrame(rows)
+
+
+def drorae_call(*argv) -> tuple[int, str, str]:
+    """``drorae ARGV`` (the analysis commands) in this process: its exit code, stdout and stderr (for Hypothesis,
+    which cannot use capsys)."""
+    import io
+
+    from analysis.cli import build_parser, run_command
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = run_command(build_parser(prog="drorae"), [str(a) for a in argv])
+        except SystemExit as exc:  # argparse's own refusals
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()

@@ -1,8 +1,6 @@
 """`drorae hparams`: the law, its intervals, the points and the predictions through the command line, as text
 and as JSON, against the module (itself tested against numpy in test_hparams.py); --where, --x; refusals."""
 
-import contextlib
-import io
 import json
 import re
 import warnings
@@ -12,18 +10,8 @@ import pandas as pd
 import pytest
 from test_hparams import searched_table
 
-from analysis.cli import build_parser, run_command
 from analysis.hparams import fit_hparam_law
-
-
-def call(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = run_command(build_parser(prog="drorae"), [str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
+from helpers import drorae_call as call
 
 
 @pytest.fixture

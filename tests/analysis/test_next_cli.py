@@ -1,8 +1,6 @@
 """`drorae next`: the ranked candidates through the command line (JSON against the module and numpy,
 the text's header and table, --candidates, --per, --interval) and its one-line exit-2 refusals."""
 
-import contextlib
-import io
 import json
 import math
 
@@ -11,7 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis import design, fit, load
-from analysis.cli import build_parser, run_command
+from helpers import drorae_call as call
 
 WIDTHS = [2, 8, 32, 128, 512, 2048]
 H0, H1 = 5286, 1158                       # params = H0 + H1 h, as DRoRAE's fusion at 6 layers
@@ -46,16 +44,6 @@ def results_dir(tmp_path):
     d.mkdir(parents=True)
     results_table().to_parquet(d / "trials.parquet")
     return d
-
-
-def call(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = run_command(build_parser(prog="drorae"), [str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_next_json_is_the_modules_ranking_with_the_fits_interval_and_the_cost_fit(results_dir):
