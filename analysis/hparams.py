@@ -258,6 +258,7 @@ class HparamLaw:
     scale: float = math.nan            # the residual scale of the weighted fit (s^2)
     alpha: float = 0.05
     skipped: list = field(default_factory=list)  # points without an optimum, and why
+    edges: list = field(default_factory=list)  # points whose best value tried is an end of the values tried
 
     @property
     def bse(self) -> pd.Series:
@@ -301,6 +302,7 @@ class HparamLaw:
             out.append("only 2 points: the line passes through both, so its standard errors and intervals are "
                        "undefined (NaN); predictions are given without an interval")
         out += [f"left out: {s}" for s in self.skipped]
+        out += [f"at the edge: {e}" for e in self.edges]
         return out
 
     def summary(self, alpha: float | None = None) -> str:
@@ -367,7 +369,7 @@ def fit_hparam_law(df: pd.DataFrame, param: str = "lr", metric: str = "val_l1", 
     """
     _check_alpha(alpha)
     trials = searched_trials(df, param=param, metric=metric, x=x, source=source)
-    rows, skipped = [], []
+    rows, skipped, edges = [], [], []
     for pid, g in trials.groupby("point_id", sort=False):
         u = np.log10(g["value"].to_numpy(float))
         n_values = len(np.unique(u))
@@ -375,6 +377,10 @@ def fit_hparam_law(df: pd.DataFrame, param: str = "lr", metric: str = "val_l1", 
             skipped.append(f"{pid} ({len(g)} trial(s) at {n_values} value(s) of {param}: no optimum to locate)")
             continue
         opt = point_optimum(u, g["metric"].to_numpy(float))
+        if opt.method == BEST and opt.u in (u.min(), u.max()):
+            end, side = ("smallest", "below") if opt.u == u.min() else ("largest", "above")
+            edges.append(f"{pid}'s optimum is the {end} {param} tried ({10 ** opt.u:.4g}): the best may lie "
+                         f"{side} it (widen the search range)")
         rows.append({"point_id": str(pid), "capacity": float(np.median(g["capacity"])), "optimum": 10 ** opt.u,
                      "optimum_se_log10": opt.se, "method": opt.method, "n_trials": int(len(g)),
                      "n_values": int(n_values), "best_value": float(g["metric"].min())})
@@ -395,7 +401,7 @@ def fit_hparam_law(df: pd.DataFrame, param: str = "lr", metric: str = "val_l1", 
     return HparamLaw(param=param, metric=metric, x=x, params=pd.Series(np.asarray(params, float), index=names),
                      cov_params=pd.DataFrame(np.asarray(cov, float), index=names, columns=names),
                      df_resid=int(df_resid), points=points, trials=trials, weighting=weighting, tau2=tau2,
-                     scale=scale, alpha=alpha, skipped=skipped)
+                     scale=scale, alpha=alpha, skipped=skipped, edges=edges)
 
 
 def searched_points(df: pd.DataFrame | None, param: str = "lr") -> int:

@@ -289,3 +289,17 @@ def test_the_results_object_to_dict_and_summary_say_what_the_numbers_rest_on():
     assert d["points"][0]["best_value"] == pytest.approx(law.trials.query("point_id == 'h2-k6'")["metric"].min())
     text = law.summary()
     assert law.equation in text and "Knapp-Hartung" in text and "h512-k6" in text
+
+
+def test_a_best_value_at_an_end_of_the_values_tried_says_which_end_and_an_inner_one_says_nothing():
+    rows = []
+    for h, metric in ((2, lambda u: -u), (32, lambda u: u), (512, lambda u: (u + 2.5) ** 2)):
+        for t, u in enumerate((-4.0, -3.0, -2.0)):  # 3 values: no vertex, the best value tried
+            rows.append({"trial_id": f"h{h}-t{t}", "point_id": f"h{h}", "kind": "grid", "status": "completed",
+                         "params": params_of(h), "hp.lr": 10 ** u, "val_l1": 0.1 + 0.01 * metric(u)})
+    law = quiet_fit(pd.DataFrame(rows))
+    assert list(law.points["method"]) == ["best"] * 3
+    assert law.edges == ["h2's optimum is the largest lr tried (0.01): the best may lie above it (widen the search "
+                         "range)", "h32's optimum is the smallest lr tried (0.0001): the best may lie below it "
+                         "(widen the search range)"]  # h512's best, 10^-3, is inside [10^-4, 10^-2]
+    assert [n for n in law.notes() if n.startswith("at the edge: ")] == [f"at the edge: {e}" for e in law.edges]
