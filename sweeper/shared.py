@@ -111,7 +111,7 @@ def prepare(plan, device: str = "cpu") -> Shared:
 
     fid_key = f"{plan.data.key}-{_digest(*version)[:8]}"
     reference_stats(ImageBatches(evaluate, spec.eval.batch_size), fid_key, spec.eval.n_images,
-                    batch_size=spec.eval.batch_size, device=device)
+                    batch_size=spec.eval.batch_size, device=device, runtime=spec.eval.inception_runtime)
     seconds["fid_stats"] = time.perf_counter() - t
 
     # Phase 1: the decoder on z_base, shared by every trial. Checkpointed, so it resumes too.

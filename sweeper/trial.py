@@ -100,7 +100,8 @@ def evaluate(model: DRoRAE, val, plan, shared, device, out_dir: Path) -> dict:
     # The reference statistics are the shared work's (a cache hit reads one batch, for its resolution).
     reference = ImageBatches(val.image_tensor() if isinstance(val, FeatureSet) else val, ev.batch_size)
     evaluator = ReconstructionEvaluator(reference, shared.fid_key, n=len(val), batch_size=ev.batch_size,
-                                        device=device, lpips_net=ev.lpips_net)
+                                        device=device, lpips_net=ev.lpips_net,
+                                        inception_runtime=ev.inception_runtime)
     metrics = evaluator.evaluate_pairs(pairs())
     k = sum(len(o) for o in originals)
     save_image(torch.cat([*originals, *recons]), out_dir / "reconstructions.png", nrow=k, padding=1)
