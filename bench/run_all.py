@@ -96,6 +96,8 @@ def _benchmarks(quick: bool) -> dict:
         "analysis-scale": (["bench/analysis_scale.py"], _analysis_scale_row),
         "adaptive-design": (["bench/adaptive_design.py", "--cost"] + (["--quick"] if quick else []), _adaptive_row),
         "gpu-throughput": (["bench/gpu_throughput.py"], _gpu_row),
+        "default-sweep": (["bench/default_sweep.py"] + (["--spec", "sweeps/smoke.yaml"] if quick else []),
+                          _default_sweep_row),
         "hparam-transfer": (["bench/hparam_transfer.py", "--results", str(Path(tempfile.gettempdir()) / "drorae-bench")]
                             + (["--spec", "sweeps/smoke.yaml", "--search", SMOKE_SEARCH] if quick else []),
                             _transfer_row),
@@ -105,6 +107,21 @@ def _benchmarks(quick: bool) -> dict:
 # --quick: the backtest on the smoke spec (about 3 minutes instead of ~25)
 SMOKE_SEARCH = ("search={params: {lr: {type: loguniform, low: 3.0e-4, high: 3.0e-2}}, n_trials: 3, sampler: grid, "
                 "pruner: none, transfer: law, searched: [2, 16, 128]}")
+
+
+def _default_sweep_row(r: dict):
+    base = [x for x in r["runs"] if x["label"] == "B"]
+    new = next(x for x in r["runs"] if x["label"] == "A")
+    c, q = r["checks"], r["ratios"]
+    what = (f"`make sweep` of `{r['spec']}` from empty caches (the venv excluded), {r['order']}: main before "
+            f"issue 17 ({base[0]['commit'][:7]}, B) vs this code ({new['commit'][:7]}, A)")
+    walls = " and ".join(f"{x['wall_s']:.0f}" for x in base)
+    measured = (f"{new['wall_s']:.0f} s vs {walls} s: "
+                f"**{q['wall']:.2f}x** (shared work {q['shared']:.2f}x, trials {q['trials']:.2f}x); slope "
+                f"{new['slope']:.3f} in B's CI [{base[0]['slope_ci'][0]:.3f}, {base[0]['slope_ci'][1]:.3f}]: "
+                f"{c['slope_within_base_ci']}, A's CI excludes 0: {c['ci_excludes_zero']}; rfid_se at most "
+                f"{c['rfid_se_ratio_max']:.2f}x B's")
+    return what, measured, "<= 0.5x; the law unchanged in substance", "yes" if c["met"] else "no"
 
 
 def _transfer_row(r: dict):

@@ -70,10 +70,12 @@ def test_inception_is_frozen_and_takes_unit_floats(inception64):
         assert inception64(x).shape == (2, 64)
 
 
-def test_make_fid_on_unit_floats_matches_torchmetrics_normalize(inception64):
+def test_make_fid_on_unit_floats_matches_torchmetrics_normalize():
     g = torch.Generator().manual_seed(1)
     real, fake = torch.rand(4, 3, 32, 32, generator=g), torch.rand(4, 3, 32, 32, generator=g) * 0.8
-    ours = make_fid(extractor=inception64)
+    # The PyTorch runtime: 4 images make a 64-d FID so ill-conditioned that only identical features agree to 1e-6
+    # (ONNX Runtime's, 1e-5 off: tests/model/test_fid_standard.py).
+    ours = make_fid(extractor=load_fid_inception(feature=64, runtime="torch"))
     weights = str(assets.fid_inception_weights())
     # antialias=False: torchmetrics' switch to torch-fidelity's TF1 resize, ours (its default antialiases)
     ref = FrechetInceptionDistance(feature=64, normalize=True, feature_extractor_weights_path=weights, antialias=False)
