@@ -52,6 +52,7 @@ def run_sweep(tree: Path, work: Path, spec: str, sets: list[str]) -> dict:
     env = {**os.environ, "DRORAE_CACHE": str(cache), "PYTHONPATH": str(tree), "RAY_ADDRESS": ""}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "sweeper", "sweep", spec, *sets, f"results_dir={results}"]
+    work.mkdir(parents=True, exist_ok=True)
     log = work / "sweep.log"
     t = time.perf_counter()
     with open(log, "w") as f:
