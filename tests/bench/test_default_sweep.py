@@ -20,7 +20,8 @@ def bench():
 
 
 def _run(label, wall, slope, ci, se, params=(10, 100, 1000)):
-    return {"label": label, "commit": "0" * 40, "wall_s": wall, "sweep_s": wall - 10, "ray_start_s": 5.0,
+    return {"label": label, "commit": "0" * 40, "wall_s": wall, "assets_s": 1.0, "sweep_s": wall - 10,
+            "ray_start_s": 5.0,
             "shared_s": wall / 3, "shared": {"encoder": wall / 6, "phase1": wall / 6}, "trials_s": wall / 2,
             "train_s_sum": wall / 2, "eval_s_sum": wall / 2, "slope": slope, "slope_ci": list(ci), "intercept": 40.0,
             "r2": 0.9, "fitted_params": list(params),
