@@ -186,7 +186,7 @@ def test_evaluator_standard_errors_match_independent_values(tmp_path):
 
     # a second evaluator reads the real features from the cache: the same pairs, the same error
     again = ReconstructionEvaluator(ref, "toy-se", batch_size=4, cache_dir=tmp_path, fid_feature=64,
-                                    rfid_resamples=30, rfid_seed=11)
+                                    rfid_resamples=30, rfid_seed=11, inception_runtime="torch")
     np.testing.assert_array_equal(again.features_real, f_real.numpy())
     assert again.evaluate(recon)["rfid_se"] == pytest.approx(out["rfid_se"], rel=1e-9)
 
