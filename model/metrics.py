@@ -18,10 +18,11 @@ FID at N images is biased upward for small N; a sweep evaluates every trial on t
 so comparisons within it hold.
 
 On CPU the Inception runs in ONNX Runtime by default (``inception_runtime="auto"``): the same graph
-and weights, exported once per input size into the cache (``<cache>/fid_onnx``), 2.1x the images/s of
-PyTorch's CPU kernels on one thread (bench/default_sweep.py), with features within 1e-5 of torch-fidelity's
-and rFID within 1e-3 (tests/model/test_fid_standard.py). On CUDA, or with ``inception_runtime="torch"``,
-the PyTorch graph runs: torch-fidelity's features bit for bit.
+and weights, exported once per input size into the cache (``<cache>/fid_onnx``), 2.1-2.4x the images/s
+of PyTorch's CPU kernels on one thread (the default sweep's evaluation: 0.51x the time, bench/default_sweep.py),
+with features within 1e-4 of torch-fidelity's and rFID within 1e-3 (tests/model/test_fid_standard.py). On
+CUDA, or with ``inception_runtime="torch"``, the PyTorch graph runs: torch-fidelity's features bit for bit.
+The runtime is not part of the real-image statistics' cache key: both give the same features to 1e-4.
 
 Images are float tensors in [0, 1] of shape (B, 3, H, W) everywhere (uint8 in [0, 255] is also
 accepted by the Inception extractor).
@@ -49,6 +50,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from drorae_io import atomic_path
 
 from . import assets
+from .config import exception_line
 from .errors import ConfigError
 from .progress import Progress
 
@@ -97,6 +99,7 @@ class FIDInceptionV3(NoTrainInceptionV3):
         self.weights_path = path
         self.runtime = runtime
         self._sessions: dict[tuple, object] = {}  # (H, W, threads) -> onnxruntime.InferenceSession
+        self._onnx_failed = False  # auto: the export or session failed once here, so PyTorch runs it
         self.requires_grad_(False)
 
     def train(self, mode: bool = True) -> FIDInceptionV3:
@@ -111,14 +114,15 @@ class FIDInceptionV3(NoTrainInceptionV3):
             x = x.expand(-1, 3, -1, -1)
         if x.dtype != torch.uint8:
             x = (x.clamp(0, 1) * 255).byte()  # the same quantization as torchmetrics' normalize=True
-        if self.runtime != "torch" and x.device.type == "cpu" and _onnx_available():
+        if self.runs_on(x.device) == "onnxruntime":
             return self._onnx_forward(x)
         return super().forward(x)  # (B, feature)
 
     def runs_on(self, device: str | torch.device = "cpu") -> str:
         """The runtime that images on ``device`` go through: ``onnxruntime`` or ``torch``."""
         cpu = torch.device(device).type == "cpu"
-        return "onnxruntime" if self.runtime != "torch" and cpu and _onnx_available() else "torch"
+        onnx = self.runtime != "torch" and cpu and not self._onnx_failed and _onnx_available()
+        return "onnxruntime" if onnx else "torch"
 
     def onnx_path(self, height: int, width: int) -> Path:
         """The cached ONNX export of this graph for (B, 3, height, width) uint8 input (the resize is in it)."""
@@ -133,7 +137,16 @@ class FIDInceptionV3(NoTrainInceptionV3):
         threads = torch.get_num_threads()  # the trial's share of the CPU, as for PyTorch's own kernels
         session = self._sessions.get((h, w, threads))
         if session is None:
-            session = self._sessions[(h, w, threads)] = self._onnx_session(h, w, threads)
+            try:
+                session = self._onnx_session(h, w, threads)
+            except Exception as e:  # auto means the faster runtime where it works, PyTorch where it does not
+                if self.runtime == "onnxruntime":
+                    raise
+                self._onnx_failed = True
+                log.warning("FID Inception: ONNX Runtime failed for %dx%d input (%s); PyTorch runs it instead "
+                            "(eval.inception_runtime: auto)", h, w, exception_line(e))
+                return super().forward(x)
+            self._sessions[(h, w, threads)] = session
         (feats,) = session.run(None, {"images": np.ascontiguousarray(x.numpy())})
         return torch.from_numpy(feats).reshape(b, -1)
 
