@@ -380,8 +380,9 @@ class EvalSpec(_Strict):
     n_images: Int = Field(gt=1)  # the evaluation split: the first n_images validation images; FID depends on n
     batch_size: Int = Field(32, gt=0)
     lpips_net: LpipsNet = "alex"
-    # Where the FID Inception runs: auto = ONNX Runtime on CPU (2.1x PyTorch's images/s; rFID within 1e-3 of
-    # torch-fidelity's), PyTorch on CUDA; torch: PyTorch everywhere (torch-fidelity's features bit for bit).
+    # Where the FID Inception runs: auto = ONNX Runtime on CPU (2.1-2.4x PyTorch's images/s; rFID within 1e-3 of
+    # torch-fidelity's; PyTorch if it fails), PyTorch on CUDA; onnxruntime: the same, but an error where ONNX
+    # Runtime is missing or fails; torch: PyTorch everywhere (torch-fidelity's features bit for bit).
     inception_runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
     select_from: Literal["val", "train"] = "val"  # val: validation images after the evaluation ones; train: held out
     select_images: Int | None = Field(None, gt=0)  # the selection split's size; null with val: all the rest
